@@ -1,0 +1,5 @@
+import sys
+
+from miniplaces.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adversarial attacks as pure functions of (model, x, y)."""

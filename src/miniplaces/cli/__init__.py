@@ -1,0 +1,47 @@
+"""`miniplaces <command>`: the command line.
+
+Each command group lives in its own module under `miniplaces.cli` and exposes
+`register(subparsers)`, which adds its sub-commands and sets `func` on them.
+Commands parse arguments and call the library; heavy imports (torch) happen
+inside the command functions so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from miniplaces import __version__
+from miniplaces.errors import MiniPlacesError
+
+# One module per command group; each adds its sub-commands in `register`.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="miniplaces",
+        description="Train, dissect and attack scene classifiers on MIT MiniPlaces.",
+    )
+    parser.add_argument("--version", action="version", version=f"miniplaces {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except MiniPlacesError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)

@@ -1,0 +1,109 @@
+"""Self-describing checkpoints: written atomically, loaded with `weights_only=True`.
+
+A checkpoint is a dict:
+
+```
+format_version  int, CHECKPOINT_FORMAT
+model           {"name": str, "kwargs": dict}  enough to rebuild it with create_model
+state_dict      the model's weights
+categories      class names, index order (may be empty)
+...             what the engine adds: optimizer, scheduler, scaler, epoch, step,
+                best_top1, rng, config
+```
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from miniplaces.errors import MiniPlacesError
+
+CHECKPOINT_FORMAT = 1
+# Arguments that fetch weights when a model is built; a checkpoint supplies its own.
+_WEIGHT_ARGUMENTS = ("weights", "pretrained")
+
+
+class CheckpointError(MiniPlacesError):
+    """A checkpoint file is missing, truncated, foreign or from another format version."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
+    """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": CHECKPOINT_FORMAT, **payload}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; every failure is a `CheckpointError` that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a miniplaces checkpoint ({err})"
+        ) from err
+    if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
+        raise CheckpointError(
+            f"{path} is not a miniplaces checkpoint (no model description); "
+            "use a file written by `miniplaces train`"
+        )
+    version = payload.get("format_version")
+    if version != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}, this miniplaces reads format {CHECKPOINT_FORMAT}; "
+            "use the miniplaces version that wrote it"
+        )
+    return payload
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """The `model` entry of a checkpoint, for a model made by `create_model`."""
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise ValueError("the model was not made by create_model; it has no model_name to save")
+    return {"name": name, "kwargs": dict(getattr(model, "model_kwargs", {}))}
+
+
+def build_model(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    from miniplaces.models import create_model
+
+    spec = checkpoint["model"]
+    kwargs = {k: v for k, v in dict(spec.get("kwargs", {})).items() if k not in _WEIGHT_ARGUMENTS}
+    model = create_model(spec["name"], **kwargs)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"weights do not fit model {spec['name']!r}: {err}") from err
+    return model
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A model rebuilt from a checkpoint file alone, in eval mode on `device`, and the checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint).to(device).eval()
+    return model, checkpoint

@@ -1,0 +1,1 @@
+"""Saliency maps and their overlays."""

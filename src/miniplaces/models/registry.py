@@ -1,0 +1,56 @@
+"""A registry of models by name: `create_model("simplenet", num_classes=100)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from miniplaces.errors import MiniPlacesError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder `fn(*, num_classes, **kwargs) -> nn.Module` under `name`."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, description)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise MiniPlacesError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
+    """Build a registered model. The name and arguments are kept on the model
+    (`model.model_name`, `model.model_kwargs`) so a checkpoint can rebuild it."""
+    entry = model_entry(name)
+    try:
+        model = entry.builder(num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise MiniPlacesError(f"model {name!r}: {err}") from err
+    model.model_name = name
+    model.model_kwargs = dict(kwargs, num_classes=num_classes)
+    return model

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny synthetic datasets made once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from miniplaces.data.synth import synthesize
+
+SHARED_MINIPLACES = Path(__file__).resolve().parents[1].parent / "shared" / "miniplaces"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes × 12 train, 4 val per class, 5 test images, 32×32 (read-only: copy before damaging)."""
+    return synthesize(tmp_path_factory.mktemp("synth"), classes=4, per_class=12, val_per_class=4,
+                      test_count=5, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """The real MiniPlaces subset beside the repository; tests using it are marked `real_data`."""
+    if not (SHARED_MINIPLACES / "train.txt").is_file():
+        pytest.skip(f"real MiniPlaces subset not found at {SHARED_MINIPLACES}")
+    return SHARED_MINIPLACES
