@@ -1,0 +1,75 @@
+"""`build_report`: from run directories to `results.md`, `results.csv`, figures, grids and `report.html`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from miniplaces.report import figures
+from miniplaces.report.html import Picture, render_html
+from miniplaces.report.runs import Run, load_runs
+from miniplaces.report.tables import results_rows, to_markdown, write_csv
+
+FIGURES = (
+    ("accuracy.png", figures.accuracy_curves, "Top-1 and top-5 accuracy per epoch (train dashed, val solid)"),
+    ("loss.png", figures.loss_curves, "Loss per epoch (train dashed, val solid)"),
+    ("time_memory.png", figures.time_and_memory, "Mean time per epoch and peak memory per run"),
+    ("attack_accuracy.png", figures.attack_accuracy, "Top-1 accuracy under attack"),
+)
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote, and the notes on skipped paths and ignored files."""
+
+    out: Path
+    runs: list[Run]
+    markdown: Path
+    csv: Path
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+    grids: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    table: str = ""
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report") -> Report:
+    """Read the runs among `paths` (see `find_run_dirs`) and write the report into `out`.
+
+    Raises `RunError` when no path is a readable run.
+    """
+    runs, notes = load_runs(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = results_rows(runs)
+    table = to_markdown(rows)
+    markdown = out / "results.md"
+    markdown.write_text(f"# {title}\n\n{table}", encoding="utf-8")
+    csv_path = write_csv(rows, out / "results.csv")
+
+    written: list[Picture] = []
+    for filename, draw, caption in FIGURES:
+        path = draw(runs, out / filename)
+        if path is not None:
+            written.append(Picture(path, caption))
+
+    # The runs' own grids are copied beside the report, so it stays whole when the runs move.
+    grids: list[Picture] = []
+    for run in runs:
+        for image in run.images:
+            target = out / "grids" / _safe(run.name) / image.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image, target)
+            grids.append(Picture(target, f"{run.name}: {image.parent.name}/{image.name}"))
+
+    html = out / "report.html"
+    html.write_text(render_html(rows, written, grids, notes, [r.path for r in runs], title), encoding="utf-8")
+    return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
+                  table)

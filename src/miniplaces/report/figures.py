@@ -1,0 +1,131 @@
+"""The report's figures as PNG files (matplotlib's object API: no pyplot, no global state, no display).
+
+Each function takes runs and a path, writes one PNG and returns its path, or returns None
+without writing when no run holds the data the figure needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from miniplaces.report.runs import Run, attack_summary, number
+
+DPI = 110
+
+
+def _colors(count: int) -> list[str]:
+    palette = [f"C{i}" for i in range(10)]
+    return [palette[i % len(palette)] for i in range(count)]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _has(runs: Sequence[Run], *keys: str) -> bool:
+    return any(run.series(key)[0] for run in runs for key in keys)
+
+
+def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, str]], ylabel: str) -> Path | None:
+    """One panel per (title, train key, val key); train dashed, val solid, one colour per run."""
+    if not _has(runs, *(key for _, train, val in panels for key in (train, val))):
+        return None
+    figure = Figure(figsize=(5.2 * len(panels), 3.8))
+    for index, (title, train_key, val_key) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for run, color in zip(runs, _colors(len(runs)), strict=True):
+            for key, style, split in ((train_key, "--", "train"), (val_key, "-", "val")):
+                xs, ys = run.series(key)
+                if xs:
+                    axes.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{run.name} {split}")
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def accuracy_curves(runs: Sequence[Run], path: Path) -> Path | None:
+    """Train (dashed) and val (solid) top-1 and top-5 accuracy per epoch."""
+    return _curves(
+        runs, path, [("Top-1 accuracy", "train_top1", "val_top1"), ("Top-5 accuracy", "train_top5", "val_top5")],
+        "accuracy (%)",
+    )
+
+
+def loss_curves(runs: Sequence[Run], path: Path) -> Path | None:
+    """Train (dashed) and val (solid) loss per epoch."""
+    return _curves(runs, path, [("Loss", "train_loss", "val_loss")], "cross-entropy loss")
+
+
+def time_and_memory(runs: Sequence[Run], path: Path) -> Path | None:
+    """Mean time per epoch and peak memory per run, side by side (e.g. native vs unfold convolution)."""
+    if not _has(runs, "epoch_time_s", "peak_memory_mb"):
+        return None
+    names = [run.name for run in runs]
+    colors = _colors(len(runs))
+    figure = Figure(figsize=(max(8.0, 1.6 * len(runs) + 4), 3.8))
+    for index, (key, title, unit, reduce) in enumerate(
+        (("epoch_time_s", "Time per epoch (mean)", "seconds", "mean"), ("peak_memory_mb", "Peak memory", "MB", "max"))
+    ):
+        axes = figure.add_subplot(1, 2, index + 1)
+        values = []
+        for run in runs:
+            ys = run.series(key)[1]
+            values.append((sum(ys) / len(ys) if reduce == "mean" else max(ys)) if ys else 0.0)
+        bars = axes.bar(range(len(runs)), values, color=colors)
+        axes.bar_label(bars, labels=[f"{v:.1f}" if v else "—" for v in values], fontsize=8)
+        axes.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
+        kinds = {str(row.get("peak_memory_kind")) for run in runs for row in run.epochs if row.get("peak_memory_kind")}
+        axes.set_title(title + (f" ({', '.join(sorted(kinds))})" if key == "peak_memory_mb" and kinds else ""),
+                       fontsize=10)
+        axes.set_ylabel(unit)
+        axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
+    """Top-1 under attack: accuracy against ε for runs with a sweep, clean vs attacked bars otherwise."""
+    swept = [run for run in runs if any(p.top1 is not None for p in run.sweep)]
+    attacked = [(run, attack_summary(run.attack)) for run in runs if run not in swept and run.attack]
+    attacked = [(run, s) for run, s in attacked if s["clean_top1"] is not None or s["adv_top1"] is not None]
+    if not swept and not attacked:
+        return None
+    panels = int(bool(swept)) + int(bool(attacked))
+    figure = Figure(figsize=(5.2 * panels, 3.8))
+    index = 1
+    if swept:
+        axes = figure.add_subplot(1, panels, index)
+        index += 1
+        for run, color in zip(swept, _colors(len(swept)), strict=True):
+            points = [p for p in run.sweep if p.top1 is not None]
+            axes.plot([p.eps * 255 for p in points], [p.top1 for p in points], "-o", color=color, label=run.name)
+        axes.set_title("Top-1 under attack")
+        axes.set_xlabel("ε (×1/255, L∞)")
+        axes.set_ylabel("top-1 accuracy (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    if attacked:
+        axes = figure.add_subplot(1, panels, index)
+        width = 0.38
+        xs = range(len(attacked))
+        clean = [number(s["clean_top1"]) or 0.0 for _, s in attacked]
+        adv = [number(s["adv_top1"]) or 0.0 for _, s in attacked]
+        axes.bar([x - width / 2 for x in xs], clean, width, label="clean", color="C0")
+        axes.bar([x + width / 2 for x in xs], adv, width, label="attacked", color="C3")
+        labels = []
+        for run, s in attacked:
+            eps = f"\nε={s['attack_eps'] * 255:.3g}/255" if s["attack_eps"] is not None else ""
+            labels.append(f"{run.name}{eps}")
+        axes.set_xticks(list(xs), labels, fontsize=8)
+        axes.set_title("Top-1 clean vs attacked")
+        axes.set_ylabel("top-1 accuracy (%)")
+        axes.grid(axis="y", alpha=0.3)
+        axes.legend(fontsize=8)
+    return _save(figure, path)

@@ -1,0 +1,138 @@
+"""The results table of the study: one row per run, as Markdown and CSV.
+
+Per run: model, epochs, train and val top-1/top-5 at the final epoch and at the best val
+top-1 epoch, the minimum train loss, the mean time per epoch, the peak memory, and
+accuracy under attack when the run has been attacked. A value the run lacks is `None`;
+Markdown and HTML show it as "—", CSV as an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from miniplaces.report.runs import Run, attack_summary, number
+
+MISSING = "—"
+MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "cpu_max_rss": "CPU peak RSS"}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: str  # format spec for numbers, "" for text
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run", "Run", ""),
+    Column("model", "Model", ""),
+    Column("epochs", "Epochs", ""),
+    Column("train_top1", "Train top-1 %", ".2f"),
+    Column("train_top5", "Train top-5 %", ".2f"),
+    Column("val_top1", "Val top-1 %", ".2f"),
+    Column("val_top5", "Val top-5 %", ".2f"),
+    Column("best_val_top1", "Best val top-1 %", ".2f"),
+    Column("best_val_top5", "Best val top-5 %", ".2f"),
+    Column("best_epoch", "Best epoch", "d"),
+    Column("min_train_loss", "Min train loss", ".4f"),
+    Column("epoch_time_s", "Time/epoch s", ".1f"),
+    Column("images_per_s", "Images/s", ".0f"),
+    Column("peak_memory_mb", "Peak memory MB", ".0f"),
+    Column("memory_kind", "Memory measured", ""),
+    Column("clean_top1", "Clean top-1 %", ".2f"),
+    Column("adv_top1", "Attacked top-1 %", ".2f"),
+    Column("attack", "Attack", ""),
+)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """One row of the results table (raw numbers; None where the run lacks the metric)."""
+    last = run.epochs[-1]
+    done = int(number(last.get("epoch")) or len(run.epochs))
+    planned = number(run.config.get("epochs"))
+    epochs = f"{done} of {int(planned)}" if planned is not None and planned > done else str(done)
+
+    best_epoch = best_top1 = best_top5 = None
+    for i, row in enumerate(run.epochs, 1):
+        top1 = number(row.get("val_top1"))
+        if top1 is not None and (best_top1 is None or top1 > best_top1):
+            best_top1, best_top5 = top1, number(row.get("val_top5"))
+            best_epoch = int(number(row.get("epoch")) or i)
+
+    losses = run.series("train_loss")[1]
+    memory = run.series("peak_memory_mb")[1]
+    kinds = sorted({str(row["peak_memory_kind"]) for row in run.epochs if row.get("peak_memory_kind")})
+    attack = attack_summary(run.attack)
+    attack_label = None
+    if attack["attack_mode"] or attack["attack_eps"] is not None:
+        eps = attack["attack_eps"]
+        eps_text = f"ε={eps * 255:.3g}/255" if eps is not None else ""
+        attack_label = " ".join(part for part in (attack["attack_mode"], eps_text) if part)
+    return {
+        "run": run.name,
+        "model": run.model,
+        "epochs": epochs,
+        "train_top1": number(last.get("train_top1")),
+        "train_top5": number(last.get("train_top5")),
+        "val_top1": number(last.get("val_top1")),
+        "val_top5": number(last.get("val_top5")),
+        "best_val_top1": best_top1,
+        "best_val_top5": best_top5,
+        "best_epoch": best_epoch,
+        "min_train_loss": min(losses) if losses else None,
+        "epoch_time_s": _mean(run.series("epoch_time_s")[1]),
+        "images_per_s": _mean(run.series("images_per_s")[1]),
+        "peak_memory_mb": max(memory) if memory else None,
+        "memory_kind": ", ".join(MEMORY_KINDS.get(k, k) for k in kinds) or None,
+        "clean_top1": attack["clean_top1"],
+        "adv_top1": attack["adv_top1"],
+        "attack": attack_label,
+    }
+
+
+def results_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    return [summarize(run) for run in runs]
+
+
+def format_cell(value: Any, column: Column) -> str:
+    if value is None:
+        return MISSING
+    if column.fmt and isinstance(value, int | float):
+        return format(value, column.fmt)
+    return str(value)
+
+
+def visible_columns(rows: Sequence[dict[str, Any]]) -> list[Column]:
+    """All columns, less the attack columns when no run has been attacked."""
+    attacked = any(row["attack"] or row["adv_top1"] is not None for row in rows)
+    return [c for c in COLUMNS if attacked or c.key not in ("clean_top1", "adv_top1", "attack")]
+
+
+def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    columns = visible_columns(rows)
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "|".join("---" if not c.fmt else "---:" for c in columns) + "|",
+    ]
+    for row in rows:
+        cells = (format_cell(row[c.key], c).replace("|", "\\|") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Every column, full precision; a missing value is an empty cell."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([c.key for c in COLUMNS])
+        for row in rows:
+            writer.writerow(["" if row[c.key] is None else row[c.key] for c in COLUMNS])
+    return path
