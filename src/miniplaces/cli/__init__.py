@@ -19,6 +19,7 @@ from miniplaces.errors import MiniPlacesError
 # One module per command group; each adds its sub-commands in `register`.
 COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.report_commands",
+    "miniplaces.cli.predict_commands",
 )
 
 

@@ -1,0 +1,90 @@
+"""`miniplaces predict`: top-k classes of images, or the MiniPlaces challenge submission."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="top-5 categories of images, or the challenge submission file for the test split",
+        description=(
+            "Classify images with a checkpoint: the top categories with probabilities per image, as a table "
+            "or JSON. Images of any size and mode are converted as the val transform does. With --challenge, "
+            "write the MiniPlaces submission for the test split of --root: one line per test image, sorted "
+            "by name, 'test/00000001.jpg l1 l2 l3 l4 l5' (most likely first)."
+        ),
+    )
+    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint of `miniplaces train`")
+    parser.add_argument("--top", type=int, default=5, help="how many categories per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--challenge", action="store_true", help="write the challenge file for --root's test split")
+    parser.add_argument("--root", type=Path, help="dataset folder (with --challenge)")
+    parser.add_argument("--out", type=Path, help="challenge file to write (with --challenge)")
+    parser.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's, else 128)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, …")
+    parser.set_defaults(func=run_predict)
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from miniplaces.engine.checkpoint import load_model
+    from miniplaces.engine.predict import (
+        challenge_lines,
+        checkpoint_image_size,
+        image_files,
+        predict_images,
+        write_challenge,
+    )
+    from miniplaces.errors import MiniPlacesError
+
+    if args.challenge:
+        if args.root is None or args.out is None or args.images:
+            raise MiniPlacesError("--challenge takes --root DIR and --out FILE, and no image arguments")
+    elif not args.images:
+        raise MiniPlacesError("give image files or folders to classify (or --challenge --root DIR --out FILE)")
+    if args.top < 1 or args.batch_size < 1:
+        raise MiniPlacesError("--top and --batch-size must be at least 1")
+
+    device = pick_device(args.device)
+    model, checkpoint = load_model(args.checkpoint, device=device)
+    image_size = args.image_size or checkpoint_image_size(checkpoint)
+
+    if args.challenge:
+        lines = challenge_lines(model, args.root, image_size=image_size, batch_size=args.batch_size,
+                                num_workers=args.workers, device=device)
+        out = write_challenge(lines, args.out)
+        print(f"{len(lines)} test images → {out}")
+        return 0
+
+    predictions = predict_images(model, image_files(args.images), checkpoint.get("categories") or [],
+                                 top=args.top, image_size=image_size, batch_size=args.batch_size, device=device)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return 0
+    width = max(len(str(p.path)) for p in predictions)
+    print(f"{'image':<{width}}  rank  {'probability':>11}  category")
+    for prediction in predictions:
+        rows = zip(prediction.labels, prediction.names, prediction.probabilities, strict=True)
+        for rank, (label, name, prob) in enumerate(rows, 1):
+            image = str(prediction.path) if rank == 1 else ""
+            print(f"{image:<{width}}  {rank:>4}  {prob:>11.4f}  {name} ({label})")
+    return 0
