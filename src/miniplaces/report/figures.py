@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from miniplaces.report.runs import Run, attack_summary, number
 
@@ -45,6 +46,7 @@ def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, st
                     axes.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{run.name} {split}")
         axes.set_title(title)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)

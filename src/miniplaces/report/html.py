@@ -16,8 +16,9 @@ from typing import Any
 from miniplaces.report.tables import format_cell, visible_columns
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
        padding: 0 1rem; color: #222; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; }
 th { background: #f2f2f2; }
@@ -58,7 +59,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
             f'<td class="{"num" if c.fmt else "text"}">{escape(format_cell(row[c.key], c))}</td>' for c in columns
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def render_html(
