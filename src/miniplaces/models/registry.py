@@ -49,7 +49,8 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     entry = model_entry(name)
     try:
         model = entry.builder(num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
+        # Bad keyword arguments or hyper-parameters come from the user's config: say which model.
         raise MiniPlacesError(f"model {name!r}: {err}") from err
     model.model_name = name
     model.model_kwargs = dict(kwargs, num_classes=num_classes)
