@@ -37,7 +37,24 @@ def images(batch: int) -> torch.Tensor:
 
 
 def test_the_study_models_are_registered() -> None:
-    assert {"simplenet", "vit", "msvit", "resnet18"} <= set(MODELS)
+    assert {"simplenet", "simplenet_unfold", "vit", "msvit", "resnet18"} <= set(MODELS)
+
+
+def test_simplenet_unfold_equals_simplenet_with_the_same_weights() -> None:
+    native = create_model("simplenet", num_classes=10).eval()
+    unfold = create_model("simplenet_unfold", num_classes=10)
+    assert type(unfold.features[0]).__name__ == "UnfoldConv2d"
+    unfold.load_state_dict(native.state_dict())
+    unfold.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(unfold(x), native(x), rtol=1e-4, atol=1e-5)
+    # And back: the unfold model's weights load into the native one.
+    torch.manual_seed(5)
+    other = create_model("simplenet_unfold", num_classes=10).eval()
+    native.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(native(x), other(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
