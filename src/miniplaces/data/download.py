@@ -324,7 +324,7 @@ def download_dataset(
             say(f"using {archive}")
         else:
             urls = [url] if url else list(ARCHIVE_URLS)
-            say(f"downloading {ARCHIVE_NAME} from {', '.join(urls)}")
+            say(f"downloading {ARCHIVE_NAME} from {' or '.join(urls)}")
             result.archive_source = fetch_first(urls, archive, root, progress=progress, timeout=timeout)
         say(f"checking and extracting {archive}")
         for name in extract_archive(archive, root):
