@@ -91,6 +91,11 @@ def test_http_error_lists_urls_and_manual_steps(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_bad_url_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="unknown url type"):
+        download_dataset(tmp_path, url="mirror/data.tar.gz")
+
+
 def test_offline_fails_fast_with_manual_steps(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(OfflineError) as info:

@@ -184,6 +184,10 @@ def fetch_first(urls: list[str], dest: Path, root: Path, *, progress: Progress |
         try:
             fetch(url, dest, progress=progress, timeout=timeout)
             return url
+        except ValueError as err:  # not a URL urllib can open, e.g. a bare path
+            unreachable = False
+            failures.append(f"{url}: {err}")
+            continue
         except (URLError, TimeoutError, ConnectionError) as err:
             unreachable = unreachable and _unreachable(err)
             reason = err.reason if isinstance(err, URLError) else err
