@@ -244,7 +244,7 @@ def load_run(path: Path | str) -> Run:
         raise RunError(f"{path} is not a run directory: it holds no {METRICS_FILE}")
     epochs, notes = read_metrics(path / METRICS_FILE)
     config = _read_config(path / "config.yaml", notes)
-    run = Run(path=path, name=str(config.get("name") or path.name), config=config, epochs=epochs, notes=notes)
+    run = Run(path=path, name=path.name, config=config, epochs=epochs, notes=notes)
 
     attack_file = path / "attack" / "attack.json"
     if attack_file.is_file():
