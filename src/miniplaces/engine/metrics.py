@@ -25,43 +25,45 @@ def correct_topk(logits: torch.Tensor, target: torch.Tensor, topk: tuple[int, ..
 
 
 class RunningSums:
-    """Sums of loss, hits and sample counts, kept on one device; averages on demand.
+    """Sums of loss, top-1 and top-5 hits on one device, plus a sample count; averages on demand.
 
     `state()` / `load_state()` let an interrupted epoch resume with its partial sums;
     `all_reduce()` sums over DDP processes.
     """
 
-    KEYS = ("loss_sum", "correct1", "correct5", "count")
-
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.values = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+        self.values = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits
+        self.n = 0  # on the host: counting samples needs no copy to the device
 
     def update(self, loss: torch.Tensor, correct1: torch.Tensor, correct5: torch.Tensor, n: int) -> None:
-        step = torch.stack([loss.detach().double() * n, correct1.double(), correct5.double(),
-                            torch.tensor(float(n), dtype=torch.float64, device=self.values.device)])
-        self.values += step
+        self.values += torch.stack([loss.detach().double() * n, correct1.double(), correct5.double()])
+        self.n += n
 
     def all_reduce(self) -> RunningSums:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.values)
+            both = torch.cat([self.values, torch.tensor([float(self.n)], dtype=torch.float64,
+                                                         device=self.values.device)])
+            dist.all_reduce(both)
+            self.values, self.n = both[:3].clone(), int(both[3].item())
         return self
 
     def state(self) -> list[float]:
-        return self.values.tolist()
+        return [*self.values.tolist(), float(self.n)]
 
     def load_state(self, values: list[float]) -> None:
-        self.values = torch.tensor(values, dtype=torch.float64, device=self.values.device)
+        self.values = torch.tensor(values[:3], dtype=torch.float64, device=self.values.device)
+        self.n = int(values[3])
 
     def averages(self) -> dict[str, float]:
-        loss_sum, c1, c5, count = self.values.tolist()
-        count = max(count, 1.0)
+        loss_sum, c1, c5 = self.values.tolist()
+        count = max(self.n, 1)
         return {"loss": loss_sum / count, "top1": 100.0 * c1 / count, "top5": 100.0 * c5 / count}
 
     @property
     def count(self) -> int:
-        return int(self.values[3].item())
+        return self.n
 
 
 def reset_peak_memory(device: torch.device) -> None:
