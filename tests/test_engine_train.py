@@ -131,6 +131,19 @@ def test_sigint_mid_epoch_leaves_resumable_checkpoint(data: Path, reference: Pat
     assert without_timing(rows(run)) == without_timing(rows(reference))
 
 
+def test_sigint_on_last_step_stops_at_epoch_boundary(data: Path, tmp_path: Path) -> None:
+    def interrupt(step: int) -> None:
+        if step == 3:  # the last step of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="after epoch 1;"):
+        train(config(data, tmp_path), on_step=interrupt, progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
+    assert len(rows(tmp_path / "run")) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
     # min_lr = inf turns the cosine phase (epoch 2) into a NaN learning rate; the warm-up epoch is fine.
     with pytest.raises(NonFiniteLossError, match="non-finite in epoch 2"):

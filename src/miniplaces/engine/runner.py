@@ -31,6 +31,7 @@ from miniplaces.engine.checkpoint import CheckpointError, build_model, describe_
 from miniplaces.engine.distributed import (
     DistInfo,
     all_gather_objects,
+    all_reduce_max,
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -347,6 +348,11 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                 row["val_top5"], row["lr"], row["epoch_time_s"], row["images_per_s"], memory_mb,
                 "  (best)" if improved else "",
             )
+            # A signal during validation or checkpointing stops here, at the epoch boundary.
+            if epoch + 1 < config.epochs and all_reduce_max(float(should_stop()), device) > 0:
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch + 1}; {run_dir / 'checkpoints' / 'last.pt'} written. "
+                    f"Resume with: miniplaces train --resume {run_dir}", run_dir)
     if writer is not None:
         writer.close()
     return run_dir

@@ -158,7 +158,8 @@ def train_one_epoch(
         "steps": step,
         "images": int(global_images),
         "time_s": elapsed,
-        "completed": not stopped,
+        # A stop requested on the epoch's last step still completes the epoch.
+        "completed": not stopped or (total is not None and step >= total),
         "sums": sums.state(),
     }
 
