@@ -10,6 +10,7 @@ batches before it.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def workers(config: TrainConfig) -> int:
+    """Loader processes: as asked, but no more than the machine has cores."""
+    return min(config.workers, os.cpu_count() or 1)
+
+
 def resize_for(image_size: int) -> int:
     """The study resizes to 144 before cropping 128; keep that ratio at other sizes."""
     return round(image_size * 144 / 128)
@@ -119,8 +125,8 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
         sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
         loader = DataLoader(
             SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,
-            num_workers=config.workers, pin_memory=device.type == "cuda",
-            persistent_workers=config.workers > 0, worker_init_fn=_worker_init,
+            num_workers=workers(config), pin_memory=device.type == "cuda",
+            persistent_workers=workers(config) > 0, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(config.seed),
         )
     steps = len(loader)
@@ -145,4 +151,4 @@ def build_val_batches(root: str, config: TrainConfig, info: DistInfo, device: to
                              image_size=config.image_size, rank=info.rank, world_size=info.world_size)
     dataset = MiniPlaces(root, split, transform=val_transform(config.image_size, resize_for(config.image_size)))
     return DataLoader(dataset, batch_size=batch, sampler=list(range(info.rank, len(dataset), info.world_size)),
-                      num_workers=config.workers, pin_memory=device.type == "cuda")
+                      num_workers=workers(config), pin_memory=device.type == "cuda")
