@@ -20,6 +20,7 @@ from miniplaces.errors import MiniPlacesError
 COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.data_commands",
     "miniplaces.cli.model_commands",
+    "miniplaces.cli.train_commands",
     "miniplaces.cli.report_commands",
     "miniplaces.cli.predict_commands",
 )

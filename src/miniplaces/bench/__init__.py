@@ -1,0 +1,1 @@
+"""Performance measurements that return rows of results (`benchmarks/` prints them)."""
