@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.train_commands",
     "miniplaces.cli.report_commands",
     "miniplaces.cli.predict_commands",
+    "miniplaces.cli.demo_commands",
 )
 
 

@@ -29,20 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's, else 128)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, …")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     parser.set_defaults(func=run_predict)
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -54,6 +42,7 @@ def run_predict(args: argparse.Namespace) -> int:
         predict_images,
         write_challenge,
     )
+    from miniplaces.engine.runner import resolve_device
     from miniplaces.errors import MiniPlacesError
 
     if args.challenge:
@@ -64,7 +53,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top < 1 or args.batch_size < 1:
         raise MiniPlacesError("--top and --batch-size must be at least 1")
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, device=device)
     image_size = args.image_size or checkpoint_image_size(checkpoint)
 

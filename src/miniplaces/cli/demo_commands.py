@@ -1,0 +1,75 @@
+"""`miniplaces demo`: the whole system on this machine in a few minutes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="make synthetic data, train SimpleNet, evaluate, saliency, attack, report (a few minutes on a CPU)",
+        description=(
+            "The one-command tour: make (or reuse) a synthetic dataset under OUT/data, train SimpleNet for a few "
+            "epochs, evaluate it, draw a saliency grid, attack it (PGD, with an ε sweep) and write the report "
+            "(OUT/report/report.html). With --root, the same on a real MiniPlaces folder such as "
+            "../shared/miniplaces (lower --epochs or --image-size to keep it short on a CPU)."
+        ),
+    )
+    parser.add_argument("--root", type=Path, help="a MiniPlaces folder (default: synthetic data under OUT/data)")
+    parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    parser.add_argument("--image-size", type=int, default=64, help="image size for training and analysis (64)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default: 64)")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
+    parser.add_argument("--classes", type=int, default=10, help="synthetic classes (default: 10)")
+    parser.add_argument("--per-class", type=int, default=100, help="synthetic train images per class (100)")
+    parser.add_argument("--val-per-class", type=int, default=20, help="synthetic val images per class (20)")
+    parser.add_argument("--limit-train-batches", type=int, help="at most this many training batches per epoch")
+    parser.add_argument("--limit-val-batches", type=int, help="at most this many val batches per epoch")
+    parser.add_argument("--attack-images", type=int, default=64, help="val images to attack (default: 64)")
+    parser.add_argument("--saliency-images", type=int, default=16, help="val images in the saliency grid (16)")
+    parser.add_argument("--loader", choices=("dataloader", "cache"), default="dataloader",
+                        help="per-sample DataLoader or the decoded-cache loader (default: dataloader)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
+    parser.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from miniplaces.demo import DemoOptions, run_demo
+    from miniplaces.errors import MiniPlacesError
+
+    for flag in ("epochs", "image_size", "batch_size", "classes", "per_class", "val_per_class", "attack_images",
+                 "saliency_images"):
+        if getattr(args, flag) < 1:
+            raise MiniPlacesError(f"--{flag.replace('_', '-')} must be ≥ 1; got {getattr(args, flag)}")
+    options = DemoOptions(
+        out=args.out, root=args.root, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+        lr=args.lr, classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,
+        device=args.device, workers=args.workers, loader=args.loader, limit_train_batches=args.limit_train_batches,
+        limit_val_batches=args.limit_val_batches, saliency_images=args.saliency_images,
+        attack_images=args.attack_images,
+    )
+    phases = ["data", "train", "eval", "saliency", "attack", "report"]
+
+    def show(phase: str, message: str, seconds: float | None) -> None:
+        step = f"[{phases.index(phase) + 1}/{len(phases)}] {phase:<8}"
+        if seconds is None:
+            print(f"{step} {message} …", flush=True)
+        else:
+            print(f"{step} done in {seconds:.1f} s: {message}", flush=True)
+
+    start = time.perf_counter()
+    result = run_demo(options, on_phase=show)
+    total = time.perf_counter() - start
+    print()
+    print(result.table, end="")
+    print()
+    print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + f"; total {total:.1f} s")
+    print(f"report: {result.html}")
+    print(f"open {result.html.resolve().as_uri()}")
+    return 0

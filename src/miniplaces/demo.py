@@ -1,0 +1,252 @@
+"""The one-command tour: data → train SimpleNet → evaluate → saliency → attack → report.
+
+`run_demo` calls the same library functions as `miniplaces synth`, `train`, `eval`,
+`saliency`, `attack` and `report`, in one process, and tells the caller about each phase
+through `on_phase` (the command line prints them). Without a dataset it makes a small
+synthetic one (reused on the next run), sized so that the whole tour takes a few minutes
+on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from miniplaces.errors import MiniPlacesError
+
+SYNTH_MARKER = "demo_synth.json"
+# Synthetic scenes differ in colour and shape, so a model of them needs a larger ε than real scenes
+# before it breaks: the demo sweeps up to 16/255 and reports the attack at 8/255.
+DEFAULT_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+PhaseCallback = Callable[[str, str, float | None], None]
+
+
+@dataclass
+class DemoOptions:
+    """What the demo does; the defaults take a few minutes on a 2-core CPU.
+
+    `root=None` makes (or reuses) a synthetic dataset under `out/data`.
+    """
+
+    out: Path = Path("demo")
+    root: Path | None = None
+    epochs: int = 5
+    image_size: int = 64
+    batch_size: int = 64
+    lr: float = 0.05
+    classes: int = 10
+    per_class: int = 100
+    val_per_class: int = 20
+    device: str = "auto"
+    workers: int = 2
+    loader: str = "dataloader"
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
+    saliency_images: int = 16
+    attack_images: int = 64
+    attack_mode: str = "untargeted"
+    attack_eps: float = 8 / 255
+    attack_steps: int = 10
+    sweep: tuple[float, ...] = DEFAULT_SWEEP
+    seed: int = 0
+
+
+@dataclass
+class DemoResult:
+    root: Path
+    run_dir: Path
+    report_dir: Path
+    html: Path
+    evaluation: dict[str, Any]
+    attack: dict[str, Any]
+    table: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def synthetic_data(options: DemoOptions) -> tuple[Path, bool]:
+    """The demo's synthetic dataset under `out/data`, made once and reused while its settings match."""
+    from miniplaces.data.synth import synthesize
+
+    root = options.out / "data"
+    settings = {"classes": options.classes, "per_class": options.per_class,
+                "val_per_class": options.val_per_class, "image_size": options.image_size, "seed": options.seed}
+    marker = root / SYNTH_MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == settings:
+                return root, True
+        except json.JSONDecodeError:
+            pass
+    if root.exists():
+        shutil.rmtree(root)
+    synthesize(root, test_count=0, **settings)
+    marker.write_text(json.dumps(settings))  # written last: a half-made dataset is never reused
+    return root, False
+
+
+def _train(options: DemoOptions, root: Path) -> Path:
+    from miniplaces.config import TrainConfig
+    from miniplaces.engine.runner import train
+
+    runs = options.out / "runs"
+    run_dir = runs / "simplenet"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo's own previous run
+    config = TrainConfig(
+        model="simplenet", root=str(root), name="simplenet", out_dir=str(runs), epochs=options.epochs,
+        batch_size=options.batch_size, lr=options.lr, warmup_epochs=min(1.0, options.epochs / 2),
+        device=options.device, workers=options.workers, loader=options.loader, image_size=options.image_size,
+        seed=options.seed, limit_train_batches=options.limit_train_batches,
+        limit_val_batches=options.limit_val_batches,
+    )
+    return train(config)
+
+
+def _val_subset(root: Path, image_size: int, count: int) -> Any:
+    from torch.utils.data import Subset
+
+    from miniplaces.data import MiniPlaces
+    from miniplaces.engine.predict import eval_transform
+
+    dataset = MiniPlaces(root, "val", transform=eval_transform(image_size))
+    return Subset(dataset, range(min(count, len(dataset))))
+
+
+def _saliency(model: Any, categories: list[str], root: Path, options: DemoOptions, run_dir: Path) -> Path:
+    import torch
+
+    from miniplaces.explain import saliency
+    from miniplaces.explain.overlay import class_label, saliency_grid
+
+    subset = _val_subset(root, options.image_size, options.saliency_images)
+    x = torch.stack([subset[i][0] for i in range(len(subset))])
+    y = [subset[i][1] for i in range(len(subset))]
+    with torch.no_grad():
+        predicted = model(x).argmax(1).tolist()
+    maps = saliency(model, x, method="vanilla")
+    true_names = [class_label(categories, k) for k in y]
+    pred_names = [class_label(categories, k) for k in predicted]
+    return saliency_grid(x, maps, true_names, pred_names, run_dir / "saliency" / "saliency_vanilla.png",
+                         title="vanilla saliency · demo · val", columns=8)
+
+
+def _attack(model: Any, categories: list[str], root: Path, options: DemoOptions, run_dir: Path,
+            checkpoint: Path) -> dict[str, Any]:
+    """Accuracy under PGD at each ε of the sweep (one attack per ε); attack.json is the row at `attack_eps`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from miniplaces.attacks import attack_batch, robustness_sweep
+    from miniplaces.explain.overlay import attack_grid, class_label, sweep_plot
+
+    subset = _val_subset(root, options.image_size, options.attack_images)
+    loader = DataLoader(subset, batch_size=64, shuffle=False)
+    settings = {"mode": options.attack_mode, "steps": options.attack_steps, "step_size": None,
+                "random_start": False}
+    eps_list = sorted({*options.sweep, options.attack_eps})
+    rows = robustness_sweep(model, loader, eps_list=eps_list, **settings)
+    result = next(row for row, eps in zip(rows, eps_list, strict=True) if eps == options.attack_eps)
+    out = run_dir / "attack"
+    out.mkdir(parents=True, exist_ok=True)
+    context = {"checkpoint": str(checkpoint), "root": str(root), "split": "val", "image_size": options.image_size,
+               "limit": len(subset), "seed": options.seed}
+    (out / "attack.json").write_text(json.dumps({**result, **context}, indent=2) + "\n")
+    (out / "sweep.json").write_text(json.dumps({"rows": rows, **context}, indent=2) + "\n")
+    title = f"{options.attack_mode} PGD-{options.attack_steps} · demo · val"
+    sweep_plot(rows, out / "sweep.png", title=title)
+
+    x = torch.stack([subset[i][0] for i in range(min(8, len(subset)))])
+    y = torch.tensor([subset[i][1] for i in range(len(x))])
+    shown = attack_batch(model, x, y, eps=options.attack_eps, **settings)
+    attack_grid(x, shown.x_adv, [class_label(categories, int(k)) for k in y],
+                [class_label(categories, int(k)) for k in shown.clean_logits.argmax(1)],
+                [class_label(categories, int(k)) for k in shown.adv_logits.argmax(1)], out / "attack_grid.png",
+                title=f"{title}, ε = {options.attack_eps * 255:.3g}/255",
+                target_names=None if shown.target is None else [class_label(categories, int(k)) for k in shown.target])
+    return result
+
+
+def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> DemoResult:
+    """Run the tour; `on_phase(phase, message, seconds)` is called when a phase starts (seconds None) and ends."""
+    import torch
+
+    from miniplaces.engine.checkpoint import load_model
+    from miniplaces.engine.runner import evaluate_checkpoint
+    from miniplaces.report import build_report
+
+    def tell(phase: str, message: str, seconds: float | None = None) -> None:
+        if on_phase is not None:
+            on_phase(phase, message, seconds)
+
+    if options.epochs < 1:
+        raise MiniPlacesError(f"--epochs must be ≥ 1; got {options.epochs}")
+    options = dataclasses.replace(options, out=Path(options.out))
+    options.out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    torch.manual_seed(options.seed)
+
+    start = time.perf_counter()
+    if options.root is None:
+        tell("data", f"synthetic dataset under {options.out / 'data'}")
+        root, reused = synthetic_data(options)
+        what = "reused" if reused else "made"
+        summary = (f"{what} {options.classes} classes × {options.per_class} train / {options.val_per_class} val, "
+                   f"{options.image_size}×{options.image_size}")
+    else:
+        root = Path(options.root)
+        tell("data", f"dataset {root}")
+        from miniplaces.data import read_categories, read_split
+
+        summary = (f"{len(read_split(root, 'train'))} train / {len(read_split(root, 'val'))} val images, "
+                   f"{len(read_categories(root))} classes")
+    seconds["data"] = time.perf_counter() - start
+    tell("data", summary, seconds["data"])
+
+    start = time.perf_counter()
+    tell("train", f"SimpleNet, {options.epochs} epochs at {options.image_size}×{options.image_size}, "
+                  f"batch {options.batch_size}, device {options.device}")
+    run_dir = _train(options, root)
+    seconds["train"] = time.perf_counter() - start
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    tell("train", f"{run_dir}: val top-1 {last['val_top1']:.1f}%, top-5 {last['val_top5']:.1f}% "
+                  f"after epoch {last['epoch']}", seconds["train"])
+
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    start = time.perf_counter()
+    tell("eval", f"{checkpoint} on the val split")
+    evaluation = evaluate_checkpoint(checkpoint, root, split="val", device=options.device, workers=options.workers,
+                                     batch_size=256, progress=False)
+    seconds["eval"] = time.perf_counter() - start
+    tell("eval", f"top-1 {evaluation['top1']:.1f}%, top-5 {evaluation['top5']:.1f}% on {evaluation['count']} "
+                 f"images → {evaluation['path']}", seconds["eval"])
+
+    model, payload = load_model(checkpoint, device="cpu")
+    categories = list(payload.get("categories") or [])
+    start = time.perf_counter()
+    tell("saliency", f"vanilla gradient saliency of {options.saliency_images} val images")
+    grid = _saliency(model, categories, root, options, run_dir)
+    seconds["saliency"] = time.perf_counter() - start
+    tell("saliency", str(grid), seconds["saliency"])
+
+    start = time.perf_counter()
+    sweep = ", ".join(f"{eps * 255:.3g}" for eps in sorted({*options.sweep, options.attack_eps}))
+    tell("attack", f"{options.attack_mode} PGD-{options.attack_steps} on {options.attack_images} val images "
+                   f"at ε = {sweep} (/255)")
+    attack = _attack(model, categories, root, options, run_dir, checkpoint)
+    seconds["attack"] = time.perf_counter() - start
+    tell("attack", f"top-1 clean {attack['clean_top1']:.1f}% → {attack['adv_top1']:.1f}% at ε = "
+                   f"{options.attack_eps * 255:.3g}/255 → {run_dir / 'attack'}", seconds["attack"])
+
+    start = time.perf_counter()
+    tell("report", f"{options.out / 'report'}")
+    report = build_report([run_dir], options.out / "report", title="miniplaces demo")
+    seconds["report"] = time.perf_counter() - start
+    tell("report", str(report.html), seconds["report"])
+    return DemoResult(root, run_dir, report.out, report.html, evaluation, attack, report.table, seconds)
