@@ -54,3 +54,31 @@ def conv_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
+
+
+def data_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: images/s of each loader and its ratio to the per-sample DataLoader (the first row)."""
+    lines = ["| Loader | Device | Images/s | × per-sample | Images timed | Seconds |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['loader']} | {r['device']} | {r['images_per_s']:.0f} | {r['ratio']:.2f} | "
+                     f"{r['images']} | {r['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def data_figure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Images per second of each loader, horizontal bars labelled with the ratio to the per-sample loader."""
+    figure = Figure(figsize=(9, 0.6 * len(rows) + 1.6))
+    axes = figure.add_subplot(1, 1, 1)
+    labels = [f"{r['loader']} [{r['device']}]" for r in rows]
+    ys = list(range(len(rows)))[::-1]
+    bars = axes.barh(ys, [r["images_per_s"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    axes.bar_label(bars, labels=[f"{r['images_per_s']:.0f}/s ({r['ratio']:.1f}×)" for r in rows], fontsize=8,
+                   padding=3)
+    axes.set_yticks(ys, labels, fontsize=8)
+    axes.set_xlabel("images per second")
+    axes.set_xlim(0, max(r["images_per_s"] for r in rows) * 1.25)
+    axes.set_title(f"Data throughput on {rows[0].get('data', '')}", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
