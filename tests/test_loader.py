@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from miniplaces.bench.data import run_data_benchmark
 from miniplaces.data.loader import (
     CachedLoader,
     _augment_into,
@@ -203,9 +204,40 @@ def test_cached_loader_builds_the_cache(synth_root: Path, tmp_path: Path) -> Non
     assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64 and 0 <= y.min() and y.max() < 4
 
 
+def test_cpu_batches_use_one_thread_and_restore_the_setting(arrays: tuple[np.ndarray, np.ndarray],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = CachedLoader._make_batch
+
+    def spy(self: CachedLoader, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(torch.get_num_threads())
+        return real(self, idx, generator)
+
+    monkeypatch.setattr(CachedLoader, "_make_batch", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S))
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S, num_threads=None))
+        assert seen[3:] == [2, 2, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_rejects_wrong_arrays(arrays: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = arrays
     with pytest.raises(ValueError, match="uint8"):
         CachedLoader(images.astype(np.float32), labels, 8, train=True)
     with pytest.raises(ValueError, match="labels"):
         CachedLoader(images, labels[:-1], 8, train=True)
+
+
+def test_data_benchmark_rows(synth_root: Path, tmp_path: Path) -> None:
+    rows = run_data_benchmark(synth_root, batches=1, batch_size=8, warmup=1, workers=0, image_size=32,
+                              devices=["cpu"], cache_dir=tmp_path)
+    assert rows[0]["ratio"] == 1.0 and rows[0]["loader"].startswith("per-sample DataLoader")
+    assert [r["images"] for r in rows] == [8] * len(rows) and all(r["images_per_s"] > 0 for r in rows)
+    assert any("train augmentation, 1 thread" in r["loader"] for r in rows)
+    assert any("no augmentation" in r["loader"] for r in rows)
+    assert rows[1]["cache_build_s"] > 0 and (tmp_path / "train-32.images.npy").is_file()
