@@ -18,6 +18,7 @@ fit the caches.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,16 +138,34 @@ def _augment_sampled(images: torch.Tensor, theta: torch.Tensor, colour: torch.Te
     batch = images.shape[0]
     chunk = chunk or (batch if images.device.type != "cpu" else CPU_CHUNK)
     base = _base_grid(size, images.device)
-    out = torch.empty(batch, 3, size, size, device=images.device)
+    out = _empty_batch((batch, 3, size, size), images.device)
     for start in range(0, batch, chunk):
         stop = min(batch, start + chunk)
         _augment_into(images[start:stop], theta[start:stop], colour[start:stop], base, out[start:stop])
     return out
 
 
+def _empty_batch(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An uninitialised float32 tensor; on the CPU a large one lives on transparent huge pages.
+
+    A fresh 50 MB batch otherwise costs ~12,800 page faults on first write, about 30 ms per
+    batch here (a third of the augmentation); with 2 MB pages it is a few dozen.
+    """
+    numel = math.prod(shape)
+    if device.type != "cpu" or numel * 4 < 1 << 23 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, device=device)
+    buffer = mmap.mmap(-1, numel * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # THP disabled: plain pages, still correct
+        pass
+    return torch.frombuffer(buffer, dtype=torch.float32).view(shape)  # the tensor keeps the mapping alive
+
+
 def to_float(images: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
     """uint8 (B, S, S, 3) → float (B, 3, O, O) in [0, 1]; resized (bilinear, antialiased) when O ≠ S."""
-    x = images.permute(0, 3, 1, 2).contiguous().float().div_(255)  # (B, 3, S, S)
+    x = _empty_batch((images.shape[0], 3, images.shape[1], images.shape[2]), images.device)
+    x.copy_(images.permute(0, 3, 1, 2)).div_(255)  # (B, 3, S, S): dtype and layout in one pass
     if out_size is not None and out_size != images.shape[1]:
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp_(0.0, 1.0)
