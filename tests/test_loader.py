@@ -204,7 +204,7 @@ def test_cached_loader_builds_the_cache(synth_root: Path, tmp_path: Path) -> Non
     assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64 and 0 <= y.min() and y.max() < 4
 
 
-def test_cpu_batches_use_one_thread_and_restore_the_setting(arrays: tuple[np.ndarray, np.ndarray],
+def test_num_threads_applies_while_making_batches_only(arrays: tuple[np.ndarray, np.ndarray],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     real = CachedLoader._make_batch
