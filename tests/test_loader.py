@@ -110,7 +110,7 @@ def test_train_augmentation_changes_images(arrays: tuple[np.ndarray, np.ndarray]
 def test_sharding_covers_the_data_with_equal_counts(arrays: tuple[np.ndarray, np.ndarray], world_size: int) -> None:
     shards = []
     for rank in range(world_size):
-        loader = CachedLoader(*arrays, batch_size=8, train=False, shuffle=True, seed=1, image_size=S,
+        loader = CachedLoader(*arrays, batch_size=8, train=True, drop_last=False, seed=1, image_size=S,
                               rank=rank, world_size=world_size)
         loader.set_epoch(2)
         shards.append(torch.cat(collect(loader)[1]).tolist())
@@ -118,6 +118,16 @@ def test_sharding_covers_the_data_with_equal_counts(arrays: tuple[np.ndarray, np
     assert len({len(s) for s in shards}) == 1 and len(shards[0]) == math.ceil(N / world_size)
     merged = sum(shards, [])
     assert set(merged) == set(range(N)) and len(merged) - N == -N % world_size  # only the padding repeats
+
+
+def test_validation_shards_see_every_image_once() -> None:
+    images = np.zeros((N, 4, 4, 3), dtype=np.uint8)
+    shards = []
+    for rank in range(3):
+        loader = CachedLoader(images, np.arange(N), batch_size=8, train=False, image_size=4, rank=rank, world_size=3)
+        shards.append(torch.cat(collect(loader)[1]).tolist())
+        assert len(loader) == math.ceil(len(shards[-1]) / 8) and loader.num_samples == len(shards[-1])
+    assert sorted(sum(shards, [])) == list(range(N)) and [len(s) for s in shards] == [17, 17, 16]
 
 
 def identity_params(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -180,8 +180,10 @@ class CachedLoader:
     permutation drawn from (seed, epoch): call `set_epoch(epoch)` before each epoch (as with
     a `DistributedSampler`) and a resumed run sees the same batches; without it each new
     iteration takes the next epoch. With `world_size > 1` each rank takes every
-    `world_size`-th index of the same permutation, padded by wrapping around so that every
-    rank gets the same number of samples (as `DistributedSampler(drop_last=False)`).
+    `world_size`-th index of the same permutation; with `pad` (the default for training) the
+    permutation is first padded by wrapping around so that every rank gets the same number
+    of samples (as `DistributedSampler(drop_last=False)`); without it (the default for
+    validation) every image is seen exactly once over the ranks, whose counts differ by ≤ 1.
 
     Args:
         images: uint8 (N, S, S, 3), a numpy array or memory map, or a tensor.
@@ -194,6 +196,7 @@ class CachedLoader:
         seed: with the epoch, fixes permutation and augmentation.
         image_size: side of the output images (the crop is resized to it).
         rank, world_size: this process's shard.
+        pad: equal shards by repeating a few images (default: `train`).
         num_threads: torch threads while a batch is made on the CPU; `None` keeps torch's setting.
             1 by default: on a CPU shared with other jobs every multi-threaded op waits for its
             descheduled thread (measured here: 1,946 images/s with 1 thread, 189 with 2), and one
@@ -214,6 +217,7 @@ class CachedLoader:
         image_size: int = DEFAULT_IMAGE_SIZE,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool | None = None,
         num_threads: int | None = 1,
     ) -> None:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype not in (np.uint8, torch.uint8):
@@ -233,7 +237,9 @@ class CachedLoader:
         self.num_threads = num_threads
         self.epoch = 0
         self.num_images = len(images)
-        self.num_samples = math.ceil(self.num_images / world_size)  # per rank
+        self.pad = train if pad is None else pad
+        # Samples of this rank per epoch.
+        self.num_samples = math.ceil((self.num_images - (0 if self.pad else rank)) / world_size)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(self.device)
         if self.device.type == "cpu":
             self.images = images.numpy() if isinstance(images, torch.Tensor) else images
@@ -259,7 +265,7 @@ class CachedLoader:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        total = self.num_samples * self.world_size
+        total = math.ceil(n / self.world_size) * self.world_size if self.pad else n
         if total > n:  # pad by wrapping around, as DistributedSampler does
             order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
         return order[self.rank : total : self.world_size]
