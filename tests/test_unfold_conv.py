@@ -103,6 +103,16 @@ def test_simplenet_layer_shapes_match_conv2d(device: str) -> None:
                                 "d": 1, "bias": True}, mode, device)
 
 
+def test_strided_unfold_equals_f_unfold() -> None:
+    rng = random.Random(5)
+    for _ in range(30):
+        case = _random_case(rng)
+        x = torch.randn(case["n"], case["cin"], case["h"], case["w"])
+        args = ((case["k"], case["k"]), (case["s"],) * 2, (case["p"],) * 2, (case["d"],) * 2)
+        ref = F.unfold(x, args[0], dilation=args[3], padding=args[2], stride=args[1])
+        assert torch.equal(uc._unfold(x, *args), ref), case
+
+
 def test_channels_last_and_noncontiguous_inputs() -> None:
     weight = torch.randn(6, 4, 3, 3)
     for x in (torch.randn(2, 4, 9, 7).to(memory_format=torch.channels_last),
