@@ -26,12 +26,12 @@ def main() -> None:
                               device=args.device, include_simplenet=not args.no_simplenet)
     print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.image_size}×{args.image_size}, median of {args.repeats}, forward+backward")
-    header = (f"{'layer':<12} {'shape':<32} {'native ms':>10} {'cache':>7} {'recomp':>7} "
+    header = (f"{'layer':<12} {'shape':<44} {'native ms':>10} {'cache':>7} {'recomp':>7} "
               f"{'native MB':>10} {'cache':>7} {'recomp':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['layer']:<12} {r['shape'][:32]:<32} {r['native_ms']:>10.1f} {r['cache_time_ratio']:>6.2f}× "
+        print(f"{r['layer']:<12} {r['shape']:<44} {r['native_ms']:>10.1f} {r['cache_time_ratio']:>6.2f}× "
               f"{r['recompute_time_ratio']:>6.2f}× {r['native_saved_mb']:>10.1f} {r['cache_memory_ratio']:>6.2f}× "
               f"{r['recompute_memory_ratio']:>6.2f}×")
 

@@ -237,3 +237,16 @@ def test_device_mismatch_is_clear() -> None:
     conv = UnfoldConv2d(3, 8, 3).cuda()
     with pytest.raises(MiniPlacesError, match="input is on cpu but weight is on cuda"):
         conv(torch.randn(1, 3, 8, 8))
+
+
+def test_conv_benchmark_rows_and_saved_memory() -> None:
+    from miniplaces.bench.conv import run_conv_benchmark
+
+    rows = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0)
+    assert [r["layer"] for r in rows][-2:] == ["total", "simplenet"] and len(rows) == 9
+    by_layer = {r["layer"]: r for r in rows}
+    # recompute saves exactly what nn.Conv2d saves; cache keeps the columns (9× the input for 3×3)
+    assert all(r["recompute_memory_ratio"] == 1.0 for r in rows)
+    assert by_layer["conv3 3×3"]["cache_memory_ratio"] > 5
+    assert by_layer["conv2 1×1"]["cache_memory_ratio"] == 1.0  # a 1×1 kernel's columns are its input
+    assert all(r[f"{v}_ms"] > 0 for r in rows for v in ("native", "cache", "recompute"))

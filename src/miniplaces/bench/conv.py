@@ -142,7 +142,7 @@ def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int
             grad = torch.randn_like(modules["native"](x))
         steps = {v: _fwd_bwd(m, x, grad) for v, m in modules.items()}
         times = _time_interleaved(steps, repeats, warmup, dev)
-        memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in modules.items()}
+        memory = {v: saved_bytes(lambda m=m, x=x: m(x)) for v, m in modules.items()}
         for v in VARIANTS:
             total_t[v] += times[v]
             total_m[v] += memory[v]
@@ -170,4 +170,4 @@ def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, 
     steps = {v: _fwd_bwd(m, x, grad) for v, m in models.items()}
     times = _time_interleaved(steps, repeats, warmup, dev)
     memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in models.items()}
-    return _row("simplenet", f"whole model fwd+bwd, {batch_size}×3×{image_size}×{image_size}", times, memory)
+    return _row("simplenet", f"whole model, {batch_size}×3×{image_size}×{image_size}", times, memory)

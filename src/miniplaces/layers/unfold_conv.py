@@ -15,9 +15,16 @@ and the backward
     grad_W = Σ_n grad_out[n] @ cols[n]ᵀ    # (C_out, K)
     grad_b = Σ_{n,l} grad_out              # (C_out,)
 
-A 1×1 kernel without padding needs no unfold at all: `cols` is the (strided) input itself.
+What makes it fast (each measured against the alternative on SimpleNet's shapes, benchmarks/conv.py):
+- a 1×1 kernel without padding needs no unfold at all: `cols` is the (strided) input itself;
+- the unfold is a strided view of the padded input copied once, 5–9× faster than `F.unfold` on CPU,
+  into a (K, N, L) buffer, so the weight gradient is a single product over all N·L positions;
+- `bmm` with the weight expanded (a stride-0 view) writes (N, C_out, L) straight into the N×C×H×W
+  output: no copies, no folding of the batch (`matmul` would copy `cols` transposed);
+- `F.fold` is kept for the input gradient: a hand-written scatter of kh·kw strided adds measured slower.
+Channels-last layouts were measured too and did not pay: NCHW in, NCHW out.
 
-Memory modes: `cache` keeps `cols` for the backward (K·L per image, k·k times the input for stride 1),
+Memory modes: `cache` keeps `cols` for the backward (K·L per image, kh·kw/stride² times the input),
 `recompute` keeps only the input and weight, as `nn.Conv2d` does, and unfolds again in the backward.
 """
 
