@@ -42,8 +42,9 @@ from miniplaces.errors import MiniPlacesError
 
 MemoryMode = Literal["cache", "recompute"]
 MEMORY_MODES: tuple[str, ...] = ("cache", "recompute")
-# recompute: the backward unfolds again (one extra im2col, cheap next to the products), and the
-# memory held between forward and backward equals nn.Conv2d's instead of k·k times the input.
+# recompute: the memory held between forward and backward equals nn.Conv2d's, for one extra unfold per
+# k×k layer (measured on SimpleNet, batch 64, CPU: 1.17× native time against cache's 1.03×, while cache
+# holds 2.11× native's saved memory for the whole model and 4.51× for the convolutions alone).
 DEFAULT_MEMORY: MemoryMode = "recompute"
 
 Pair = tuple[int, int]
@@ -243,9 +244,10 @@ class UnfoldConv2d(nn.Module):
     Args:
         memory: "recompute" (default) saves only the input and weight for the backward, exactly what
             `nn.Conv2d` saves, and unfolds the input again in the backward. "cache" keeps the unfolded
-            input (kh·kw/stride² times the input), as the study did. The recompute costs one extra im2col,
-            a memory copy that is small next to the matrix products, while the cache multiplies the
-            activation memory of a 3×3 layer by 9: recompute is the better default.
+            input (kh·kw/stride² times the input), as the study did. Recompute is the default: memory is
+            what bounds the batch size (the study's 2.1× GPU memory came from the cache), and the price
+            is one extra unfold copy per k×k layer, about 14% of SimpleNet's training step on this CPU
+            (1.17× native against 1.03×); 1×1 layers cost the same in both modes.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1,
