@@ -1,1 +1,1 @@
-"""Performance measurements that return rows of results (printed by benchmarks/ and `miniplaces bench`)."""
+"""Performance measurements that return rows of results (`benchmarks/` prints them)."""
