@@ -98,7 +98,8 @@ def _augment_into(u8: torch.Tensor, theta: torch.Tensor, colour: torch.Tensor, b
     c, size = out.shape[0], out.shape[-1]
     # One pass converts dtype and layout; NCHW input samples several times faster than NHWC.
     x = torch.empty(u8.shape[0], 3, u8.shape[1], u8.shape[2], device=u8.device).copy_(u8.permute(0, 3, 1, 2))
-    # Contrast blends towards the mean grey of the whole image (as ColorJitter, which runs before the crop).
+    # Contrast blends towards the mean grey of the whole image (as ColorJitter, which runs before the crop);
+    # the colour map itself runs after the warp, so rotated-in corners are near black rather than black.
     mean_gray = x.mean((2, 3)) @ x.new_tensor(GRAY_WEIGHTS)  # (C,)
     # One bmm instead of F.affine_grid, which is several times slower on the CPU.
     grid = torch.bmm(base.expand(c, -1, -1), theta.transpose(1, 2)).view(c, size, size, 2)
@@ -151,7 +152,7 @@ def _empty_batch(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """An uninitialised float32 tensor; on the CPU a large one lives on transparent huge pages.
 
     A fresh 50 MB batch otherwise costs ~12,800 page faults on first write, about 30 ms per
-    batch here (a third of the augmentation); with 2 MB pages it is a few dozen.
+    batch here; with 2 MB pages it is a few dozen.
     """
     numel = math.prod(shape)
     if device.type != "cpu" or numel * 4 < 1 << 23 or not hasattr(mmap, "MADV_HUGEPAGE"):
