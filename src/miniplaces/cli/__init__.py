@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.report_commands",
     "miniplaces.cli.predict_commands",
     "miniplaces.cli.demo_commands",
+    "miniplaces.cli.bench_commands",
+    "miniplaces.cli.cache_commands",
 )
 
 
