@@ -23,7 +23,7 @@ from miniplaces.errors import MiniPlacesError
 SYNTH_MARKER = "demo_synth.json"
 # Synthetic scenes differ in colour and shape, so a model of them needs a larger ε than real scenes
 # before it breaks: the demo sweeps up to 16/255 and reports the attack at 8/255.
-DEFAULT_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+DEFAULT_SWEEP = (4 / 255, 8 / 255, 16 / 255)
 
 PhaseCallback = Callable[[str, str, float | None], None]
 
@@ -42,11 +42,11 @@ class DemoOptions:
     batch_size: int = 64
     lr: float = 0.05
     classes: int = 10
-    per_class: int = 100
+    per_class: int = 80
     val_per_class: int = 20
     device: str = "auto"
     workers: int = 2
-    loader: str = "dataloader"
+    loader: str = "cache"
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
     saliency_images: int = 16

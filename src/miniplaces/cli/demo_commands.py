@@ -26,14 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default: 64)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
     parser.add_argument("--classes", type=int, default=10, help="synthetic classes (default: 10)")
-    parser.add_argument("--per-class", type=int, default=100, help="synthetic train images per class (100)")
+    parser.add_argument("--per-class", type=int, default=80, help="synthetic train images per class (80)")
     parser.add_argument("--val-per-class", type=int, default=20, help="synthetic val images per class (20)")
     parser.add_argument("--limit-train-batches", type=int, help="at most this many training batches per epoch")
     parser.add_argument("--limit-val-batches", type=int, help="at most this many val batches per epoch")
     parser.add_argument("--attack-images", type=int, default=64, help="val images to attack (default: 64)")
     parser.add_argument("--saliency-images", type=int, default=16, help="val images in the saliency grid (16)")
-    parser.add_argument("--loader", choices=("dataloader", "cache"), default="dataloader",
-                        help="per-sample DataLoader or the decoded-cache loader (default: dataloader)")
+    parser.add_argument("--loader", choices=("dataloader", "cache"), default="cache",
+                        help="the decoded-cache loader (default; faster on a CPU) or the per-sample DataLoader")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
     parser.set_defaults(func=run_demo_command)
