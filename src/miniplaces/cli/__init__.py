@@ -18,6 +18,7 @@ from miniplaces.errors import MiniPlacesError
 
 # One module per command group; each adds its sub-commands in `register`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "miniplaces.cli.analysis_commands",
 )
 
 
