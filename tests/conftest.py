@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 
 from miniplaces.data.synth import synthesize
 
-SHARED_MINIPLACES = Path(__file__).resolve().parents[1].parent / "shared" / "miniplaces"
+# Beside the repository by default; MINIPLACES_REAL_ROOT points elsewhere (e.g. from a git worktree).
+SHARED_MINIPLACES = Path(
+    os.environ.get("MINIPLACES_REAL_ROOT", Path(__file__).resolve().parents[1].parent / "shared" / "miniplaces")
+)
 
 
 @pytest.fixture(autouse=True)

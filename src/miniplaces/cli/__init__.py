@@ -18,6 +18,8 @@ from miniplaces.errors import MiniPlacesError
 
 # One module per command group; each adds its sub-commands in `register`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "miniplaces.cli.data_commands",
+    "miniplaces.cli.model_commands",
     "miniplaces.cli.analysis_commands",
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +50,11 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     entry = model_entry(name)
     try:
         model = entry.builder(num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
+        # Bad keyword arguments or hyper-parameters come from the user's config: say which model.
         raise MiniPlacesError(f"model {name!r}: {err}") from err
     model.model_name = name
+    # Paths become strings: a checkpoint holding a Path would not load with weights_only=True.
+    kwargs = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in kwargs.items()}
     model.model_kwargs = dict(kwargs, num_classes=num_classes)
     return model

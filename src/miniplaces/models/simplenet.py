@@ -92,3 +92,8 @@ class SimpleNet(nn.Module):
 @register_model("simplenet", "the study's small CNN (7 convolutions, 0.37 M parameters) with nn.Conv2d")
 def simplenet(*, num_classes: int = 100, **kwargs: Any) -> SimpleNet:
     return SimpleNet(num_classes=num_classes, conv_op="native", **kwargs)
+
+
+@register_model("simplenet_unfold", "SimpleNet with our unfold convolution (UnfoldConv2d): same weights, same outputs")
+def simplenet_unfold(*, num_classes: int = 100, **kwargs: Any) -> SimpleNet:
+    return SimpleNet(num_classes=num_classes, conv_op="unfold", **kwargs)

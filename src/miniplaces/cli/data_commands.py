@@ -1,0 +1,167 @@
+"""`miniplaces download | verify | synth`: get, check or make a dataset in the MiniPlaces layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from miniplaces.errors import MiniPlacesError
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def print_report(report: Any) -> int:
+    """Print a `VerifyReport`: summary, notes, every problem; 0 when sound, else 1."""
+    for line in report.summary():
+        print(line)
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.ok:
+        print("OK: the dataset is sound")
+        return 0
+    print(f"FAILED: {len(report.problems)} problem(s):")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from miniplaces.data.verify import verify_dataset
+
+    report = verify_dataset(args.root, decode=not args.no_decode, workers=args.workers)
+    return print_report(report)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from miniplaces.data.synth import synthesize
+
+    root = Path(args.root)
+    if root.exists() and any(root.iterdir()) and not args.force:
+        raise MiniPlacesError(f"{root} is not empty; choose another --root or pass --force to write over it")
+    synthesize(
+        root,
+        classes=args.classes,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        test_count=args.test,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {root}: {args.classes} classes, {args.classes * args.per_class:,} train, "
+        f"{args.classes * args.val_per_class:,} val, {args.test:,} test images of "
+        f"{args.image_size}×{args.image_size} (seed {args.seed})"
+    )
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from miniplaces.data.download import download_dataset
+
+    bars: dict[str, tqdm] = {}
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        if quiet:
+            return
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, initial=done, desc=name, unit="B", unit_scale=True, leave=True)
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr if quiet else sys.stdout)
+
+    try:
+        result = download_dataset(
+            args.root,
+            url=args.url,
+            progress=progress,
+            log=log,
+            timeout=args.timeout,
+            keep_archive=args.keep_archive,
+            verify=not args.no_verify,
+            workers=args.workers,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if result.report is None:
+        print(f"extracted into {result.root}; not verified (--no-verify)")
+        return 0
+    return print_report(result.report)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    download = subparsers.add_parser(
+        "download",
+        help="download and extract the official MiniPlaces archive and label files, then verify",
+        description=(
+            "Download data.tar.gz (official URLs, or --url) and the devkit label files into ROOT, "
+            "resuming a partial download; reject unsafe archives; extract to ROOT/images/{train,val,test}; "
+            "then verify. Files already in ROOT (data.tar.gz, train.txt, val.txt, categories.txt) are used "
+            "as they are, so you can also place them there by hand."
+        ),
+    )
+    download.add_argument("--root", required=True, help="dataset folder to fill")
+    download.add_argument(
+        "--url",
+        help="mirror of data.tar.gz; the label files are then taken from the archive if it holds them, "
+        "else from the same base URL as the archive, else from the development kit on GitHub",
+    )
+    download.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout in seconds (default 10)")
+    download.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after extraction")
+    download.add_argument("--no-verify", action="store_true", help="skip the verification after extraction")
+    download.add_argument("--workers", type=_positive, default=2, help="decoding threads for verify (default 2)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(func=cmd_download)
+
+    verify = subparsers.add_parser(
+        "verify",
+        help="check a dataset folder: sizes, labels, every image present and decodable",
+        description=(
+            "Check ROOT in the MiniPlaces layout: categories.txt, train.txt and val.txt (format, labels in "
+            "range), every listed image present and fully decodable, the optional test split. Prints split "
+            "sizes, images per class, full dataset or subset, and every problem. Exit 0 when sound, else 1."
+        ),
+    )
+    verify.add_argument("--root", required=True, help="dataset folder")
+    verify.add_argument("--no-decode", action="store_true", help="only check that the files exist (fast)")
+    verify.add_argument("--workers", type=_positive, default=2, help="decoding threads (default 2)")
+    verify.set_defaults(func=cmd_verify)
+
+    synth = subparsers.add_parser(
+        "synth",
+        help="write a deterministic synthetic dataset in the MiniPlaces layout",
+        description=(
+            "Write procedurally drawn scenes (one style per class: sky/ground colours, horizon, texture, shape) "
+            "as JPEGs with label files, in the official layout. The same arguments give identical files."
+        ),
+    )
+    synth.add_argument("--root", required=True, help="folder to write (must be empty or absent unless --force)")
+    synth.add_argument("--classes", type=_positive, default=10, help="number of classes (default 10)")
+    synth.add_argument("--per-class", type=_positive, default=50, help="train images per class (default 50)")
+    synth.add_argument("--val-per-class", type=_non_negative, default=10, help="val images per class (default 10)")
+    synth.add_argument("--test", type=_non_negative, default=0, help="unlabelled test images (default 0)")
+    synth.add_argument("--image-size", type=_positive, default=128, help="image side in pixels (default 128)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    synth.set_defaults(func=cmd_synth)

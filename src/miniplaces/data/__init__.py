@@ -1,0 +1,18 @@
+"""MiniPlaces data: layout, dataset, transforms (plus synth, verify, download, cache, loader)."""
+
+from miniplaces.data.dataset import UNLABELLED, ImageReadError, MiniPlaces, load_rgb
+from miniplaces.data.layout import LayoutError, Sample, read_categories, read_split
+from miniplaces.data.transforms import train_transform, val_transform
+
+__all__ = [
+    "UNLABELLED",
+    "ImageReadError",
+    "LayoutError",
+    "MiniPlaces",
+    "Sample",
+    "load_rgb",
+    "read_categories",
+    "read_split",
+    "train_transform",
+    "val_transform",
+]

@@ -1,0 +1,171 @@
+"""The official MiniPlaces layout on disk, and parsing of its label files.
+
+```
+<root>/categories.txt        "/a/abbey 0" … "/y/yard 99"
+<root>/train.txt             "train/a/abbey/00000001.jpg 0"
+<root>/val.txt               "val/00000001.jpg 71"
+<root>/images/train/…jpg     paths in the label files are relative to images/
+<root>/images/val/…jpg
+<root>/images/test/…jpg      no labels: listed sorted by name
+```
+
+Parsers collect every problem (file and line) instead of stopping at the first,
+so that `verify` can list them all; `read_split` raises them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from miniplaces.errors import MiniPlacesError
+
+SPLITS = ("train", "val", "test")
+LABELLED_SPLITS = ("train", "val")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: its path relative to `<root>/images` and its label (None for test)."""
+
+    relpath: str
+    label: int | None
+
+
+class LayoutError(MiniPlacesError):
+    """The dataset folder or one of its label files is malformed."""
+
+
+def categories_path(root: Path | str) -> Path:
+    return Path(root) / "categories.txt"
+
+
+def labels_path(root: Path | str, split: str) -> Path:
+    return Path(root) / f"{split}.txt"
+
+
+def images_dir(root: Path | str) -> Path:
+    return Path(root) / "images"
+
+
+def short_category_name(entry: str) -> str:
+    """`/a/abbey` → `abbey`; `/f/field/wild` → `field/wild`."""
+    parts = entry.strip("/").split("/")
+    return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def parse_categories(path: Path) -> tuple[list[str], list[str]]:
+    """Parse `categories.txt` into names ordered by index, plus a list of problems.
+
+    Indices must be 0..K-1, each exactly once.
+    """
+    problems: list[str] = []
+    by_index: dict[int, str] = {}
+    if not path.is_file():
+        return [], [f"{path}: missing; it lists the classes as '/a/abbey 0' lines"]
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+            problems.append(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
+            continue
+        index = int(parts[1])
+        if index in by_index:
+            problems.append(f"{path}:{lineno}: index {index} appears twice")
+            continue
+        by_index[index] = short_category_name(parts[0])
+    count = len(by_index)
+    if by_index and sorted(by_index) != list(range(count)):
+        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+        problems.append(f"{path}: indices must be 0..{count - 1} without gaps; missing {missing[:10]}")
+    return [by_index[i] for i in sorted(by_index)], problems
+
+
+def parse_labels(path: Path, split: str, num_classes: int) -> tuple[list[Sample], list[str]]:
+    """Parse `train.txt` or `val.txt` into samples, plus a list of problems (file:line: what)."""
+    problems: list[str] = []
+    samples: list[Sample] = []
+    if not path.is_file():
+        return [], [f"{path}: missing; it lists '{split}/… <label>' lines of the {split} split"]
+    seen: set[str] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(" ")
+        where = f"{path}:{lineno}"
+        if len(parts) != 2:
+            problems.append(f"{where}: expected '<image path> <label>', got {line!r}")
+            continue
+        relpath, label_text = parts
+        if not label_text.strip().lstrip("-").isdigit():
+            problems.append(f"{where}: label {label_text!r} is not an integer")
+            continue
+        label = int(label_text)
+        if not 0 <= label < num_classes:
+            problems.append(f"{where}: label {label} out of range 0..{num_classes - 1}")
+            continue
+        if ".." in Path(relpath).parts or Path(relpath).is_absolute():
+            problems.append(f"{where}: path {relpath!r} leaves the images folder")
+            continue
+        if relpath in seen:
+            problems.append(f"{where}: {relpath} listed twice")
+            continue
+        seen.add(relpath)
+        samples.append(Sample(relpath, label))
+    return samples, problems
+
+
+def list_test_images(root: Path | str) -> list[Sample]:
+    """The unlabelled test split: every image under `images/test`, sorted by name."""
+    folder = images_dir(root) / "test"
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [Sample(p.relative_to(images_dir(root)).as_posix(), None) for p in files]
+
+
+def format_problems(problems: list[str], limit: int = MAX_LISTED_PROBLEMS) -> str:
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  … and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def read_categories(root: Path | str) -> list[str]:
+    """Class names ordered by label index; raises `LayoutError` naming every bad line."""
+    names, problems = parse_categories(categories_path(root))
+    if problems:
+        raise LayoutError(
+            f"cannot read the categories of {root}:{format_problems(problems)}\n"
+            f"Run `miniplaces verify --root {root}` for a full check."
+        )
+    return names
+
+
+def read_split(root: Path | str, split: str) -> list[Sample]:
+    """The samples of one split; raises `LayoutError` naming every bad line."""
+    if split not in SPLITS:
+        raise LayoutError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(
+            f"dataset folder {root} does not exist; run `miniplaces download --root {root}` "
+            f"or `miniplaces synth --root {root}`"
+        )
+    if split == "test":
+        samples = list_test_images(root)
+        if not samples:
+            raise LayoutError(f"{images_dir(root) / 'test'} holds no images")
+        return samples
+    num_classes = len(read_categories(root))
+    samples, problems = parse_labels(labels_path(root, split), split, num_classes)
+    if problems:
+        raise LayoutError(
+            f"bad {split} label file in {root}:{format_problems(problems)}\n"
+            f"Fix or remove these lines; `miniplaces verify --root {root}` lists every problem."
+        )
+    if not samples:
+        raise LayoutError(f"{labels_path(root, split)} lists no images")
+    return samples

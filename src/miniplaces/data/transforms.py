@@ -1,0 +1,45 @@
+"""The study's transforms, on `torchvision.transforms.v2`.
+
+Both return float tensors in [0, 1] (C×H×W): normalisation belongs to the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+RESIZE = 144
+CROP = 128
+
+
+def train_transform(image_size: int = CROP, resize: int = RESIZE) -> v2.Compose:
+    """Resize with a random interpolation, flip, colour jitter, rotate ±15°, random resized crop."""
+    random_resize = v2.RandomChoice(
+        [
+            v2.Resize(resize, interpolation=mode, antialias=True)
+            for mode in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+        ]
+    )
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            random_resize,
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15),
+            v2.RandomRotation(15),
+            v2.RandomResizedCrop(image_size, scale=(0.25, 1.0), ratio=(0.8, 1.2), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def val_transform(image_size: int = CROP, resize: int = RESIZE) -> v2.Compose:
+    """Resize to 144 (bilinear), centre crop 128; any size or mode in, RGB float out."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )

@@ -1,0 +1,189 @@
+"""A simple Vision Transformer whose blocks use global or window attention.
+
+image (B, 3, H, W) in [0, 1] → normalise → patch embedding (conv, stride = kernel = patch)
+→ tokens (B, N, D) + optional learnable absolute position embedding
+→ `depth` pre-norm blocks: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x)))
+→ final LayerNorm → mean over tokens → linear head.
+
+Blocks listed in `window_blocks` (0-based indices) attend within non-overlapping
+`window_size`² windows of the token grid; the others attend globally. The study's
+"window 4 on blocks 1 and 3" of the depth-4 model counts blocks from 1, so the
+default is `window_blocks=(0, 2)`: window, global, window, global — local mixing
+first, each followed by a global block (the ViTDet pattern). Drop-path rates
+rise linearly from 0 to `drop_path_rate` over depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miniplaces.layers import Attention, DropPath, Mlp, Normalize, PatchEmbed
+from miniplaces.models.registry import register_model
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; `window_size=None` means global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        window_size: int | None = None,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), grid_size))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class TokenEncoder(nn.Module):
+    """Normalised image → final-normed tokens `(B, N, D)` and the grid size: the trunk of a ViT."""
+
+    def __init__(
+        self,
+        img_size: int = 128,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 192,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        window_size: int = 4,
+        window_blocks: Sequence[int] = (0, 2),
+        pos_embed: bool = True,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        bad = [i for i in window_blocks if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"window_blocks {tuple(window_blocks)} must be 0-based block indices below depth {depth}")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.embed_dim = embed_dim
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim)) if pos_embed else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, window_size if i in window_blocks else None, qkv_bias, drop_rate,
+                  rates[i])
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def position_embedding(self, grid_size: tuple[int, int]) -> torch.Tensor:
+        """The learnt embedding, resampled (bicubic) when the input grid differs from the trained one."""
+        assert self.pos_embed is not None
+        if grid_size == self.grid_size:
+            return self.pos_embed
+        pos = self.pos_embed.view(1, *self.grid_size, -1).permute(0, 3, 1, 2)  # (1, D, Gh, Gw)
+        pos = F.interpolate(pos, size=grid_size, mode="bicubic", align_corners=False)
+        return pos.flatten(2).transpose(1, 2)  # (1, N, D)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, grid = self.patch_embed(x)  # (B, N, D)
+        if self.pos_embed is not None:
+            x = x + self.position_embedding(grid)
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x, grid)
+        return self.norm(x), grid
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """timm's ViT init: truncated-normal linear weights (std 0.02), zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class VisionTransformer(nn.Module):
+    """Simple ViT: no class token, mean pooling over tokens, linear head.
+
+    Args:
+        num_classes: output classes (0: no head, `forward` returns pooled features).
+        img_size: training image side; other sides work (the position embedding is resampled).
+        patch_size: side of the square patches.
+        embed_dim, depth, num_heads, mlp_ratio: width, number of blocks, heads, MLP expansion.
+        window_size: side of the attention windows, in tokens.
+        window_blocks: 0-based indices of the blocks that use window attention; the others are global.
+        pos_embed: add a learnable absolute position embedding.
+        drop_rate: dropout after the position embedding, in attention/MLP outputs and before the head.
+        drop_path_rate: stochastic depth of the last block (linear from 0 at the first).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        img_size: int = 128,
+        patch_size: int = 16,
+        embed_dim: int = 192,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        window_size: int = 4,
+        window_blocks: Sequence[int] = (0, 2),
+        pos_embed: bool = True,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = embed_dim
+        self.normalize = Normalize()
+        self.encoder = TokenEncoder(img_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio, window_size,
+                                    window_blocks, pos_embed, qkv_bias, drop_rate, drop_path_rate)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        init_transformer_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.encoder(self.normalize(x))
+        return tokens  # (B, N, D)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean(dim=1))  # (B, D)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_transformer_weights(self.head)
+
+
+@register_model("vit", "simple ViT: patch 16, width 192, depth 4, 4 heads, window 4 on blocks 1 and 3 (1-based)")
+def vit(*, num_classes: int = 100, **kwargs: Any) -> VisionTransformer:
+    model_args = dict(img_size=128, patch_size=16, embed_dim=192, depth=4, num_heads=4, window_size=4,
+                      window_blocks=(0, 2), drop_path_rate=0.1)
+    return VisionTransformer(num_classes=num_classes, **dict(model_args, **kwargs))

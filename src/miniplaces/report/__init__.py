@@ -1,0 +1,1 @@
+"""Results tables, figures and the HTML report."""
