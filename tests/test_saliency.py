@@ -111,11 +111,20 @@ def test_grad_cam_equals_cam_for_a_global_pool_head(simplenet: nn.Module) -> Non
 
 def test_grad_cam_default_layers() -> None:
     assert default_gradcam_layer(create_model("simplenet", num_classes=3)) == "features"
-    torchvision_resnet = resnet18(num_classes=3).eval()
+    assert default_gradcam_layer(create_model("simplenet_unfold", num_classes=3)) == "features"
+    ours = create_model("resnet18", num_classes=3).eval()
+    assert default_gradcam_layer(ours) == "layer4"
+    torchvision_resnet = resnet18(num_classes=3).eval()  # an unregistered model: found by its layer names
     assert default_gradcam_layer(torchvision_resnet) == "layer4"
-    cam = grad_cam(torchvision_resnet, torch.rand(2, 3, 64, 64))
+    cam = grad_cam(ours, torch.rand(2, 3, 64, 64))
     assert cam.shape == (2, 1, 64, 64) and (cam >= 0).all()
     assert grad_cam(LeftHalfNet(), torch.rand(1, 3, 16, 16), layer="features.0").shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["vit", "msvit"])
+def test_grad_cam_refuses_registered_transformers(name: str) -> None:
+    with pytest.raises(MiniPlacesError, match=f"model '{name}' has no default.*--layer"):
+        grad_cam(create_model(name, num_classes=3).eval(), torch.rand(1, 3, 64, 64))
 
 
 def test_grad_cam_errors_name_the_option() -> None:
