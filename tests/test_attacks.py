@@ -220,3 +220,12 @@ def test_parse_eps_list() -> None:
     assert parse_eps_list("0,1/255, 2/255,") == pytest.approx([0, 1 / 255, 2 / 255])
     with pytest.raises(MiniPlacesError, match="no ε"):
         parse_eps_list(" , ")
+
+
+def test_attack_cost_rows() -> None:
+    from miniplaces.bench.attack import measure_attack_cost
+
+    rows = measure_attack_cost(num_classes=4, batch_size=2, image_size=32, steps=2, repeats=1)
+    assert [row["name"] for row in rows] == ["2 × forward+backward", "PGD-2 least-likely", "PGD-2 untargeted",
+                                             "forward+backward", "FGSM"]
+    assert rows[0]["ratio"] == 1.0 and all(row["ms_per_image"] > 0 for row in rows)

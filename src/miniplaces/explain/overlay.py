@@ -153,7 +153,7 @@ def sweep_plot(rows: Sequence[dict[str, Any]], path: Path | str, *, title: str =
     axis.plot(eps, [row["adv_top5"] for row in rows], marker="s", label="top-5 under attack")
     axis.set_xlabel("ε (× 1/255, pixel units)")
     axis.set_ylabel("accuracy (%)")
-    axis.set_ylim(0, 100)
+    axis.set_ylim(0, 102)
     axis.grid(alpha=0.3)
     axis.legend()
     if title:

@@ -1,0 +1,1 @@
+"""Measurements behind `benchmarks/*.py` and `miniplaces bench`: each module returns rows of results."""
