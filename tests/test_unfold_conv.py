@@ -103,6 +103,16 @@ def test_simplenet_layer_shapes_match_conv2d(device: str) -> None:
                                 "d": 1, "bias": True}, mode, device)
 
 
+def test_strided_unfold_equals_f_unfold() -> None:
+    rng = random.Random(5)
+    for _ in range(30):
+        case = _random_case(rng)
+        x = torch.randn(case["n"], case["cin"], case["h"], case["w"])
+        args = ((case["k"], case["k"]), (case["s"],) * 2, (case["p"],) * 2, (case["d"],) * 2)
+        ref = F.unfold(x, args[0], dilation=args[3], padding=args[2], stride=args[1])
+        assert torch.equal(uc._unfold(x, *args), ref), case
+
+
 def test_channels_last_and_noncontiguous_inputs() -> None:
     weight = torch.randn(6, 4, 3, 3)
     for x in (torch.randn(2, 4, 9, 7).to(memory_format=torch.channels_last),
@@ -227,3 +237,17 @@ def test_device_mismatch_is_clear() -> None:
     conv = UnfoldConv2d(3, 8, 3).cuda()
     with pytest.raises(MiniPlacesError, match="input is on cpu but weight is on cuda"):
         conv(torch.randn(1, 3, 8, 8))
+
+
+def test_conv_benchmark_rows_and_saved_memory() -> None:
+    from miniplaces.bench.conv import run_conv_benchmark
+
+    rows = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0)
+    assert [r["layer"] for r in rows][-2:] == ["total", "simplenet"] and len(rows) == 9
+    by_layer = {r["layer"]: r for r in rows}
+    # recompute saves exactly what nn.Conv2d saves; cache keeps the columns (9× the input for 3×3)
+    assert all(r["recompute_memory_ratio"] == 1.0 for r in rows)
+    conv3 = by_layer["conv3 3×3"]  # 64 channels on 4×4: the columns (64·9 rows) replace the input (64 rows)
+    assert (conv3["cache_saved_mb"] - conv3["native_saved_mb"]) * 2**20 == 2 * (64 * 9 - 64) * 16 * 4
+    assert by_layer["conv2 1×1"]["cache_memory_ratio"] == 1.0  # a 1×1 kernel's columns are its input
+    assert all(r[f"{v}_ms"] > 0 for r in rows for v in ("native", "cache", "recompute"))

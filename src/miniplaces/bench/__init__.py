@@ -1,1 +1,1 @@
-"""Measurements behind `benchmarks/*.py` and `miniplaces bench`: each module returns rows of results."""
+"""Performance measurements that return rows of results (`benchmarks/` prints them)."""

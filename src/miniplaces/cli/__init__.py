@@ -20,6 +20,8 @@ from miniplaces.errors import MiniPlacesError
 COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.data_commands",
     "miniplaces.cli.model_commands",
+    "miniplaces.cli.train_commands",
+    "miniplaces.cli.cache_commands",
     "miniplaces.cli.analysis_commands",
 )
 

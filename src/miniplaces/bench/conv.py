@@ -1,0 +1,173 @@
+"""Native `nn.Conv2d` against `UnfoldConv2d` (cache and recompute) on SimpleNet's layer shapes.
+
+For each layer: the median forward+backward time of each variant, measured interleaved (native, cache,
+recompute, native, …) so that a busy machine slows all of them alike, and the memory saved for the
+backward.
+
+Counting rule for saved memory: every tensor autograd saves passes through a
+`torch.autograd.graph.saved_tensors_hooks` pack hook; we sum the bytes of the distinct storages behind
+them, so a tensor saved twice, or saved together with a view of it, counts once (the input and the
+weight count once each). It is a byte count, the same on every device, not an allocator reading.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from miniplaces.layers.unfold_conv import UnfoldConv2d
+
+VARIANTS: tuple[str, ...] = ("native", "cache", "recompute")
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int
+    padding: int
+    size: int  # input height = width at 128×128 images
+    input_grad: bool  # False for the first layer: nothing upstream needs the image's gradient
+
+
+def simplenet_shapes(image_size: int = 128) -> list[ConvShape]:
+    """SimpleNet's seven convolutions and the spatial size each one sees."""
+    s1, s2 = image_size // 4, image_size // 8
+    return [
+        ConvShape("conv1 7×7/2", 3, 64, 7, 2, 3, image_size, False),
+        ConvShape("conv2 1×1", 64, 64, 1, 1, 0, s1, True),
+        ConvShape("conv3 3×3", 64, 64, 3, 1, 1, s1, True),
+        ConvShape("conv4 1×1", 64, 256, 1, 1, 0, s1, True),
+        ConvShape("conv5 1×1", 256, 128, 1, 1, 0, s2, True),
+        ConvShape("conv6 3×3", 128, 128, 3, 1, 1, s2, True),
+        ConvShape("conv7 1×1", 128, 512, 1, 1, 0, s2, True),
+    ]
+
+
+def saved_bytes(step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves while `step()` builds its graph."""
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[(str(t.device), storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    del out
+    return sum(storages.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                      device: torch.device) -> dict[str, float]:
+    """Median seconds of each step, measured round-robin so that load changes hit all steps alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _modules(shape: ConvShape, device: torch.device) -> dict[str, nn.Module]:
+    args = (shape.in_channels, shape.out_channels, shape.kernel_size)
+    kwargs = {"stride": shape.stride, "padding": shape.padding, "device": device}
+    native = nn.Conv2d(*args, **kwargs)
+    modules: dict[str, nn.Module] = {"native": native}
+    for memory in ("cache", "recompute"):
+        ours = UnfoldConv2d(*args, memory=memory, **kwargs)  # type: ignore[arg-type]
+        ours.load_state_dict(native.state_dict())
+        modules[memory] = ours
+    return modules
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(grad)
+
+    return step
+
+
+def _row(name: str, shape: str, times: dict[str, float], memory: dict[str, int]) -> dict:
+    row: dict = {"layer": name, "shape": shape}
+    for v in VARIANTS:
+        row[f"{v}_ms"] = times[v] * 1e3
+        row[f"{v}_saved_mb"] = memory[v] / 2**20
+    for v in VARIANTS[1:]:
+        row[f"{v}_time_ratio"] = times[v] / times["native"]
+        row[f"{v}_memory_ratio"] = memory[v] / memory["native"]
+    return row
+
+
+def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int = 7, warmup: int = 1,
+                       device: str = "cpu", include_simplenet: bool = True) -> list[dict]:
+    """One row per SimpleNet convolution, a `total` row (sums over the layers), and optionally a row for
+    the whole SimpleNet (native against conv_op="unfold", same weights).
+
+    Each row holds `<variant>_ms` (median forward+backward), `<variant>_saved_mb` (saved for backward,
+    counting rule in the module docstring) and, for cache/recompute, `_time_ratio`/`_memory_ratio` to native.
+    """
+    dev = torch.device(device)
+    rows: list[dict] = []
+    total_t = dict.fromkeys(VARIANTS, 0.0)
+    total_m = dict.fromkeys(VARIANTS, 0)
+    generator = torch.Generator().manual_seed(0)
+    for shape in simplenet_shapes(image_size):
+        x = torch.randn(batch_size, shape.in_channels, shape.size, shape.size, generator=generator).to(dev)
+        x.requires_grad_(shape.input_grad)
+        modules = _modules(shape, dev)
+        with torch.no_grad():
+            grad = torch.randn_like(modules["native"](x))
+        steps = {v: _fwd_bwd(m, x, grad) for v, m in modules.items()}
+        times = _time_interleaved(steps, repeats, warmup, dev)
+        memory = {v: saved_bytes(lambda m=m, x=x: m(x)) for v, m in modules.items()}
+        for v in VARIANTS:
+            total_t[v] += times[v]
+            total_m[v] += memory[v]
+        desc = (f"{shape.in_channels}→{shape.out_channels} k{shape.kernel_size} s{shape.stride} "
+                f"p{shape.padding} on {shape.size}×{shape.size}")
+        rows.append(_row(shape.name, desc, times, memory))
+        del x, grad, modules, steps
+    rows.append(_row("total", "sum of the layers", total_t, total_m))
+    if include_simplenet:
+        rows.append(_simplenet_row(batch_size, image_size, repeats, warmup, dev))
+    return rows
+
+
+def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, dev: torch.device) -> dict:
+    from miniplaces.models.simplenet import SimpleNet
+
+    native = SimpleNet(num_classes=100).to(dev)
+    models: dict[str, nn.Module] = {"native": native}
+    for memory in ("cache", "recompute"):
+        model = SimpleNet(num_classes=100, conv_op=lambda *a, m=memory, **k: UnfoldConv2d(*a, memory=m, **k))
+        model.load_state_dict(native.state_dict())
+        models[memory] = model.to(dev)
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(dev)
+    grad = torch.ones(batch_size, 100, device=dev)
+    steps = {v: _fwd_bwd(m, x, grad) for v, m in models.items()}
+    times = _time_interleaved(steps, repeats, warmup, dev)
+    memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in models.items()}
+    return _row("simplenet", f"whole model, {batch_size}×3×{image_size}×{image_size}", times, memory)

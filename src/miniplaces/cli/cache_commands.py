@@ -1,0 +1,69 @@
+"""`miniplaces cache`: decode a split once into a memory-mapped uint8 array for the batched loader."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+SPLIT_CHOICES = ("train", "val", "test", "all")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache",
+        help="decode a split once into a memory-mapped uint8 cache (reused while up to date)",
+        description=(
+            "Decode every image of a split once into <cache dir>/<split>-<S>.images.npy (uint8 N×S×S×3) "
+            "with its labels and metadata, for the batched loader. An up-to-date cache is reused; a changed "
+            "label file or image list rebuilds it. The cache goes to <root>/cache, or to "
+            "~/.cache/miniplaces/<name>-<hash> when the dataset folder is read-only."
+        ),
+    )
+    parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
+                        help="split to cache; 'all' caches train, val and test (those present)")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="side S of the cached images; others are resized and centre-cropped (default 128)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    parser.set_defaults(func=run_cache)
+
+
+def _splits(root: Path, split: str) -> list[str]:
+    if split != "all":
+        return [split]
+    present = [s for s in ("train", "val") if (root / f"{s}.txt").is_file()]
+    if (root / "images" / "test").is_dir():
+        present.append("test")
+    return present or ["train"]  # lets the library say what is missing
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from miniplaces.data.cache import build_cache, cache_paths, cache_state, open_cache
+    from miniplaces.data.layout import read_split
+
+    for split in _splits(args.root, args.split):
+        state = "stale" if args.force else cache_state(args.root, split, args.image_size, args.cache_dir)
+        started = time.perf_counter()
+        if state == "current":
+            folder = build_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers)
+            verb = "reused"
+        else:
+            total = len(read_split(args.root, split))
+            with tqdm(total=total, desc=f"cache {split}", unit="img", disable=not sys.stderr.isatty(),
+                      leave=False) as bar:
+                folder = build_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers,
+                                     progress=bar.update, force=True)
+            verb = "built"
+        cache = open_cache(args.root, split, args.image_size, args.cache_dir)
+        images = cache_paths(args.root, split, args.image_size, args.cache_dir).images
+        size_mb = images.stat().st_size / 2**20
+        took = f" in {time.perf_counter() - started:.1f} s" if verb == "built" else ""
+        print(f"{split}: {verb} {len(cache)} images of {args.image_size}×{args.image_size}{took} → "
+              f"{folder}/{images.name} ({size_mb:.0f} MiB)")
+    return 0

@@ -1,0 +1,87 @@
+"""`miniplaces train` and `miniplaces eval`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a model (resumable; torchrun for many GPUs)",
+        description="Train a model on MiniPlaces. Settings come from the defaults, then --config, then the flags; "
+                    "the resolved config is saved in the run directory runs/<name>/. "
+                    "Ctrl-C writes checkpoints/last.pt; continue with --resume runs/<name>. "
+                    "Under `torchrun --nproc_per_node=N -m miniplaces train …` it trains with DDP.",
+    )
+    train.add_argument("--model", help="registered model name (see `miniplaces models`)")
+    train.add_argument("--root", help="dataset folder in the MiniPlaces layout")
+    train.add_argument("--config", help="YAML file of config keys (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="set one config key, e.g. --set epochs=10 --set amp=bf16 (repeatable)")
+    train.add_argument("--name", help="run name: the run directory is <out_dir>/<name>")
+    train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
+                       help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
+        description="Evaluate a checkpoint on a labelled split. The model is rebuilt from the checkpoint alone; "
+                    "the result is written as JSON to <checkpoint dir>/eval_<split>.json or --out.",
+    )
+    ev.add_argument("--checkpoint", required=True, help="a .pt file written by `miniplaces train`")
+    ev.add_argument("--root", required=True, help="dataset folder in the MiniPlaces layout")
+    ev.add_argument("--split", default="val", choices=("val", "train"), help="labelled split (default val)")
+    ev.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--workers", type=int, default=4)
+    ev.set_defaults(func=run_eval)
+
+
+def _setup_logging() -> None:
+    # Under torchrun only rank 0 talks.
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from miniplaces.config import load_config
+    from miniplaces.engine.runner import TrainingInterrupted, resume_config, train
+
+    _setup_logging()
+    overrides = [f"{key}={value}" for key, value in (("model", args.model), ("root", args.root),
+                                                     ("name", args.name)) if value is not None]
+    overrides += args.overrides
+    base = resume_config(args.resume) if args.resume else None
+    config = load_config(args.config, overrides, base=base)
+    try:
+        run_dir = train(config, resume=args.resume)
+    except TrainingInterrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from miniplaces.engine.runner import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
+                                 tta=None if args.tta == "none" else args.tta, out=args.out,
+                                 batch_size=args.batch_size, device=args.device, workers=args.workers)
+    print(f"{report['model']['name']} epoch {report['epoch']} on {report['split']} ({report['count']} images, "
+          f"tta {report['tta'] or 'none'}): top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+          f"loss {report['loss']:.4f}")
+    ranked = sorted(report["per_class"], key=lambda c: c["accuracy"])
+    if len(ranked) > 1:
+        show = min(3, len(ranked) // 2)
+        fmt = ", ".join
+        print("worst classes: " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in ranked[:show]))
+        print("best classes:  " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in reversed(ranked[-show:])))
+    print(f"written: {report['path']}")
+    return 0

@@ -1,0 +1,242 @@
+"""The training configuration: defaults → YAML file → `--set key=value` flags.
+
+Every key is a typed field of `TrainConfig`. An unknown key or a value of the wrong
+type is a `ConfigError` that names the key (and the file and line for YAML). Keys left
+at `None` whose default depends on the model family (optimizer, lr, weight_decay) are
+filled in by `resolve`, and the resolved config is what a run saves as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from miniplaces.errors import MiniPlacesError
+
+
+class ConfigError(MiniPlacesError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the study's."""
+
+    model: str = "simplenet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    root: str = ""
+    name: str | None = None  # run directory name under out_dir; default <model>-<date>-<time>
+    out_dir: str = "runs"
+    epochs: int = 60
+    batch_size: int = 256  # global: split evenly across DDP processes
+    # Optimiser; None → the model family's default: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
+    optimizer: Literal["sgd", "adamw"] | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float = 5.0
+    min_lr: float = 0.0
+    clip_grad: float | None = None  # max gradient norm; None disables clipping
+    label_smoothing: float = 0.0
+    no_wd_norm_bias: bool = False
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    loader: Literal["dataloader", "cache"] = "dataloader"
+    workers: int = 4
+    image_size: int = 128
+    tta: Literal["flip"] | None = None  # test-time augmentation of the per-epoch validation
+    sync_bn: bool = False
+    limit_train_batches: int | None = None  # for tests and quick runs
+    limit_val_batches: int | None = None
+    log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(tp: Any, value: Any) -> tuple[bool, Any]:
+    """Whether `value` fits type `tp`, and the value converted (int → float where a float is wanted)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, converted = _check(arg, value)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return ok, dict(value) if ok else value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
+    types_ = _field_types()
+    if key not in types_:
+        raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(config_keys())}")
+    ok, converted = _check(types_[key], value)
+    if not ok:
+        raise ConfigError(f"{where}: key {key!r} must be {_type_name(types_[key])}, got {value!r}")
+    setattr(config, key, converted)
+
+
+def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
+    """Apply the keys of a YAML file (a flat mapping) to `config`; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from err
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return config
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value lines")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    for key, value in data.items():
+        _set(config, str(key), value, f"{path}:{lines.get(key, '?')}")
+    return config
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `key=value` strings; values are read as YAML (`0.1`, `true`, `null`, `{depth: 6}`).
+
+    `model_kwargs.NAME=value` sets one model argument.
+    """
+    types_ = _field_types()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        where = f"--set {item}"
+        if key.startswith("model_kwargs."):
+            sub = key.removeprefix("model_kwargs.")
+            config.model_kwargs = {**config.model_kwargs, sub: _parse_value(raw, where)}
+            continue
+        tp = types_.get(key)
+        # A string-typed key takes the text as it is (a run named `007` stays `007`), except `null`.
+        if tp is not None and _accepts_str(tp) and raw not in ("null", "~", ""):
+            value: Any = raw
+        else:
+            value = _parse_value(raw, where)
+        _set(config, key, value, where)
+    return config
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return str in typing.get_args(tp)
+    return False
+
+
+def _parse_value(raw: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: cannot read value {raw!r}: {err}") from err
+
+
+def family_defaults(model: str) -> dict[str, Any]:
+    """The study's optimiser for a model family: AdamW for vision transformers, SGD otherwise."""
+    if "vit" in model.lower():
+        return {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05}
+    return {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4}
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill family defaults and check value ranges; returns a new config."""
+    config = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
+    defaults = family_defaults(config.model)
+    if config.optimizer is None:
+        config.optimizer = defaults["optimizer"]
+    if config.lr is None:
+        config.lr = 0.1 if config.optimizer == "sgd" else 0.01
+    if config.weight_decay is None:
+        config.weight_decay = 1e-4 if config.optimizer == "sgd" else 0.05
+    positive = ("epochs", "batch_size", "image_size", "log_every")
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1 or null, got {value!r}")
+    for key in ("warmup_epochs", "min_lr", "weight_decay", "label_smoothing", "workers", "momentum"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
+    if config.clip_grad is not None and config.clip_grad <= 0:
+        raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    if not config.root:
+        raise ConfigError("key 'root' is not set: pass --root DIR (the MiniPlaces folder)")
+    return config
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
+                base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults (or `base`) → the YAML file at `path` → `overrides`; not yet resolved."""
+    config = dataclasses.replace(base) if base is not None else TrainConfig()
+    if path is not None:
+        apply_yaml(config, path)
+    return apply_overrides(config, list(overrides or []))
+
+
+def config_from_dict(data: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
+    """A config from a saved mapping (a checkpoint's `config`), checked key by key."""
+    config = TrainConfig()
+    for key, value in data.items():
+        _set(config, key, value, where)
+    return config
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: TrainConfig, path: Path | str) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path

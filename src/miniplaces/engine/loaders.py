@@ -1,0 +1,154 @@
+"""Training and validation batches for the engine: the per-sample DataLoader or the decoded cache.
+
+The DataLoader path is repeatable and resumable mid-epoch: the sampler shuffles like
+`DistributedSampler` (a permutation seeded by seed + epoch, one shard per process) and
+can start at any position, and each sample's augmentation is drawn from its own seed
+(seed, epoch, index), so a batch does not depend on the worker that made it or on the
+batches before it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from miniplaces.config import TrainConfig
+from miniplaces.data import MiniPlaces, train_transform, val_transform
+from miniplaces.engine.distributed import DistInfo
+from miniplaces.errors import MiniPlacesError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, sample)."""
+    return (seed * 1_000_003 + epoch * 10_000_019 + index * 7_919 + 1) % (2**63 - 1)
+
+
+class ResumableSampler(DistributedSampler):
+    """`DistributedSampler` that yields `(index, sample_seed)` and can skip the first `start` samples."""
+
+    def __init__(self, dataset: Dataset, *, rank: int, world_size: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.start:]
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset: item `(index, seed)` is `dataset[index]` transformed under `torch.manual_seed(seed)`.
+
+    The global RNG is restored afterwards, so loading in the main process does not disturb training.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def _worker_init(worker_id: int) -> None:
+    # numpy and random are not seeded by DataLoader; derive them from the worker's torch seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def workers(config: TrainConfig) -> int:
+    """Loader processes: as asked, but no more than the machine has cores."""
+    return min(config.workers, os.cpu_count() or 1)
+
+
+def resize_for(image_size: int) -> int:
+    """The study resizes to 144 before cropping 128; keep that ratio at other sizes."""
+    return round(image_size * 144 / 128)
+
+
+def per_process_batch(config: TrainConfig, info: DistInfo) -> int:
+    if config.batch_size % info.world_size:
+        raise MiniPlacesError(
+            f"key 'batch_size' ({config.batch_size}) is the global batch and must divide evenly "
+            f"over {info.world_size} processes"
+        )
+    return config.batch_size // info.world_size
+
+
+@dataclass
+class TrainBatches:
+    """The training batches of a run, positioned by `position(epoch, start_step)` before each epoch."""
+
+    loader: Any
+    sampler: ResumableSampler | None
+    steps_per_epoch: int
+
+    def position(self, epoch: int, start_step: int) -> Iterable[Batch]:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            self.sampler.start = start_step * self.loader.batch_size
+            return self.loader
+        self.loader.set_epoch(epoch)
+        # The cache loader draws each epoch deterministically: skipping batches replays it exactly.
+        return itertools.islice(self.loader, start_step, None)
+
+
+def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.device) -> TrainBatches:
+    batch = per_process_batch(config, info)
+    if config.loader == "cache":
+        from miniplaces.data.loader import cached_loader
+
+        loader: Any = cached_loader(config.root, "train", batch, train=True, device=device, seed=config.seed,
+                                    image_size=config.image_size, rank=info.rank, world_size=info.world_size)
+        sampler = None
+    else:
+        dataset = MiniPlaces(config.root, "train",
+                             transform=train_transform(config.image_size, resize_for(config.image_size)))
+        sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
+        loader = DataLoader(
+            SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,
+            num_workers=workers(config), pin_memory=device.type == "cuda",
+            persistent_workers=workers(config) > 0, worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+    steps = len(loader)
+    if config.limit_train_batches is not None:
+        steps = min(steps, config.limit_train_batches)
+    if steps == 0:
+        raise MiniPlacesError(
+            f"the train split of {config.root} has fewer images than one batch of {batch} per process; "
+            "lower batch_size"
+        )
+    return TrainBatches(loader, sampler, steps)
+
+
+def build_val_batches(root: str, config: TrainConfig, info: DistInfo, device: torch.device,
+                      split: str = "val", batch_size: int | None = None) -> Any:
+    """Validation batches; each process takes every world_size-th image (no padding, so no image counts twice)."""
+    batch = batch_size if batch_size is not None else per_process_batch(config, info)
+    if config.loader == "cache":
+        from miniplaces.data.loader import cached_loader
+
+        return cached_loader(root, split, batch, train=False, device=device, seed=config.seed,
+                             image_size=config.image_size, rank=info.rank, world_size=info.world_size)
+    dataset = MiniPlaces(root, split, transform=val_transform(config.image_size, resize_for(config.image_size)))
+    return DataLoader(dataset, batch_size=batch, sampler=list(range(info.rank, len(dataset), info.world_size)),
+                      num_workers=workers(config), pin_memory=device.type == "cuda")

@@ -1,0 +1,37 @@
+"""Optimisers of the study, with optional no-weight-decay groups for norms and biases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from miniplaces.errors import MiniPlacesError
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -> list[dict[str, Any]]:
+    """One group with `weight_decay`, or two: decayed weights and undecayed biases / norm scales.
+
+    Biases and norm weights are the 1-d parameters; a model may name more (position
+    embeddings, class token) in `no_weight_decay()`, as timm models do.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not no_wd_norm_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in params:
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9,
+                    no_wd_norm_bias: bool = False) -> torch.optim.Optimizer:
+    """`sgd` (Nesterov off, as in the study) or `adamw`."""
+    groups = param_groups(model, weight_decay, no_wd_norm_bias)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise MiniPlacesError(f"unknown optimizer {name!r}; use sgd or adamw")

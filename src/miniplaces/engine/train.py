@@ -1,0 +1,220 @@
+"""`train_one_epoch` and `evaluate`: plain functions returning dicts of averages.
+
+Both keep their running sums on the device and synchronise with it only every
+`check_every` steps (for the progress bar and the non-finite-loss check), so the
+loop runs as fast as a hand-written one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum
+from miniplaces.engine.metrics import RunningSums, correct_topk
+from miniplaces.errors import MiniPlacesError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(MiniPlacesError):
+    """The training loss became NaN or infinite."""
+
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
+    # Quiet when stderr is not a terminal (logs, CI) or when asked.
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    device: torch.device,
+    criterion: nn.Module,
+    epoch: int = 0,
+    steps: int | None = None,
+    start_step: int = 0,
+    sums: RunningSums | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    clip_grad: float | None = None,
+    channels_last: bool = False,
+    adversary: Adversary | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    check_every: int = 20,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train over `loader` (already positioned at `start_step`) until it ends or `steps` steps are done.
+
+    Args:
+        steps: the epoch's length in steps (a limit on the loader); None = the whole loader.
+        start_step: steps of this epoch already done before (a resumed epoch); `sums` holds their totals.
+        should_stop: polled after every step (at check points under DDP, where processes must agree);
+            True ends the epoch early and the result has `completed=False`.
+        on_step: called with the epoch's step index after each step (hooks, tests).
+
+    Returns:
+        loss, top1, top5 (averages over the epoch so far, all processes), lr (the last step's rate),
+        steps (done in this epoch), images and time_s (of this call, all processes), completed, sums.
+    """
+    model.train()
+    sums = sums if sums is not None else RunningSums(device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    distributed = _distributed()
+    total = steps if steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
+    bar = _progress(total, start_step, f"epoch {epoch + 1} train", progress)
+    step, images, lr, stopped = start_step, 0, optimizer.param_groups[0]["lr"], False
+    start = time.perf_counter()
+
+    def check(final: bool) -> bool:
+        """Synchronise: raise on a non-finite loss; whether all processes should stop."""
+        stop = bool(should_stop()) if should_stop is not None else False
+        flags = all_reduce_max(float(bad.item()) + 2.0 * stop, device) if distributed else float(bad.item())
+        if flags % 2 >= 1:
+            raise NonFiniteLossError(
+                f"the training loss became non-finite in epoch {epoch + 1} (by step {step} of the epoch); "
+                "lower the learning rate, enable clip_grad or use amp=bf16 instead of fp16; "
+                "the last checkpoint written before it is kept"
+            )
+        if not final and bar.n < step:
+            avg = sums.averages()
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{images / elapsed:.0f}")
+            bar.update(step - bar.n)
+        return (flags >= 2) if distributed else stop
+
+    for x, y in loader:
+        if total is not None and step >= total:
+            break
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if adversary is not None:
+            x = adversary(model, x, y)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        bad |= ~torch.isfinite(loss.detach())
+        correct1, correct5 = correct_topk(logits.detach(), y)
+        sums.update(loss, correct1, correct5, y.shape[0])
+        step += 1
+        images += y.shape[0]
+        if on_step is not None:
+            on_step(step)
+        at_check = step % check_every == 0
+        if (not distributed and should_stop is not None and should_stop()) or (at_check and check(False)):
+            stopped = True
+            break
+    check(True)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    bar.close()
+    global_images = float(images)
+    if distributed:
+        global_images = float(all_reduce_sum(torch.tensor([global_images], device=device)).item())
+    reduced = RunningSums(device)
+    reduced.load_state(sums.state())
+    reduced.all_reduce()
+    return {
+        **reduced.averages(),
+        "lr": lr,
+        "steps": step,
+        "images": int(global_images),
+        "time_s": elapsed,
+        # A stop requested on the epoch's last step still completes the epoch.
+        "completed": not stopped or (total is not None and step >= total),
+        "sums": sums.state(),
+    }
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+    """Logits of `x`, or with `tta="flip"` the mean of the logits of `x` and its mirror image."""
+    if tta is None:
+        return model(x)
+    if tta == "flip":
+        return (model(x) + model(x.flip(-1))) / 2
+    raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use flip or none")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    *,
+    device: torch.device,
+    tta: str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    steps: int | None = None,
+    num_classes: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Loss (cross-entropy), top-1 and top-5 in percent over `loader` (summed over all processes).
+
+    With `num_classes`, also `confusion`: an int64 (C, C) tensor, rows true class, columns predicted.
+    """
+    model.eval()
+    sums = RunningSums(device)
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=device)
+    total = steps if steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
+    bar = _progress(total, 0, "eval", progress)
+    for step, (x, y) in enumerate(loader):
+        if total is not None and step >= total:
+            break
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = tta_logits(model, x, tta)
+        logits = logits.float()
+        loss = nn.functional.cross_entropy(logits, y)
+        correct1, correct5 = correct_topk(logits, y)
+        sums.update(loss, correct1, correct5, y.shape[0])
+        if num_classes is not None:
+            pairs = y * num_classes + logits.argmax(dim=1)
+            confusion += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+        bar.update(1)
+    bar.close()
+    sums.all_reduce()
+    result: dict[str, Any] = {**sums.averages(), "count": sums.count}
+    if num_classes is not None:
+        result["confusion"] = all_reduce_sum(confusion).cpu()
+    return result

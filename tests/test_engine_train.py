@@ -1,0 +1,206 @@
+"""The engine end to end on tiny synthetic data, on CPU: learning, exact resume, Ctrl-C, NaN, eval, bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from miniplaces.cli import main
+from miniplaces.config import TrainConfig
+from miniplaces.data.synth import synthesize
+from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from miniplaces.engine.runner import METRIC_KEYS, TrainingInterrupted, evaluate_checkpoint, train
+from miniplaces.engine.train import NonFiniteLossError
+
+TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The test machine is shared; one thread is several times faster than two contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes × 24 train, 8 val, 32×32: enough for SimpleNet to learn them in a few epochs."""
+    return synthesize(tmp_path_factory.mktemp("engine_synth"), classes=4, per_class=24, val_per_class=8,
+                      image_size=32, seed=1)
+
+
+def config(root: Path, out: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(root=str(root), out_dir=str(out), name="run", epochs=2, batch_size=16, lr=0.05,
+                       warmup_epochs=1, workers=0, image_size=32, device="cpu", log_every=2, limit_train_batches=3)
+    return dataclasses.replace(base, **changes)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in metrics]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.fixture(scope="module")
+def learned(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(config(data, tmp_path_factory.mktemp("learned"), epochs=6, limit_train_batches=None), progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-epoch run that the interrupted ones must reproduce exactly."""
+    return train(config(data, tmp_path_factory.mktemp("reference")), progress=False)
+
+
+def test_simplenet_learns_synthetic_classes(learned: Path) -> None:
+    metrics = rows(learned)
+    assert [r["epoch"] for r in metrics] == [1, 2, 3, 4, 5, 6]
+    assert all(list(r) == list(METRIC_KEYS) for r in metrics)
+    assert metrics[-1]["val_top1"] >= 75.0  # chance is 25 %
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[0]["peak_memory_kind"] == "cpu_max_rss" and metrics[0]["peak_memory_mb"] > 0
+    assert metrics[0]["lr"] == pytest.approx(0.05)  # the end of the 1-epoch warm-up: the peak rate
+    assert metrics[-1]["lr"] < 0.005  # cosine almost down to min_lr
+    assert (learned / "config.yaml").is_file() and list((learned / "tb").glob("events.out.tfevents.*"))
+    best = load_checkpoint(learned / "checkpoints" / "best.pt")
+    best_row = max(metrics, key=lambda r: r["val_top1"])
+    assert best["epoch"] == best_row["epoch"] and best["best_top1"] == best_row["val_top1"]
+    assert best["model"] == {"name": "simplenet", "kwargs": {"num_classes": 4}}
+    assert best["categories"] == ["scene_000", "scene_001", "scene_002", "scene_003"]
+
+
+def test_run_directory_is_not_overwritten(data: Path, learned: Path) -> None:
+    with pytest.raises(Exception, match="already holds a run"):
+        train(config(data, learned.parent, name=learned.name), progress=False)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_after_epoch_one_then_resume_is_exact(data: Path, reference: Path, tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def crash_in_epoch_two(step: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # first step of epoch 2 (3 steps per epoch)
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config(data, tmp_path), on_step=crash_in_epoch_two, progress=False)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert train(config(data, tmp_path), resume=run, progress=False) == run
+    assert_same_weights(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+    assert without_timing(rows(run)) == without_timing(rows(reference))
+
+
+def test_sigint_mid_epoch_leaves_resumable_checkpoint(data: Path, reference: Path, tmp_path: Path) -> None:
+    def interrupt(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match=r"after step 2/3.*miniplaces train --resume .*run"):
+        train(config(data, tmp_path), on_step=interrupt, progress=False)
+    run = tmp_path / "run"
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"], last["step"]) == (0, 2, 2)
+    assert not (run / "metrics.jsonl").read_text()  # no epoch finished
+    # The CLI resumes it (config from the checkpoint) and ends where the uninterrupted run ended.
+    assert main(["train", "--resume", str(run), "--set", "log_every=1"]) == 0
+    assert_same_weights(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+    assert without_timing(rows(run)) == without_timing(rows(reference))
+
+
+def test_sigint_on_last_step_stops_at_epoch_boundary(data: Path, tmp_path: Path) -> None:
+    def interrupt(step: int) -> None:
+        if step == 3:  # the last step of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="after epoch 1;"):
+        train(config(data, tmp_path), on_step=interrupt, progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
+    assert len(rows(tmp_path / "run")) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
+    # min_lr = inf turns the cosine phase (epoch 2) into a NaN learning rate; the warm-up epoch is fine.
+    with pytest.raises(NonFiniteLossError, match="non-finite in epoch 2"):
+        train(config(data, tmp_path, min_lr=float("inf")), progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert len(rows(tmp_path / "run")) == 1
+
+
+def test_eval_json(learned: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    best = learned / "checkpoints" / "best.pt"
+    report = evaluate_checkpoint(best, data, workers=0, progress=False)
+    written = json.loads((learned / "checkpoints" / "eval_val.json").read_text())
+    assert written["top1"] == report["top1"]
+    confusion = torch.tensor(written["confusion"])
+    assert confusion.shape == (4, 4) and confusion.sum() == written["count"] == 32
+    assert written["top1"] == pytest.approx(100.0 * confusion.diag().sum().item() / 32)
+    assert [c["count"] for c in written["per_class"]] == [8, 8, 8, 8]
+    assert [c["accuracy"] for c in written["per_class"]] == [100.0 * d / 8 for d in confusion.diag().tolist()]
+    # The same images and transform as the run's own validation of that epoch.
+    best_row = max(rows(learned), key=lambda r: r["val_top1"])
+    assert written["top1"] == pytest.approx(best_row["val_top1"])
+    assert written["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
+
+    out = learned / "flip.json"
+    assert main(["eval", "--checkpoint", str(best), "--root", str(data), "--tta", "flip", "--out", str(out),
+                 "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "tta flip" in printed and str(out) in printed
+    assert json.loads(out.read_text())["tta"] == "flip"
+
+
+def test_bad_checkpoints_give_clear_errors_and_overwrite_nothing(learned: Path, data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    good = load_checkpoint(learned / "checkpoints" / "best.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((learned / "checkpoints" / "best.pt").read_bytes()[:1000])
+    other_version = tmp_path / "other_version.pt"
+    torch.save({**good, "format_version": 999}, other_version)
+    unknown = save_checkpoint({**good, "model": {"name": "no_such_net", "kwargs": {}}}, tmp_path / "unknown.pt")
+    out = tmp_path / "result.json"
+    out.write_text("keep me")
+    for path, message in [(truncated, "truncated"), (other_version, "format 999"), (unknown, "no_such_net")]:
+        with pytest.raises(CheckpointError, match=message):
+            evaluate_checkpoint(path, data, out=out, workers=0, progress=False)
+        assert main(["eval", "--checkpoint", str(path), "--root", str(data), "--out", str(out)]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+    assert not (tmp_path / "eval_val.json").exists()
+    with pytest.raises(CheckpointError, match="truncated"):
+        train(config(data, tmp_path), resume=truncated, progress=False)
+
+
+def test_resume_from_checkpoint_file_in_copied_run(reference: Path, data: Path, tmp_path: Path) -> None:
+    # Asking for more epochs continues the run from the file (a checkpoint path works as well as a run dir).
+    run = Path(shutil.copytree(reference, tmp_path / "run"))
+    train(config(data, tmp_path, epochs=3), resume=run / "checkpoints" / "last.pt", progress=False)
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 9
