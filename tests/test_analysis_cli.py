@@ -15,7 +15,7 @@ from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.models import create_model
 
-FAST = ["--image-size", "32", "--device", "cpu"]
+FAST = ["--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Pa
     torch.manual_seed(0)
     model = create_model("simplenet", num_classes=4)
     path = tmp_path_factory.mktemp("run") / "runs" / "tiny" / "checkpoints" / "last.pt"
+    # The engine saves its config: the CLI takes the image size from it (32 here, fast).
     return save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict(),
-                            "categories": read_categories(synth_root)}, path)
+                            "categories": read_categories(synth_root), "config": {"image_size": 32}}, path)
 
 
 def test_attack_writes_json_grid_and_sweep(checkpoint: Path, synth_root: Path,
@@ -40,6 +41,7 @@ def test_attack_writes_json_grid_and_sweep(checkpoint: Path, synth_root: Path,
                 "images", "checkpoint", "model", "split"):
         assert key in result, key
     assert result["images"] == 6 and result["mode"] == "untargeted" and result["eps_text"] == "4/255"
+    assert result["image_size"] == 32
     assert result["step_size"] == pytest.approx(0.4 / 255) and result["model"]["name"] == "simplenet"
     assert result["mean_linf"] <= 4 / 255 + 1e-6
     assert result["adv_top1"] <= result["clean_top1"]

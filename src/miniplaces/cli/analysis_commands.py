@@ -62,8 +62,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to use (default: val)")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: <run>/attack or <run>/saliency beside the checkpoint's run)")
-    parser.add_argument("--image-size", type=int, default=128,
-                        help="centre-crop size of the val transform (resize to size·144/128 first; default: 128)")
+    parser.add_argument("--image-size", type=int,
+                        help="centre-crop size of the val transform, resized to size·144/128 first "
+                        "(default: the checkpoint's training image_size, else 128)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: auto = cuda when present)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
 
@@ -99,13 +100,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, list[str]
 
     from miniplaces.data import MiniPlaces, val_transform
     from miniplaces.engine.checkpoint import load_model
+    from miniplaces.engine.loaders import resize_for
 
     torch.manual_seed(args.seed)
     _positive(args.image_size, "--image-size")
     device = _device(args.device)
     model, checkpoint = load_model(args.checkpoint, device=device)
-    resize = round(args.image_size * 144 / 128)
-    dataset = MiniPlaces(args.root, args.split, transform=val_transform(args.image_size, resize))
+    if args.image_size is None:
+        config = checkpoint.get("config")
+        args.image_size = int(config.get("image_size", 128)) if isinstance(config, dict) else 128
+    dataset = MiniPlaces(args.root, args.split, transform=val_transform(args.image_size, resize_for(args.image_size)))
     categories = list(checkpoint.get("categories") or dataset.classes)
     outputs = int(getattr(model, "num_classes", len(categories) or 0))
     if dataset.classes and outputs and len(dataset.classes) != outputs:
