@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.demo_commands",
     "miniplaces.cli.bench_commands",
     "miniplaces.cli.cache_commands",
+    "miniplaces.cli.analysis_commands",
 )
 
 

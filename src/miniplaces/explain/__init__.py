@@ -1,1 +1,23 @@
 """Saliency maps and their overlays."""
+
+from miniplaces.explain.saliency import (
+    GRADCAM_LAYERS,
+    SALIENCY_METHODS,
+    default_gradcam_layer,
+    frozen,
+    grad_cam,
+    saliency,
+    smoothgrad,
+    vanilla_saliency,
+)
+
+__all__ = [
+    "GRADCAM_LAYERS",
+    "SALIENCY_METHODS",
+    "default_gradcam_layer",
+    "frozen",
+    "grad_cam",
+    "saliency",
+    "smoothgrad",
+    "vanilla_saliency",
+]
