@@ -19,7 +19,8 @@ from torchvision.transforms import v2
 
 from miniplaces.data import MiniPlaces, load_rgb, val_transform
 from miniplaces.data.layout import IMAGE_SUFFIXES
-from miniplaces.data.transforms import CROP, RESIZE
+from miniplaces.data.transforms import CROP
+from miniplaces.engine.loaders import resize_for
 from miniplaces.errors import MiniPlacesError
 
 CHALLENGE_TOP = 5
@@ -56,7 +57,7 @@ def checkpoint_image_size(checkpoint: dict[str, Any]) -> int:
 
 def eval_transform(image_size: int = CROP) -> v2.Compose:
     """The val transform scaled to `image_size`: resize to 144/128 of it, centre crop."""
-    return val_transform(image_size, round(image_size * RESIZE / CROP))
+    return val_transform(image_size, resize_for(image_size))
 
 
 def image_files(paths: Sequence[Path | str]) -> list[Path]:
