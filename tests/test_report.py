@@ -14,6 +14,7 @@ from PIL import Image
 
 from miniplaces.cli import main
 from miniplaces.report import RunError, build_report, find_run_dirs
+from miniplaces.report.runs import parse_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,6 +102,14 @@ def test_report_on_two_runs_writes_everything_and_numbers_match(tmp_path: Path) 
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]).startswith(PNG_MAGIC)
+
+
+def test_sweep_without_zero_gets_the_clean_point() -> None:
+    rows = {"rows": [{"eps": 8 / 255, "clean_top1": 90.0, "clean_top5": 99.0, "adv_top1": 40.0, "adv_top5": 80.0},
+                     {"eps": 4 / 255, "clean_top1": 90.0, "clean_top5": 99.0, "adv_top1": 70.0, "adv_top5": 95.0}]}
+    points = parse_sweep(rows)
+    assert [(p.eps * 255, p.top1, p.top5) for p in points] == [(0, 90.0, 99.0), (4, 70.0, 95.0), (8, 40.0, 80.0)]
+    assert [p.top1 for p in parse_sweep([{"eps": 0, "top1": 50.0}, {"eps": 0.1, "top1": 10.0}])] == [50.0, 10.0]
 
 
 def test_run_lacking_metrics_shows_dash_and_no_attack_columns(tmp_path: Path) -> None:

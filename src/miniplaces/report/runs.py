@@ -189,6 +189,7 @@ def parse_sweep(data: Any) -> list[SweepPoint]:
             return parse_sweep([{"eps": e, "top1": a, "top5": b} for e, a, b in zip(eps, top1, top5, strict=False)])
         return []
     points = []
+    clean: SweepPoint | None = None
     for row in data if isinstance(data, list) else []:
         if not isinstance(row, dict):
             continue
@@ -197,6 +198,11 @@ def parse_sweep(data: Any) -> list[SweepPoint]:
         if eps is None:
             continue
         points.append(SweepPoint(eps, _pick(flat, "top1", prefer=("adv",)), _pick(flat, "top5", prefer=("adv",))))
+        if clean is None and number(flat.get("clean_top1")) is not None:
+            clean = SweepPoint(0.0, number(flat["clean_top1"]), number(flat.get("clean_top5")))
+    # A sweep without ε = 0 still knows the clean accuracy: it is the accuracy at ε = 0.
+    if clean is not None and not any(p.eps == 0 for p in points):
+        points.append(clean)
     return sorted(points, key=lambda p: p.eps)
 
 
