@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from miniplaces.cli import main
 from miniplaces.demo import DemoOptions, synthetic_data
@@ -18,10 +19,12 @@ TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--classes"
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
+    threads = torch.get_num_threads()
     assert main(["demo", "--out", str(out), *TINY]) == 0
+    assert torch.get_num_threads() == threads  # the demo's one thread is undone
     printed = capsys.readouterr().out
-    for index, phase in enumerate(("data", "train", "eval", "saliency", "attack", "report"), 1):
-        assert f"[{index}/6] {phase}" in printed
+    for index, phase in enumerate(("data", "train", "unfold", "eval", "saliency", "attack", "report"), 1):
+        assert f"[{index}/7] {phase}" in printed
     assert f"report: {out / 'report' / 'report.html'}" in printed
 
     run = out / "runs" / "simplenet"
@@ -43,10 +46,13 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert sorted(p.name for p in (report / "grids" / "simplenet").iterdir()) == [
         "attack_grid.png", "saliency_vanilla.png", "sweep.png"]
     with (report / "results.csv").open() as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert float(row["val_top1"]) == pytest.approx(metrics[0]["val_top1"])
-    assert float(row["adv_top1"]) == pytest.approx(attack["adv_top1"])
-    assert row["model"] == "simplenet"
+        native, unfold = list(csv.DictReader(handle))
+    assert float(native["val_top1"]) == pytest.approx(metrics[0]["val_top1"])
+    assert float(native["adv_top1"]) == pytest.approx(attack["adv_top1"])
+    assert (native["model"], unfold["model"]) == ("simplenet", "simplenet_unfold")
+    # Same seed and weights, convolution by unfold: the same first epoch up to float error.
+    unfold_metrics = json.loads((out / "runs" / "simplenet_unfold" / "metrics.jsonl").read_text().splitlines()[0])
+    assert unfold_metrics["train_loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-3)
 
 
 def test_synthetic_data_is_reused_while_settings_match(tmp_path: Path) -> None:

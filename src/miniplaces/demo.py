@@ -56,6 +56,13 @@ class DemoOptions:
     attack_steps: int = 10
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     seed: int = 0
+    # One intra-op thread: the demo's small batches gain little from a second one, and on a busy machine
+    # OpenMP threads waiting for each other made every step 20-60× slower (measured here: the demo's
+    # training took 292 s with 2 threads, 16 s with 1). None keeps torch's setting.
+    threads: int | None = 1
+    # Also train simplenet_unfold (SimpleNet on UnfoldConv2d) with the same settings, so the report's
+    # time and memory figure compares the two convolutions.
+    unfold: bool = True
 
 
 @dataclass
@@ -91,22 +98,27 @@ def synthetic_data(options: DemoOptions) -> tuple[Path, bool]:
     return root, False
 
 
-def _train(options: DemoOptions, root: Path) -> Path:
+def _train(options: DemoOptions, root: Path, model: str = "simplenet") -> Path:
     from miniplaces.config import TrainConfig
     from miniplaces.engine.runner import train
 
     runs = options.out / "runs"
-    run_dir = runs / "simplenet"
+    run_dir = runs / model
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own previous run
     config = TrainConfig(
-        model="simplenet", root=str(root), name="simplenet", out_dir=str(runs), epochs=options.epochs,
+        model=model, root=str(root), name=model, out_dir=str(runs), epochs=options.epochs,
         batch_size=options.batch_size, lr=options.lr, warmup_epochs=min(1.0, options.epochs / 2),
         device=options.device, workers=options.workers, loader=options.loader, image_size=options.image_size,
         seed=options.seed, limit_train_batches=options.limit_train_batches,
         limit_val_batches=options.limit_val_batches,
     )
     return train(config)
+
+
+def _mean_epoch_time(run_dir: Path) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return sum(row["epoch_time_s"] for row in rows) / len(rows)
 
 
 def _val_subset(root: Path, image_size: int, count: int) -> Any:
@@ -177,6 +189,19 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
     """Run the tour; `on_phase(phase, message, seconds)` is called when a phase starts (seconds None) and ends."""
     import torch
 
+    if options.threads is None:
+        return _run_demo(options, on_phase)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        return _run_demo(options, on_phase)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResult:
+    import torch
+
     from miniplaces.engine.checkpoint import load_model
     from miniplaces.engine.runner import evaluate_checkpoint
     from miniplaces.report import build_report
@@ -218,6 +243,17 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
     tell("train", f"{run_dir}: val top-1 {last['val_top1']:.1f}%, top-5 {last['val_top5']:.1f}% "
                   f"after epoch {last['epoch']}", seconds["train"])
 
+    runs = [run_dir]
+    if options.unfold:
+        start = time.perf_counter()
+        tell("unfold", "SimpleNet on UnfoldConv2d, same settings, to compare time and memory")
+        unfold_dir = _train(options, root, "simplenet_unfold")
+        runs.append(unfold_dir)
+        seconds["unfold"] = time.perf_counter() - start
+        times = [_mean_epoch_time(d) for d in (run_dir, unfold_dir)]
+        tell("unfold", f"{unfold_dir}: {times[1]:.1f} s per epoch against {times[0]:.1f} s native "
+                       f"({times[1] / times[0]:.2f}×)", seconds["unfold"])
+
     checkpoint = run_dir / "checkpoints" / "best.pt"
     start = time.perf_counter()
     tell("eval", f"{checkpoint} on the val split")
@@ -246,7 +282,7 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
 
     start = time.perf_counter()
     tell("report", f"{options.out / 'report'}")
-    report = build_report([run_dir], options.out / "report", title="miniplaces demo")
+    report = build_report(runs, options.out / "report", title="miniplaces demo")
     seconds["report"] = time.perf_counter() - start
     tell("report", str(report.html), seconds["report"])
     return DemoResult(root, run_dir, report.out, report.html, evaluation, attack, report.table, seconds)

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--loader", choices=("dataloader", "cache"), default="cache",
                         help="the decoded-cache loader (default; faster on a CPU) or the per-sample DataLoader")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--no-unfold", action="store_true",
+                        help="skip the simplenet_unfold run that the report compares with native convolution")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default: 1, much faster on a busy CPU; 0: torch's default)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
     parser.set_defaults(func=run_demo_command)
 
@@ -43,6 +47,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from miniplaces.demo import DemoOptions, run_demo
     from miniplaces.errors import MiniPlacesError
 
+    if args.threads < 0:
+        raise MiniPlacesError(f"--threads must be ≥ 0; got {args.threads}")
     for flag in ("epochs", "image_size", "batch_size", "classes", "per_class", "val_per_class", "attack_images",
                  "saliency_images"):
         if getattr(args, flag) < 1:
@@ -52,9 +58,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
         lr=args.lr, classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,
         device=args.device, workers=args.workers, loader=args.loader, limit_train_batches=args.limit_train_batches,
         limit_val_batches=args.limit_val_batches, saliency_images=args.saliency_images,
-        attack_images=args.attack_images,
+        attack_images=args.attack_images, threads=args.threads or None,
+        unfold=not args.no_unfold,
     )
-    phases = ["data", "train", "eval", "saliency", "attack", "report"]
+    phases = ["data", "train", *(["unfold"] if options.unfold else []), "eval", "saliency", "attack", "report"]
 
     def show(phase: str, message: str, seconds: float | None) -> None:
         step = f"[{phases.index(phase) + 1}/{len(phases)}] {phase:<8}"
