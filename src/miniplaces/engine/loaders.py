@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from miniplaces.config import TrainConfig
-from miniplaces.data import MiniPlaces, train_transform, val_transform
+from miniplaces.data import MiniPlaces, resize_for, train_transform, val_transform
 from miniplaces.engine.distributed import DistInfo
 from miniplaces.errors import MiniPlacesError
 
@@ -77,11 +77,6 @@ def _worker_init(worker_id: int) -> None:
 def workers(config: TrainConfig) -> int:
     """Loader processes: as asked, but no more than the machine has cores."""
     return min(config.workers, os.cpu_count() or 1)
-
-
-def resize_for(image_size: int) -> int:
-    """The study resizes to 144 before cropping 128; keep that ratio at other sizes."""
-    return round(image_size * 144 / 128)
 
 
 def per_process_batch(config: TrainConfig, info: DistInfo) -> int:
