@@ -45,7 +45,7 @@ class TrainConfig:
     clip_grad: float | None = None  # max gradient norm; None disables clipping
     label_smoothing: float = 0.0
     no_wd_norm_bias: bool = False
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False

@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
     ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
     ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     ev.add_argument("--workers", type=int, default=4)
     ev.set_defaults(func=run_eval)
 

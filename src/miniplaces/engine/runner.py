@@ -28,6 +28,7 @@ from torch import nn
 from miniplaces.config import ConfigError, TrainConfig, config_from_dict, resolve, save_config, to_dict
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import CheckpointError, build_model, describe_model, load_checkpoint, save_checkpoint
+from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -58,21 +59,7 @@ class TrainingInterrupted(MiniPlacesError):
         self.run_dir = run_dir
 
 
-# ---------------------------------------------------------------- device, precision, RNG
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` → CUDA (this process's GPU), then MPS, then CPU; an explicit device must exist."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name == "cuda":
-        raise ConfigError("key 'device' is cuda but no CUDA device is available; use device=auto or cpu")
-    mps = getattr(torch.backends, "mps", None)
-    if name in ("auto", "mps") and mps is not None and mps.is_available():
-        return torch.device("mps")
-    if name == "mps":
-        raise ConfigError("key 'device' is mps but MPS is not available; use device=auto or cpu")
-    return torch.device("cpu")
+# ---------------------------------------------------------------- precision, RNG
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -189,7 +176,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     if resume is not None:
         ckpt_path = checkpoint_of(resume)
         checkpoint = load_checkpoint(ckpt_path)
-    device = resolve_device(config.device, _local_rank())
+    device = resolve_device(config.device, _local_rank(), source="key 'device'")
     info = init_distributed(device.type)
     try:
         return _train(config, info, device, checkpoint, None if resume is None else run_dir_of(ckpt_path),
