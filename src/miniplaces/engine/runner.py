@@ -25,7 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from miniplaces.config import ConfigError, TrainConfig, config_from_dict, resolve, save_config, to_dict
+from miniplaces.attacks.training import make_adversary
+from miniplaces.config import (
+    ConfigError,
+    TrainConfig,
+    adversarial_budget,
+    config_from_dict,
+    resolve,
+    save_config,
+    to_dict,
+)
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import CheckpointError, build_model, describe_model, load_checkpoint, save_checkpoint
 from miniplaces.engine.device import resolve_device
@@ -226,6 +235,9 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                               warmup_steps=round(config.warmup_epochs * steps_per_epoch), min_lr=config.min_lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    eps, step_size = adversarial_budget(config)
+    adversary = make_adversary(config.adv_train, eps=eps, steps=config.adv_steps, step_size=step_size,
+                               mode=config.adv_mode)
 
     start_epoch, start_step, best_top1, epoch_sums = 0, 0, -math.inf, None
     if checkpoint is not None:
@@ -274,9 +286,9 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
             "metrics": metrics,
         }
 
-    logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images", run_dir, config.model, device,
+    logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images%s", run_dir, config.model, device,
                 f" × {info.world_size} processes" if info.enabled else "", config.epochs, steps_per_epoch,
-                config.batch_size)
+                config.batch_size, _adversarial_note(config))
     with _stop_on_signals() as should_stop:
         for epoch in range(start_epoch, config.epochs):
             first = epoch == start_epoch
@@ -289,7 +301,8 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                 train_model, batches.position(epoch, start_step if first else 0), optimizer, scheduler,
                 device=device, criterion=criterion, epoch=epoch, steps=steps_per_epoch,
                 start_step=start_step if first else 0, sums=sums, scaler=scaler, amp_dtype=dtype,
-                clip_grad=config.clip_grad, channels_last=config.channels_last, should_stop=should_stop,
+                clip_grad=config.clip_grad, channels_last=config.channels_last, adversary=adversary,
+                should_stop=should_stop,
                 on_step=on_step, check_every=config.log_every, progress=progress and info.is_main,
             )
             if not tr["completed"]:
@@ -343,6 +356,16 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     if writer is not None:
         writer.close()
     return run_dir
+
+
+def _adversarial_note(config: TrainConfig) -> str:
+    if config.adv_train == "none":
+        return ""
+    if config.adv_train == "fgsm":
+        return f", adversarial training: FGSM ε = {config.adv_eps}"
+    step = config.adv_step_size if config.adv_step_size is not None else "ε/10"
+    return (f", adversarial training: {config.adv_mode} PGD ε = {config.adv_eps}, "
+            f"{config.adv_steps} steps of {step}")
 
 
 def _tensorboard(path: Path, purge_step: int) -> Any:
