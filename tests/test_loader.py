@@ -20,7 +20,9 @@ from miniplaces.data.loader import (
     augment_batch,
     cached_loader,
     sample_augmentation,
+    val_batch,
 )
+from miniplaces.data.transforms import resize_for, val_transform
 
 N, S = 50, 16
 
@@ -91,12 +93,35 @@ def test_order_is_a_function_of_seed_and_epoch(arrays: tuple[np.ndarray, np.ndar
     assert torch.equal(torch.cat(collect(d)[1]), first)
 
 
-def test_val_is_in_order_and_unaugmented(arrays: tuple[np.ndarray, np.ndarray]) -> None:
+def val_oracle(images: np.ndarray, idx: torch.Tensor, size: int) -> torch.Tensor:
+    """The per-sample pipeline's validation images: torchvision's val_transform on each uint8 image."""
+    transform = val_transform(size, resize_for(size))
+    return torch.stack([transform(torch.from_numpy(images[i]).permute(2, 0, 1)) for i in idx.tolist()])
+
+
+@pytest.mark.parametrize("size", [S, 12])
+def test_val_is_in_order_and_matches_val_transform(arrays: tuple[np.ndarray, np.ndarray], size: int) -> None:
     images, labels = arrays
-    xs, ys = collect(CachedLoader(images, labels, batch_size=16, train=False, image_size=S))
+    xs, ys = collect(CachedLoader(images, labels, batch_size=16, train=False, image_size=size))
     assert torch.cat(ys).tolist() == list(range(N))
     for x, y in zip(xs, ys, strict=True):
-        assert torch.equal(x, plain(images, y))
+        expected = val_oracle(images, y, size)
+        assert x.shape == expected.shape == (len(y), 3, size, size)
+        # torchvision rounds the resized uint8 image to whole levels; the batched path stays in float.
+        assert (x - expected).abs().max() <= 2 / 255
+        # Not merely close to the unresized image: the resize and crop happened (S → 18 → crop 16).
+        if size == S:
+            assert (x - plain(images, y)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("size", [8, 24])
+def test_val_batch_centre_crop_offset_matches_torchvision(size: int) -> None:
+    # Cached side = resize_for(size), so no resize: margins 1 and 3 are odd and must be split as CenterCrop does.
+    side = resize_for(size)
+    assert (side - size) % 2 == 1
+    images = torch.randint(0, 256, (2, side, side, 3), dtype=torch.uint8)
+    expected = TF.center_crop(images.permute(0, 3, 1, 2), [size, size]).float() / 255
+    assert torch.equal(val_batch(images, size), expected)
 
 
 def test_train_augmentation_changes_images(arrays: tuple[np.ndarray, np.ndarray]) -> None:

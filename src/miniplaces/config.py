@@ -45,7 +45,7 @@ class TrainConfig:
     clip_grad: float | None = None  # max gradient norm; None disables clipping
     label_smoothing: float = 0.0
     no_wd_norm_bias: bool = False
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
@@ -58,6 +58,14 @@ class TrainConfig:
     limit_train_batches: int | None = None  # for tests and quick runs
     limit_val_batches: int | None = None
     log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
+    # Adversarial training: every training batch is replaced by an attack on the current model
+    # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018).
+    adv_train: Literal["none", "pgd", "fgsm"] = "none"
+    adv_eps: float | str = "6/255"  # L∞ budget in pixel units: 6/255 or 0.0235
+    adv_steps: int = 10  # PGD steps, each one more forward + backward per training step
+    adv_step_size: float | str | None = None  # PGD step in pixel units; None → the attacks' default ε/10
+    adv_mode: Literal["untargeted", "least-likely"] = "untargeted"  # PGD: away from the true label, or towards
+    # the least likely class (the study's attack)
 
 
 def config_keys() -> list[str]:
@@ -197,7 +205,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config.lr = 0.1 if config.optimizer == "sgd" else 0.01
     if config.weight_decay is None:
         config.weight_decay = 1e-4 if config.optimizer == "sgd" else 0.05
-    positive = ("epochs", "batch_size", "image_size", "log_every")
+    positive = ("epochs", "batch_size", "image_size", "log_every", "adv_steps")
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
@@ -210,9 +218,31 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
     if config.clip_grad is not None and config.clip_grad <= 0:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    _check_budgets(config)
     if not config.root:
         raise ConfigError("key 'root' is not set: pass --root DIR (the MiniPlaces folder)")
     return config
+
+
+def _check_budgets(config: TrainConfig) -> None:
+    from miniplaces.attacks.eps import parse_eps
+
+    for key in ("adv_eps", "adv_step_size"):
+        value = getattr(config, key)
+        if value is None:
+            continue
+        try:
+            parse_eps(value)
+        except MiniPlacesError as err:
+            raise ConfigError(f"key {key!r}: {err}") from None
+
+
+def adversarial_budget(config: TrainConfig) -> tuple[float, float | None]:
+    """`adv_eps` and `adv_step_size` as numbers in pixel units (the step None when left to the default)."""
+    from miniplaces.attacks.eps import parse_eps
+
+    step = None if config.adv_step_size is None else parse_eps(config.adv_step_size)
+    return parse_eps(config.adv_eps), step
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,

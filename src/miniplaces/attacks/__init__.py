@@ -10,8 +10,10 @@ from miniplaces.attacks.evaluate import (
     robustness_sweep,
 )
 from miniplaces.attacks.pgd import DEFAULT_STEPS, PGD_MODES, eval_mode, fgsm, least_likely_labels, pgd
+from miniplaces.attacks.training import ADV_TRAIN_KINDS, make_adversary
 
 __all__ = [
+    "ADV_TRAIN_KINDS",
     "ATTACK_MODES",
     "DEFAULT_EPS",
     "DEFAULT_STEPS",
@@ -24,6 +26,7 @@ __all__ = [
     "fgsm",
     "format_eps",
     "least_likely_labels",
+    "make_adversary",
     "parse_eps",
     "parse_eps_list",
     "pgd",

@@ -65,7 +65,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int,
                         help="centre-crop size of the val transform, resized to size·144/128 first "
                         "(default: the checkpoint's training image_size, else 128)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: auto = cuda when present)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
 
 
@@ -80,31 +81,17 @@ def _positive(value: int | None, flag: str) -> None:
         raise MiniPlacesError(f"{flag} must be ≥ 1; got {value}")
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise MiniPlacesError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MiniPlacesError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, list[str]]:
     """Model (eval, on the device), checkpoint, dataset with the val transform, and class names."""
     import torch
 
-    from miniplaces.data import MiniPlaces, val_transform
+    from miniplaces.data import MiniPlaces, resize_for, val_transform
     from miniplaces.engine.checkpoint import load_model
-    from miniplaces.engine.loaders import resize_for
+    from miniplaces.engine.device import resolve_device
 
     torch.manual_seed(args.seed)
     _positive(args.image_size, "--image-size")
-    device = _device(args.device)
+    device = resolve_device(args.device, source="--device")
     model, checkpoint = load_model(args.checkpoint, device=device)
     if args.image_size is None:
         config = checkpoint.get("config")

@@ -23,6 +23,13 @@ def register(subparsers: Any) -> None:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="set one config key, e.g. --set epochs=10 --set amp=bf16 (repeatable)")
     train.add_argument("--name", help="run name: the run directory is <out_dir>/<name>")
+    train.add_argument("--adv-train", choices=("none", "pgd", "fgsm"),
+                       help="adversarial training: each batch replaced by an attack on the current model "
+                       "(pgd: untargeted, adv_steps=10 steps of ε/10; fgsm: one step of ε); "
+                       "same as --set adv_train=…")
+    train.add_argument("--adv-eps", metavar="EPS",
+                       help="L∞ budget of adversarial training in pixel units, e.g. 6/255 (the default) or 0.0235; "
+                       "same as --set adv_eps=…")
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
     train.set_defaults(func=run_train)
@@ -38,7 +45,8 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
     ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
     ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     ev.add_argument("--workers", type=int, default=4)
     ev.set_defaults(func=run_eval)
 
@@ -54,8 +62,9 @@ def run_train(args: argparse.Namespace) -> int:
     from miniplaces.engine.runner import TrainingInterrupted, resume_config, train
 
     _setup_logging()
-    overrides = [f"{key}={value}" for key, value in (("model", args.model), ("root", args.root),
-                                                     ("name", args.name)) if value is not None]
+    flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
+             ("adv_eps", args.adv_eps))
+    overrides = [f"{key}={value}" for key, value in flags if value is not None]
     overrides += args.overrides
     base = resume_config(args.resume) if args.resume else None
     config = load_config(args.config, overrides, base=base)

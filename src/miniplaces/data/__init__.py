@@ -2,7 +2,7 @@
 
 from miniplaces.data.dataset import UNLABELLED, ImageReadError, MiniPlaces, load_rgb
 from miniplaces.data.layout import LayoutError, Sample, read_categories, read_split
-from miniplaces.data.transforms import train_transform, val_transform
+from miniplaces.data.transforms import resize_for, train_transform, val_transform
 
 __all__ = [
     "UNLABELLED",
@@ -13,6 +13,7 @@ __all__ = [
     "load_rgb",
     "read_categories",
     "read_split",
+    "resize_for",
     "train_transform",
     "val_transform",
 ]

@@ -8,7 +8,8 @@ outside the image as `RandomRotation` fills), then colour jitter 0.15 (brightnes
 contrast, saturation) as one per-image colour matrix. Two differences from the per-sample
 pipeline: the resize uses bilinear interpolation only (not a random choice of
 nearest/bilinear/bicubic), and the jitter applies brightness → contrast → saturation in
-a fixed order with one clamp at the end.
+a fixed order with one clamp at the end. Validation batches follow `val_transform()`: the
+whole batch is resized to 144/128 of the output side, then centre-cropped.
 
 On CUDA the whole uint8 array is uploaded once and everything runs on the GPU; on the CPU
 the array stays memory-mapped and each batch is gathered, then augmented in chunks that
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from miniplaces.data.cache import DEFAULT_IMAGE_SIZE, build_cache, open_cache
+from miniplaces.data.transforms import resize_for
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale (used by its contrast and saturation).
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -174,6 +176,19 @@ def to_float(images: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
     return x.clamp_(0.0, 1.0)
 
 
+def val_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (B, S, S, 3) → float (B, 3, O, O) as `val_transform(O, resize_for(O))` makes each image.
+
+    The whole batch is resized to `resize_for(O)` (bilinear, antialiased), then centre-cropped
+    to O with torchvision's `CenterCrop` offset, round((R − O) / 2). Torchvision rounds the
+    resized uint8 image to whole levels; this stays in float, so the two differ by < 1/255.
+    """
+    resize = resize_for(image_size)
+    x = to_float(images, resize)  # (B, 3, R, R)
+    top = int(round((resize - image_size) / 2.0))
+    return x[:, :, top : top + image_size, top : top + image_size].contiguous()  # (B, 3, O, O)
+
+
 class CachedLoader:
     """Batches `(x, y)` from a decoded cache, as a `DataLoader` would give them to the engine.
 
@@ -190,7 +205,8 @@ class CachedLoader:
         images: uint8 (N, S, S, 3), a numpy array or memory map, or a tensor.
         labels: int (N,).
         batch_size: images per batch (per rank).
-        train: augment (flip, crop, rotation, colour jitter); otherwise plain conversion.
+        train: augment (flip, crop, rotation, colour jitter); otherwise the val transform (`val_batch`:
+            resize to image_size·144/128, centre crop image_size), as the per-sample pipeline validates.
         device: where batches are made; on CUDA the whole uint8 array is uploaded once.
         shuffle: permute each epoch (default: `train`).
         drop_last: drop the last incomplete batch (default: `train`).
@@ -290,7 +306,7 @@ class CachedLoader:
             pixels = self.images.index_select(0, idx.to(self.device))
         labels = self.labels[idx.to(self.labels.device)]
         if not self.train:
-            return to_float(pixels, self.image_size), labels
+            return val_batch(pixels, self.image_size), labels
         theta, colour = sample_augmentation(len(idx), generator)
         x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.image_size, None)
         return x, labels

@@ -12,6 +12,11 @@ RESIZE = 144
 CROP = 128
 
 
+def resize_for(image_size: int) -> int:
+    """The side to resize to before cropping `image_size`: the study resizes to 144 to crop 128; same ratio."""
+    return round(image_size * RESIZE / CROP)
+
+
 def train_transform(image_size: int = CROP, resize: int = RESIZE) -> v2.Compose:
     """Resize with a random interpolation, flip, colour jitter, rotate ±15°, random resized crop."""
     random_resize = v2.RandomChoice(

@@ -59,6 +59,17 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: 
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside `DistributedDataParallel` and `torch.compile` wrappers (any nesting)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes, in place; a no-op in a single process."""
     if dist.is_available() and dist.is_initialized():

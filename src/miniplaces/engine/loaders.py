@@ -5,6 +5,9 @@ The DataLoader path is repeatable and resumable mid-epoch: the sampler shuffles 
 can start at any position, and each sample's augmentation is drawn from its own seed
 (seed, epoch, index), so a batch does not depend on the worker that made it or on the
 batches before it.
+
+The cache path builds the decoded cache when it is missing or stale; under DDP only rank 0
+builds it while the other processes wait, then every process opens it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from miniplaces.config import TrainConfig
-from miniplaces.data import MiniPlaces, train_transform, val_transform
-from miniplaces.engine.distributed import DistInfo
+from miniplaces.data import MiniPlaces, resize_for, train_transform, val_transform
+from miniplaces.engine.distributed import DistInfo, all_gather_objects
 from miniplaces.errors import MiniPlacesError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -79,11 +82,6 @@ def workers(config: TrainConfig) -> int:
     return min(config.workers, os.cpu_count() or 1)
 
 
-def resize_for(image_size: int) -> int:
-    """The study resizes to 144 before cropping 128; keep that ratio at other sizes."""
-    return round(image_size * 144 / 128)
-
-
 def per_process_batch(config: TrainConfig, info: DistInfo) -> int:
     if config.batch_size % info.world_size:
         raise MiniPlacesError(
@@ -91,6 +89,31 @@ def per_process_batch(config: TrainConfig, info: DistInfo) -> int:
             f"over {info.world_size} processes"
         )
     return config.batch_size // info.world_size
+
+
+def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConfig, info: DistInfo,
+            device: torch.device) -> Any:
+    """A `CachedLoader` of this process's shard; under DDP rank 0 alone builds the cache, the others wait."""
+    from miniplaces.data.cache import CacheError
+    from miniplaces.data.loader import build_cache, cached_loader
+
+    if info.enabled:
+        # Several processes decoding into the same files would race; one builds, the rest wait for it.
+        failure: Exception | None = None
+        if info.is_main:
+            try:
+                build_cache(root, split, image_size=config.image_size)
+            except Exception as err:  # every rank must reach the gather below, or the others wait forever
+                failure = err
+        # Gathering rank 0's outcome is also the barrier: nobody opens the files before they are written.
+        outcome = all_gather_objects(None if failure is None else str(failure), info)[0]
+        if failure is not None:
+            raise failure
+        if outcome is not None:
+            raise CacheError(f"rank 0 could not build the {split} cache of {root}: {outcome}")
+    return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
+                         image_size=config.image_size, rank=info.rank, world_size=info.world_size,
+                         build=not info.enabled)
 
 
 @dataclass
@@ -114,10 +137,7 @@ class TrainBatches:
 def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.device) -> TrainBatches:
     batch = per_process_batch(config, info)
     if config.loader == "cache":
-        from miniplaces.data.loader import cached_loader
-
-        loader: Any = cached_loader(config.root, "train", batch, train=True, device=device, seed=config.seed,
-                                    image_size=config.image_size, rank=info.rank, world_size=info.world_size)
+        loader: Any = _cached(config.root, "train", batch, train=True, config=config, info=info, device=device)
         sampler = None
     else:
         dataset = MiniPlaces(config.root, "train",
@@ -145,10 +165,7 @@ def build_val_batches(root: str, config: TrainConfig, info: DistInfo, device: to
     """Validation batches; each process takes every world_size-th image (no padding, so no image counts twice)."""
     batch = batch_size if batch_size is not None else per_process_batch(config, info)
     if config.loader == "cache":
-        from miniplaces.data.loader import cached_loader
-
-        return cached_loader(root, split, batch, train=False, device=device, seed=config.seed,
-                             image_size=config.image_size, rank=info.rank, world_size=info.world_size)
+        return _cached(root, split, batch, train=False, config=config, info=info, device=device)
     dataset = MiniPlaces(root, split, transform=val_transform(config.image_size, resize_for(config.image_size)))
     return DataLoader(dataset, batch_size=batch, sampler=list(range(info.rank, len(dataset), info.world_size)),
                       num_workers=workers(config), pin_memory=device.type == "cuda")

@@ -25,9 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from miniplaces.config import ConfigError, TrainConfig, config_from_dict, resolve, save_config, to_dict
+from miniplaces.attacks.training import make_adversary
+from miniplaces.config import (
+    ConfigError,
+    TrainConfig,
+    adversarial_budget,
+    config_from_dict,
+    resolve,
+    save_config,
+    to_dict,
+)
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import CheckpointError, build_model, describe_model, load_checkpoint, save_checkpoint
+from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -58,21 +68,7 @@ class TrainingInterrupted(MiniPlacesError):
         self.run_dir = run_dir
 
 
-# ---------------------------------------------------------------- device, precision, RNG
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` → CUDA (this process's GPU), then MPS, then CPU; an explicit device must exist."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name == "cuda":
-        raise ConfigError("key 'device' is cuda but no CUDA device is available; use device=auto or cpu")
-    mps = getattr(torch.backends, "mps", None)
-    if name in ("auto", "mps") and mps is not None and mps.is_available():
-        return torch.device("mps")
-    if name == "mps":
-        raise ConfigError("key 'device' is mps but MPS is not available; use device=auto or cpu")
-    return torch.device("cpu")
+# ---------------------------------------------------------------- precision, RNG
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -189,7 +185,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     if resume is not None:
         ckpt_path = checkpoint_of(resume)
         checkpoint = load_checkpoint(ckpt_path)
-    device = resolve_device(config.device, _local_rank())
+    device = resolve_device(config.device, _local_rank(), source="key 'device'")
     info = init_distributed(device.type)
     try:
         return _train(config, info, device, checkpoint, None if resume is None else run_dir_of(ckpt_path),
@@ -239,6 +235,9 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                               warmup_steps=round(config.warmup_epochs * steps_per_epoch), min_lr=config.min_lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    eps, step_size = adversarial_budget(config)
+    adversary = make_adversary(config.adv_train, eps=eps, steps=config.adv_steps, step_size=step_size,
+                               mode=config.adv_mode)
 
     start_epoch, start_step, best_top1, epoch_sums = 0, 0, -math.inf, None
     if checkpoint is not None:
@@ -287,9 +286,9 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
             "metrics": metrics,
         }
 
-    logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images", run_dir, config.model, device,
+    logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images%s", run_dir, config.model, device,
                 f" × {info.world_size} processes" if info.enabled else "", config.epochs, steps_per_epoch,
-                config.batch_size)
+                config.batch_size, _adversarial_note(config))
     with _stop_on_signals() as should_stop:
         for epoch in range(start_epoch, config.epochs):
             first = epoch == start_epoch
@@ -302,7 +301,8 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                 train_model, batches.position(epoch, start_step if first else 0), optimizer, scheduler,
                 device=device, criterion=criterion, epoch=epoch, steps=steps_per_epoch,
                 start_step=start_step if first else 0, sums=sums, scaler=scaler, amp_dtype=dtype,
-                clip_grad=config.clip_grad, channels_last=config.channels_last, should_stop=should_stop,
+                clip_grad=config.clip_grad, channels_last=config.channels_last, adversary=adversary,
+                should_stop=should_stop,
                 on_step=on_step, check_every=config.log_every, progress=progress and info.is_main,
             )
             if not tr["completed"]:
@@ -356,6 +356,16 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     if writer is not None:
         writer.close()
     return run_dir
+
+
+def _adversarial_note(config: TrainConfig) -> str:
+    if config.adv_train == "none":
+        return ""
+    if config.adv_train == "fgsm":
+        return f", adversarial training: FGSM ε = {config.adv_eps}"
+    step = config.adv_step_size if config.adv_step_size is not None else "ε/10"
+    return (f", adversarial training: {config.adv_mode} PGD ε = {config.adv_eps}, "
+            f"{config.adv_steps} steps of {step}")
 
 
 def _tensorboard(path: Path, purge_step: int) -> Any:

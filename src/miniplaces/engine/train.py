@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum
+from miniplaces.attacks.training import Adversary
+from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum, unwrap_model
 from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.errors import MiniPlacesError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class NonFiniteLossError(MiniPlacesError):
@@ -73,6 +73,11 @@ def train_one_epoch(
         should_stop: polled after every step (at check points under DDP, where processes must agree);
             True ends the epoch early and the result has `completed=False`.
         on_step: called with the epoch's step index after each step (hooks, tests).
+        adversary: adversarial training: `adversary(module, x, y)` replaces each batch before the step.
+            It gets the plain module (not the DDP or `torch.compile` wrapper: its input-gradient passes
+            must not start DDP's gradient synchronisation), runs in float32 outside autocast, and must
+            leave the module's mode alone (the attacks run it in eval mode and restore train mode).
+            The train loss and accuracy are then those of the adversarial batches.
 
     Returns:
         loss, top1, top5 (averages over the epoch so far, all processes), lr (the last step's rate),
@@ -85,6 +90,7 @@ def train_one_epoch(
     total = steps if steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
     bar = _progress(total, start_step, f"epoch {epoch + 1} train", progress)
     step, images, lr, stopped = start_step, 0, optimizer.param_groups[0]["lr"], False
+    attacked = unwrap_model(model) if adversary is not None else None
     start = time.perf_counter()
 
     def check(final: bool) -> bool:
@@ -111,12 +117,13 @@ def train_one_epoch(
         y = y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # Cleared before the attack: were it to touch the parameters' .grad, the step would show it.
+        optimizer.zero_grad(set_to_none=True)
         if adversary is not None:
-            x = adversary(model, x, y)
+            x = adversary(attacked, x, y)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
             loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             if clip_grad is not None:
