@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from miniplaces.cli import main
-from miniplaces.cli.analysis_commands import run_dir
 from miniplaces.data import read_categories
-from miniplaces.engine.checkpoint import describe_model, save_checkpoint
+from miniplaces.engine.checkpoint import describe_model, run_dir, save_checkpoint
 from miniplaces.models import create_model
 
 FAST = ["--device", "cpu"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -70,100 +69,48 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
 
 
-def run_dir(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to: `runs/<name>` for `runs/<name>/checkpoints/x.pt`, else its folder."""
-    parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise MiniPlacesError(f"{flag} must be ≥ 1; got {value}")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, list[str]]:
-    """Model (eval, on the device), checkpoint, dataset with the val transform, and class names."""
+def _load(args: argparse.Namespace) -> Any:
+    """The checkpoint's model on the device, the split and the class names (`AnalysisInputs`)."""
     import torch
 
-    from miniplaces.data import MiniPlaces, resize_for, val_transform
-    from miniplaces.engine.checkpoint import load_model
+    from miniplaces.analysis import load_for_analysis
     from miniplaces.engine.device import resolve_device
 
+    # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
     torch.manual_seed(args.seed)
     _positive(args.image_size, "--image-size")
     device = resolve_device(args.device, source="--device")
-    model, checkpoint = load_model(args.checkpoint, device=device)
-    if args.image_size is None:
-        config = checkpoint.get("config")
-        args.image_size = int(config.get("image_size", 128)) if isinstance(config, dict) else 128
-    dataset = MiniPlaces(args.root, args.split, transform=val_transform(args.image_size, resize_for(args.image_size)))
-    categories = list(checkpoint.get("categories") or dataset.classes)
-    outputs = int(getattr(model, "num_classes", len(categories) or 0))
-    if dataset.classes and outputs and len(dataset.classes) != outputs:
-        raise MiniPlacesError(
-            f"checkpoint {args.checkpoint} predicts {outputs} classes but {args.root} has {len(dataset.classes)}; "
-            "use the dataset the model was trained on"
-        )
-    if len(dataset) == 0:
-        raise MiniPlacesError(f"the {args.split} split of {args.root} has no images")
-    return model, checkpoint, dataset, categories
-
-
-def _first_images(dataset: Any, n: int, device: Any) -> tuple[Any, Any]:
-    import torch
-
-    items = [dataset[i] for i in range(min(n, len(dataset)))]
-    x = torch.stack([image for image, _ in items]).to(device)
-    y = torch.tensor([label for _, label in items], device=device)
-    return x, y
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return load_for_analysis(args.checkpoint, args.root, split=args.split, image_size=args.image_size, device=device)
 
 
 def run_saliency(args: argparse.Namespace) -> int:
-    import torch
-
-    from miniplaces.explain import saliency
-    from miniplaces.explain.overlay import class_label, saliency_grid
+    from miniplaces.analysis import saliency_report
+    from miniplaces.engine.checkpoint import run_dir
 
     _positive(args.n, "--n")
     _positive(args.samples, "--samples")
     _positive(args.columns, "--columns")
-    model, _, dataset, categories = _load(args)
-    device = next(model.parameters()).device
-    x, y = _first_images(dataset, args.n, device)
-    with torch.no_grad():
-        predicted = model(x).argmax(1)
-    maps = saliency(model, x, method=args.method, layer=args.layer, samples=args.samples, sigma=args.sigma)
-    out = args.out or run_dir(args.checkpoint) / "saliency"
-    true_names = [class_label(categories, int(k)) for k in y]
-    pred_names = [class_label(categories, int(k)) for k in predicted]
-    title = f"{args.method} saliency · {args.checkpoint.name} · {args.split}"
-    path = saliency_grid(x.cpu(), maps.cpu(), true_names, pred_names, out / f"saliency_{args.method}.png",
-                         title=title, columns=args.columns)
-    correct = int((predicted == y).sum())
-    print(f"{args.method} saliency of the first {len(x)} {args.split} images ({correct}/{len(x)} predicted right)")
-    print(f"wrote {path}")
+    inputs = _load(args)
+    report = saliency_report(
+        inputs.model, inputs.dataset, inputs.categories, args.out or run_dir(args.checkpoint) / "saliency",
+        method=args.method, n=args.n, layer=args.layer, samples=args.samples, sigma=args.sigma,
+        columns=args.columns, title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
+    )
+    print(f"{args.method} saliency of the first {report.images} {args.split} images "
+          f"({report.correct}/{report.images} predicted right)")
+    print(f"wrote {report.path}")
     return 0
 
 
-def _settings_line(result: dict[str, Any]) -> str:
-    if result["mode"] == "fgsm":
-        return f"fgsm, ε = {result['eps_text']}"
-    start = ", random start" if result["random_start"] else ""
-    return (f"{result['mode']} PGD, ε = {result['eps_text']}, {result['steps']} steps of "
-            f"{result['step_size'] * 255:.3g}/255{start}")
-
-
 def run_attack(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from miniplaces.attacks import attack_batch, evaluate_attack, parse_eps, parse_eps_list, robustness_sweep
-    from miniplaces.explain.overlay import attack_grid, class_label, sweep_plot
+    from miniplaces.analysis import attack_report, settings_line
+    from miniplaces.attacks import parse_eps, parse_eps_list
+    from miniplaces.engine.checkpoint import run_dir
 
     eps = parse_eps(args.eps)
     step_size = parse_eps(args.step_size) if args.step_size is not None else None
@@ -173,46 +120,30 @@ def run_attack(args: argparse.Namespace) -> int:
     _positive(args.grid, "--grid")
     if args.steps < 1:
         raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
-    model, checkpoint, dataset, categories = _load(args)
-    device = next(model.parameters()).device
-    if args.limit is not None:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
-    options = {"mode": args.mode, "steps": args.steps, "step_size": step_size, "random_start": args.random_start}
-    result = evaluate_attack(model, loader, eps=eps, device=device, **options)
+    inputs = _load(args)
     out = args.out or run_dir(args.checkpoint) / "attack"
-    context = {"checkpoint": str(args.checkpoint), "model": checkpoint["model"], "root": str(args.root),
-               "split": args.split, "image_size": args.image_size, "limit": args.limit, "seed": args.seed}
-    _write_json(out / "attack.json", {**result, **context})
-
-    x, y = _first_images(dataset, args.grid, device)
-    shown = attack_batch(model, x, y, eps=eps, **options)
-    names = [class_label(categories, int(k)) for k in y]
-    grid = attack_grid(
-        x.cpu(), shown.x_adv.cpu(), names,
-        [class_label(categories, int(k)) for k in shown.clean_logits.argmax(1)],
-        [class_label(categories, int(k)) for k in shown.adv_logits.argmax(1)],
-        out / "attack_grid.png", title=_settings_line(result),
-        target_names=None if shown.target is None else [class_label(categories, int(k)) for k in shown.target],
+    context = {"checkpoint": str(args.checkpoint), "model": inputs.checkpoint["model"], "root": str(args.root),
+               "split": args.split, "image_size": inputs.image_size, "limit": args.limit, "seed": args.seed}
+    report = attack_report(
+        inputs.model, inputs.dataset, inputs.categories, out, eps=eps, mode=args.mode, steps=args.steps,
+        step_size=step_size, random_start=args.random_start, limit=args.limit, batch_size=args.batch_size,
+        grid=args.grid, sweep=sweep, context=context, seed=args.seed,
+        title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
     )
-
+    result = report.result
     success = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.1f}%"
-    print(f"{_settings_line(result)} on {result['images']} {args.split} images")
+    print(f"{settings_line(result)} on {result['images']} {args.split} images")
     print(f"clean        top-1 {result['clean_top1']:5.1f}%  top-5 {result['clean_top5']:5.1f}%")
     print(f"adversarial  top-1 {result['adv_top1']:5.1f}%  top-5 {result['adv_top5']:5.1f}%")
     print(f"success rate {success}  ({result['success_definition']})")
     print(f"mean ‖δ‖∞ {result['mean_linf'] * 255:.2f}/255  mean ‖δ‖₂ {result['mean_l2']:.3f}")
-    print(f"wrote {out / 'attack.json'}")
-    print(f"wrote {grid}")
-    if sweep is not None:
-        torch.manual_seed(args.seed)
-        rows = robustness_sweep(model, loader, eps_list=sweep, device=device, **options)
-        _write_json(out / "sweep.json", {"rows": rows, **context})
-        plot = sweep_plot(rows, out / "sweep.png", title=f"{args.mode} · {args.checkpoint.name} · {args.split}")
+    print(f"wrote {report.attack_json}")
+    print(f"wrote {report.grid}")
+    if report.rows is not None:
         print("ε          adv top-1  adv top-5  success")
-        for row in rows:
+        for row in report.rows:
             rate = "n/a" if row["success_rate"] is None else f"{row['success_rate']:.1f}%"
             print(f"{row['eps_text']:<10} {row['adv_top1']:8.1f}%  {row['adv_top5']:8.1f}%  {rate:>7}")
-        print(f"wrote {out / 'sweep.json'}")
-        print(f"wrote {plot}")
+        print(f"wrote {report.sweep_json}")
+        print(f"wrote {report.sweep_plot}")
     return 0

@@ -107,3 +107,12 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn
     checkpoint = load_checkpoint(path)
     model = build_model(checkpoint).to(device).eval()
     return model, checkpoint
+
+
+def run_dir(checkpoint: Path | str) -> Path:
+    """The run a checkpoint belongs to: `runs/<name>` for `runs/<name>/checkpoints/x.pt`, else its folder.
+
+    The path is resolved first, so `best.pt` given from inside `checkpoints/` still finds its run.
+    """
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent

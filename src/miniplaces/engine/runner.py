@@ -36,7 +36,14 @@ from miniplaces.config import (
     to_dict,
 )
 from miniplaces.data import read_categories
-from miniplaces.engine.checkpoint import CheckpointError, build_model, describe_model, load_checkpoint, save_checkpoint
+from miniplaces.engine.checkpoint import (
+    CheckpointError,
+    build_model,
+    describe_model,
+    load_checkpoint,
+    run_dir,
+    save_checkpoint,
+)
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import (
     DistInfo,
@@ -122,12 +129,6 @@ def checkpoint_of(run_or_checkpoint: Path | str) -> Path:
     return path
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to: its folder's parent when that folder is `checkpoints`."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
 def resume_config(run_or_checkpoint: Path | str) -> TrainConfig:
     """The config a checkpoint was trained with (flags given with --resume are applied on top)."""
     path = checkpoint_of(run_or_checkpoint)
@@ -188,7 +189,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     device = resolve_device(config.device, _local_rank(), source="key 'device'")
     info = init_distributed(device.type)
     try:
-        return _train(config, info, device, checkpoint, None if resume is None else run_dir_of(ckpt_path),
+        return _train(config, info, device, checkpoint, None if resume is None else run_dir(ckpt_path),
                       on_step, progress)
     finally:
         cleanup_distributed()
