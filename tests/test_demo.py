@@ -14,7 +14,7 @@ from miniplaces.demo import DemoOptions, synthetic_data
 
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--classes", "5", "--per-class", "8",
         "--val-per-class", "4", "--attack-images", "8", "--saliency-images", "4", "--workers", "0",
-        "--device", "cpu"]
+        "--device", "cpu", "--threads", "1"]
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,10 +56,10 @@ class DemoOptions:
     attack_steps: int = 10
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     seed: int = 0
-    # One intra-op thread: the demo's small batches gain little from a second one, and on a busy machine
-    # OpenMP threads waiting for each other made every step 20-60× slower (measured here: the demo's
-    # training took 292 s with 2 threads, 16 s with 1). None keeps torch's setting.
-    threads: int | None = 1
+    # Torch intra-op threads during the demo; None keeps torch's setting. 1 helps on a busy machine: there,
+    # OpenMP threads waiting for each other made every step 20-60× slower (measured: the demo's training
+    # took 292 s with 2 threads, 16 s with 1).
+    threads: int | None = None
     # Also train simplenet_unfold (SimpleNet on UnfoldConv2d) with the same settings, so the report's
     # time and memory figure compares the two convolutions.
     unfold: bool = True
@@ -121,70 +121,6 @@ def _mean_epoch_time(run_dir: Path) -> float:
     return sum(row["epoch_time_s"] for row in rows) / len(rows)
 
 
-def _val_subset(root: Path, image_size: int, count: int) -> Any:
-    from torch.utils.data import Subset
-
-    from miniplaces.data import MiniPlaces
-    from miniplaces.engine.predict import eval_transform
-
-    dataset = MiniPlaces(root, "val", transform=eval_transform(image_size))
-    return Subset(dataset, range(min(count, len(dataset))))
-
-
-def _saliency(model: Any, categories: list[str], root: Path, options: DemoOptions, run_dir: Path) -> Path:
-    import torch
-
-    from miniplaces.explain import saliency
-    from miniplaces.explain.overlay import class_label, saliency_grid
-
-    subset = _val_subset(root, options.image_size, options.saliency_images)
-    x = torch.stack([subset[i][0] for i in range(len(subset))])
-    y = [subset[i][1] for i in range(len(subset))]
-    with torch.no_grad():
-        predicted = model(x).argmax(1).tolist()
-    maps = saliency(model, x, method="vanilla")
-    true_names = [class_label(categories, k) for k in y]
-    pred_names = [class_label(categories, k) for k in predicted]
-    return saliency_grid(x, maps, true_names, pred_names, run_dir / "saliency" / "saliency_vanilla.png",
-                         title="vanilla saliency · demo · val", columns=8)
-
-
-def _attack(model: Any, categories: list[str], root: Path, options: DemoOptions, run_dir: Path,
-            checkpoint: Path) -> dict[str, Any]:
-    """Accuracy under PGD at each ε of the sweep (one attack per ε); attack.json is the row at `attack_eps`."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from miniplaces.attacks import attack_batch, robustness_sweep
-    from miniplaces.explain.overlay import attack_grid, class_label, sweep_plot
-
-    subset = _val_subset(root, options.image_size, options.attack_images)
-    loader = DataLoader(subset, batch_size=64, shuffle=False)
-    settings = {"mode": options.attack_mode, "steps": options.attack_steps, "step_size": None,
-                "random_start": False}
-    eps_list = sorted({*options.sweep, options.attack_eps})
-    rows = robustness_sweep(model, loader, eps_list=eps_list, **settings)
-    result = next(row for row, eps in zip(rows, eps_list, strict=True) if eps == options.attack_eps)
-    out = run_dir / "attack"
-    out.mkdir(parents=True, exist_ok=True)
-    context = {"checkpoint": str(checkpoint), "root": str(root), "split": "val", "image_size": options.image_size,
-               "limit": len(subset), "seed": options.seed}
-    (out / "attack.json").write_text(json.dumps({**result, **context}, indent=2) + "\n")
-    (out / "sweep.json").write_text(json.dumps({"rows": rows, **context}, indent=2) + "\n")
-    title = f"{options.attack_mode} PGD-{options.attack_steps} · demo · val"
-    sweep_plot(rows, out / "sweep.png", title=title)
-
-    x = torch.stack([subset[i][0] for i in range(min(8, len(subset)))])
-    y = torch.tensor([subset[i][1] for i in range(len(x))])
-    shown = attack_batch(model, x, y, eps=options.attack_eps, **settings)
-    attack_grid(x, shown.x_adv, [class_label(categories, int(k)) for k in y],
-                [class_label(categories, int(k)) for k in shown.clean_logits.argmax(1)],
-                [class_label(categories, int(k)) for k in shown.adv_logits.argmax(1)], out / "attack_grid.png",
-                title=f"{title}, ε = {options.attack_eps * 255:.3g}/255",
-                target_names=None if shown.target is None else [class_label(categories, int(k)) for k in shown.target])
-    return result
-
-
 def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> DemoResult:
     """Run the tour; `on_phase(phase, message, seconds)` is called when a phase starts (seconds None) and ends."""
     import torch
@@ -202,7 +138,7 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
 def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResult:
     import torch
 
-    from miniplaces.engine.checkpoint import load_model
+    from miniplaces.analysis import attack_report, load_for_analysis, saliency_report
     from miniplaces.engine.runner import evaluate_checkpoint
     from miniplaces.report import build_report
 
@@ -263,19 +199,27 @@ def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResul
     tell("eval", f"top-1 {evaluation['top1']:.1f}%, top-5 {evaluation['top5']:.1f}% on {evaluation['count']} "
                  f"images → {evaluation['path']}", seconds["eval"])
 
-    model, payload = load_model(checkpoint, device="cpu")
-    categories = list(payload.get("categories") or [])
+    inputs = load_for_analysis(checkpoint, root, split="val", image_size=options.image_size, device="cpu")
     start = time.perf_counter()
     tell("saliency", f"vanilla gradient saliency of {options.saliency_images} val images")
-    grid = _saliency(model, categories, root, options, run_dir)
+    grid = saliency_report(inputs.model, inputs.dataset, inputs.categories, run_dir / "saliency", method="vanilla",
+                           n=options.saliency_images, columns=8, title="vanilla saliency · demo · val").path
     seconds["saliency"] = time.perf_counter() - start
     tell("saliency", str(grid), seconds["saliency"])
 
     start = time.perf_counter()
-    sweep = ", ".join(f"{eps * 255:.3g}" for eps in sorted({*options.sweep, options.attack_eps}))
+    # One attack per ε of the sweep; attack.json is the sweep's row at `attack_eps`.
+    eps_list = sorted({*options.sweep, options.attack_eps})
     tell("attack", f"{options.attack_mode} PGD-{options.attack_steps} on {options.attack_images} val images "
-                   f"at ε = {sweep} (/255)")
-    attack = _attack(model, categories, root, options, run_dir, checkpoint)
+                   f"at ε = {', '.join(f'{eps * 255:.3g}' for eps in eps_list)} (/255)")
+    title = f"{options.attack_mode} PGD-{options.attack_steps} · demo · val"
+    context = {"checkpoint": str(checkpoint), "root": str(root), "split": "val", "image_size": options.image_size,
+               "limit": min(options.attack_images, len(inputs.dataset)), "seed": options.seed}
+    attack = attack_report(
+        inputs.model, inputs.dataset, inputs.categories, run_dir / "attack", eps=options.attack_eps,
+        mode=options.attack_mode, steps=options.attack_steps, limit=options.attack_images, batch_size=64, grid=8,
+        sweep=eps_list, context=context, title=title, grid_title=f"{title}, ε = {options.attack_eps * 255:.3g}/255",
+    ).result
     seconds["attack"] = time.perf_counter() - start
     tell("attack", f"top-1 clean {attack['clean_top1']:.1f}% → {attack['adv_top1']:.1f}% at ε = "
                    f"{options.attack_eps * 255:.3g}/255 → {run_dir / 'attack'}", seconds["attack"])
