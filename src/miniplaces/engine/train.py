@@ -43,6 +43,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on `device`; `channels_last` stores the images NHWC, as the model's weights are."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Batch],
@@ -113,10 +122,7 @@ def train_one_epoch(
     for x, y in loader:
         if total is not None and step >= total:
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = _to_device(x, y, device, channels_last)
         # Cleared before the attack: were it to touch the parameters' .grad, the step would show it.
         optimizer.zero_grad(set_to_none=True)
         if adversary is not None:
@@ -205,10 +211,7 @@ def evaluate(
     for step, (x, y) in enumerate(loader):
         if total is not None and step >= total:
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = tta_logits(model, x, tta)
         logits = logits.float()

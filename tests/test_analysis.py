@@ -1,0 +1,79 @@
+"""The library behind `miniplaces saliency`/`attack`/`demo`: what each report writes and returns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from miniplaces.analysis import attack_report, load_for_analysis, saliency_report, settings_line
+from miniplaces.attacks import evaluate_attack
+from miniplaces.data import read_categories
+from miniplaces.engine.checkpoint import describe_model, save_checkpoint
+from miniplaces.errors import MiniPlacesError
+from miniplaces.models import create_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("simplenet", num_classes=4)
+    return save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict(),
+                            "categories": read_categories(synth_root), "config": {"image_size": 32}},
+                           tmp_path_factory.mktemp("run") / "checkpoints" / "last.pt")
+
+
+def test_load_for_analysis_takes_the_training_image_size(checkpoint: Path, synth_root: Path) -> None:
+    inputs = load_for_analysis(checkpoint, synth_root)
+    assert inputs.image_size == 32 and inputs.dataset[0][0].shape == (3, 32, 32)
+    assert inputs.categories == read_categories(synth_root) and not inputs.model.training
+    assert load_for_analysis(checkpoint, synth_root, image_size=24).dataset[0][0].shape == (3, 24, 24)
+
+
+def test_load_for_analysis_rejects_a_dataset_of_other_classes(tmp_path: Path, synth_root: Path) -> None:
+    model = create_model("simplenet", num_classes=7)
+    path = save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict()}, tmp_path / "m.pt")
+    with pytest.raises(MiniPlacesError, match="predicts 7 classes"):
+        load_for_analysis(path, synth_root)
+
+
+def test_saliency_report_counts_what_the_model_gets_right(checkpoint: Path, synth_root: Path,
+                                                          tmp_path: Path) -> None:
+    inputs = load_for_analysis(checkpoint, synth_root)
+    report = saliency_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, n=5, title="t")
+    x = torch.stack([inputs.dataset[i][0] for i in range(5)])
+    expected = inputs.model(x).argmax(1).tolist()
+    assert report.path == tmp_path / "saliency_vanilla.png" and report.images == 5
+    assert report.predicted == expected
+    assert report.labels == [inputs.dataset[i][1] for i in range(5)]
+    assert report.correct == sum(p == t for p, t in zip(expected, report.labels, strict=True))
+    with Image.open(report.path) as image:
+        assert image.format == "PNG"
+
+
+def test_attack_report_without_a_sweep(checkpoint: Path, synth_root: Path, tmp_path: Path) -> None:
+    inputs = load_for_analysis(checkpoint, synth_root)
+    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, eps=4 / 255, mode="fgsm",
+                           limit=5, grid=2, context={"split": "val"})
+    written = json.loads(report.attack_json.read_text())
+    assert written == {**report.result, "split": "val"} and written["images"] == 5
+    assert report.rows is None and report.sweep_json is None and not (tmp_path / "sweep.json").exists()
+    assert report.grid == tmp_path / "attack_grid.png" and report.grid.is_file()
+    assert settings_line(report.result) == "fgsm, ε = 4/255"
+
+
+@pytest.mark.parametrize("mode", ["untargeted", "least-likely"])
+def test_attack_at_eps_equals_the_sweep_row_it_is_taken_from(checkpoint: Path, synth_root: Path, tmp_path: Path,
+                                                             mode: str) -> None:
+    inputs = load_for_analysis(checkpoint, synth_root)
+    eps = 4 / 255
+    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, eps=eps, mode=mode, steps=2,
+                           limit=6, batch_size=4, grid=2, sweep=[0.0, eps], context={"seed": 0})
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(inputs.dataset, range(6)), batch_size=4)
+    assert report.result == evaluate_attack(inputs.model, loader, eps=eps, mode=mode, steps=2)
+    sweep = json.loads(report.sweep_json.read_text())  # type: ignore[union-attr]
+    assert sweep == {"rows": report.rows, "seed": 0}
+    assert [row["eps"] for row in sweep["rows"]] == [0.0, eps] and report.sweep_plot.is_file()  # type: ignore[union-attr]
