@@ -252,9 +252,9 @@ def test_num_threads_applies_while_making_batches_only(arrays: tuple[np.ndarray,
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S))
+        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S, num_threads=1))
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2
-        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S, num_threads=None))
+        collect(CachedLoader(*arrays, batch_size=16, train=True, image_size=S))  # default: torch's setting
         assert seen[3:] == [2, 2, 2]
     finally:
         torch.set_num_threads(before)

@@ -107,17 +107,17 @@ def run_data_benchmark(
         build_cache(root, "train", image_size=image_size, cache_dir=cache_dir)
         build_s = time.perf_counter() - started if built else 0.0
         threads = torch.get_num_threads()
-        # The cache loader as it comes (1 thread on the CPU), and on the CPU also with all of torch's threads.
-        variants: list[tuple[str, bool, int | None]] = [(device, True, 1) for device in devices]
+        # The cache loader as it comes (torch's threads), and on the CPU also with one thread.
+        variants: list[tuple[str, bool, int | None]] = [(device, True, None) for device in devices]
         if threads > 1 and "cpu" in devices:
-            variants.insert(1, ("cpu", True, threads))
-        variants += [(device, False, 1) for device in devices]
+            variants.insert(1, ("cpu", True, 1))
+        variants += [(device, False, None) for device in devices]
         for device, train, num_threads in variants:
             loader = cached_loader(root, "train", batch_size, train=train, device=device, image_size=image_size,
                                    cache_dir=cache_dir, build=False, drop_last=True, num_threads=num_threads)
             rate, seconds, count = images_per_second(loader, batches, warmup, torch.device(device))
             name = "CachedLoader, " + ("train augmentation" if train else "no augmentation (val)")
-            used = num_threads or 1
+            used = num_threads or threads
             if device == "cpu":
                 name += f", {used} thread" + ("s" if used > 1 else "")
             rows.append({
