@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,21 @@ SHARED_MINIPLACES = Path(
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads() -> None:
+def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test module that sets `TORCH_THREADS = n` runs (with its module fixtures) on n torch threads."""
+    count = getattr(request.module, "TORCH_THREADS", None)
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ from miniplaces.engine.train import NonFiniteLossError
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machine is shared; one thread is several times faster than two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # the test machine may be shared; one thread is several times faster than two contended ones
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 MODES = ["cache", "recompute"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: threads only add contention (gradcheck runs 20× faster on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # tiny tensors: threads only add contention (gradcheck runs 20× faster on one thread)
 
 
 # (N, C_in, C_out, H, W, kernel, stride, padding, dilation): every kernel, stride 1–3, padding 0–3,
