@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import io
-import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_edits import copy_of, edit_line
 from local_server import FileServer, closed_port, label_files, make_archive
 from PIL import Image
 
@@ -20,14 +20,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def copy_of(root: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(root, tmp_path / "copy"))
-
-
-def edit_line(path: Path, index: int, new: str) -> None:
-    lines = path.read_text().splitlines()
-    lines[index] = new
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("command", ["download", "verify", "synth"])

@@ -1,19 +1,15 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from dataset_edits import copy_of
 from PIL import Image
 
 from miniplaces.data import ImageReadError, LayoutError, MiniPlaces, read_categories, read_split
 from miniplaces.data.transforms import train_transform, val_transform
-
-
-def copy_of(root: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(root, tmp_path / "copy"))
 
 
 def test_splits_and_categories(synth_root: Path) -> None:

@@ -1,21 +1,11 @@
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from dataset_edits import copy_of, edit_line
 
 from miniplaces.data.verify import FULL_SIZES, SplitReport, VerifyReport, decode_all, verify_dataset
-
-
-def copy_of(root: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(root, tmp_path / "copy"))
-
-
-def edit_line(path: Path, index: int, new: str) -> None:
-    lines = path.read_text().splitlines()
-    lines[index] = new
-    path.write_text("\n".join(lines) + "\n")
 
 
 def test_sound_synthetic_dataset(synth_root: Path) -> None:
