@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from miniplaces.attacks import DEFAULT_STEPS, attack_batch, evaluate_attack, robustness_sweep
 from miniplaces.data import MiniPlaces
-from miniplaces.engine.checkpoint import load_model
-from miniplaces.engine.predict import checkpoint_image_size, eval_transform
+from miniplaces.engine.checkpoint import checkpoint_image_size, load_model
+from miniplaces.engine.predict import eval_transform
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot

@@ -2,8 +2,8 @@
 
 Every key is a typed field of `TrainConfig`. An unknown key or a value of the wrong
 type is a `ConfigError` that names the key (and the file and line for YAML). Keys left
-at `None` whose default depends on the model family (optimizer, lr, weight_decay) are
-filled in by `resolve`, and the resolved config is what a run saves as `config.yaml`.
+at `None` whose default depends on the model (optimizer, lr, weight_decay) are filled in
+from the model's card by `resolve`, and the resolved config is what a run saves as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TrainConfig:
     out_dir: str = "runs"
     epochs: int = 60
     batch_size: int = 256  # global: split evenly across DDP processes
-    # Optimiser; None → the model family's default: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
+    # Optimiser; None → the model card's: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
     optimizer: Literal["sgd", "adamw"] | None = None
     lr: float | None = None
     momentum: float = 0.9
@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0
     loader: Literal["dataloader", "cache"] = "dataloader"
     workers: int = 4
-    image_size: int = 128
+    image_size: int = 128  # training crop side; a ViT's position embedding and windows are built for it
     tta: Literal["flip"] | None = None  # test-time augmentation of the per-epoch validation
     sync_bn: bool = False
     limit_train_batches: int | None = None  # for tests and quick runs
@@ -188,23 +188,21 @@ def _parse_value(raw: str, where: str) -> Any:
         raise ConfigError(f"{where}: cannot read value {raw!r}: {err}") from err
 
 
-def family_defaults(model: str) -> dict[str, Any]:
-    """The study's optimiser for a model family: AdamW for vision transformers, SGD otherwise."""
-    if "vit" in model.lower():
-        return {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05}
-    return {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4}
-
-
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill family defaults and check value ranges; returns a new config."""
+    """Fill the model card's optimiser defaults and check value ranges; returns a new config."""
+    from miniplaces.models import model_card
+
     config = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
-    defaults = family_defaults(config.model)
-    if config.optimizer is None:
-        config.optimizer = defaults["optimizer"]
+    try:
+        card = model_card(config.model)
+    except MiniPlacesError as err:
+        raise ConfigError(f"key 'model': {err}") from None
+    optimizer, lr, weight_decay = card.optimizer_defaults(config.optimizer)
+    config.optimizer = optimizer  # type: ignore[assignment]
     if config.lr is None:
-        config.lr = 0.1 if config.optimizer == "sgd" else 0.01
+        config.lr = lr
     if config.weight_decay is None:
-        config.weight_decay = 1e-4 if config.optimizer == "sgd" else 0.05
+        config.weight_decay = weight_decay
     positive = ("epochs", "batch_size", "image_size", "log_every", "adv_steps")
     for key in positive:
         if getattr(config, key) < 1:

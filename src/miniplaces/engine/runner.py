@@ -219,7 +219,7 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
 
         kwargs = dict(config.model_kwargs)
         kwargs.setdefault("num_classes", len(categories))
-        model = create_model(config.model, **kwargs)
+        model = create_model(config.model, image_size=config.image_size, **kwargs)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -22,10 +22,9 @@ from torch import nn
 
 from miniplaces.attacks.pgd import eval_mode
 from miniplaces.errors import MiniPlacesError
+from miniplaces.models import list_models, model_card
 
 SALIENCY_METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "gradcam")
-# The last convolutional block of each family; others fall back to `layer4` or `features` when present.
-GRADCAM_LAYERS: dict[str, str] = {"simplenet": "features", "simplenet_unfold": "features", "resnet18": "layer4"}
 
 
 @contextmanager
@@ -110,10 +109,13 @@ def _find_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def default_gradcam_layer(model: nn.Module) -> str:
-    """The layer Grad-CAM reads by default: the model's last convolutional block."""
+    """The layer Grad-CAM reads by default: the one its model card names (the last convolutional block).
+
+    A model not made by `create_model` falls back to a `layer4` or `features` block when it has one.
+    """
     name = getattr(model, "model_name", None)
-    if name in GRADCAM_LAYERS:
-        return GRADCAM_LAYERS[name]
+    if name in list_models() and model_card(name).gradcam_layer is not None:
+        return model_card(name).gradcam_layer  # type: ignore[return-value]
     modules = dict(model.named_modules())
     for candidate in ("layer4", "features"):
         if candidate in modules and any(isinstance(m, nn.Conv2d) for m in modules[candidate].modules()):
