@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from miniplaces.attacks.spec import ATTACK_KINDS, TARGET_MODES, AttackSpec
 from miniplaces.errors import MiniPlacesError
+from miniplaces.pixels import parse_eps
 
 
 class ConfigError(MiniPlacesError):
@@ -59,13 +61,14 @@ class TrainConfig:
     limit_val_batches: int | None = None
     log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
     # Adversarial training: every training batch is replaced by an attack on the current model
-    # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018).
-    adv_train: Literal["none", "pgd", "fgsm"] = "none"
-    adv_eps: float | str = "6/255"  # L∞ budget in pixel units: 6/255 or 0.0235
+    # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
+    # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
+    adv_train: Literal[("none", *ATTACK_KINDS)] = "none"  # type: ignore[valid-type]
+    adv_eps: float | str = "6/255"  # budget in pixel units: 6/255 or 0.0235
     adv_steps: int = 10  # PGD steps, each one more forward + backward per training step
-    adv_step_size: float | str | None = None  # PGD step in pixel units; None → the attacks' default ε/10
-    adv_mode: Literal["untargeted", "least-likely"] = "untargeted"  # PGD: away from the true label, or towards
-    # the least likely class (the study's attack)
+    adv_step_size: float | str | None = None  # PGD step in pixel units; None → ε/10
+    # PGD: away from the true label, or towards the least likely class (the study's attack)
+    adv_mode: Literal[TARGET_MODES] = "untargeted"  # type: ignore[valid-type]
 
 
 def config_keys() -> list[str]:
@@ -216,31 +219,33 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
     if config.clip_grad is not None and config.clip_grad <= 0:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
-    _check_budgets(config)
+    adversarial_spec(config)
     if not config.root:
         raise ConfigError("key 'root' is not set: pass --root DIR (the MiniPlaces folder)")
     return config
 
 
-def _check_budgets(config: TrainConfig) -> None:
-    from miniplaces.attacks.eps import parse_eps
-
-    for key in ("adv_eps", "adv_step_size"):
-        value = getattr(config, key)
-        if value is None:
-            continue
-        try:
-            parse_eps(value)
-        except MiniPlacesError as err:
-            raise ConfigError(f"key {key!r}: {err}") from None
+def _budget(config: TrainConfig, key: str) -> float | None:
+    value = getattr(config, key)
+    try:
+        return None if value is None else parse_eps(value)
+    except MiniPlacesError as err:
+        raise ConfigError(f"key {key!r}: {err}") from None
 
 
-def adversarial_budget(config: TrainConfig) -> tuple[float, float | None]:
-    """`adv_eps` and `adv_step_size` as numbers in pixel units (the step None when left to the default)."""
-    from miniplaces.attacks.eps import parse_eps
+def adversarial_spec(config: TrainConfig) -> AttackSpec | None:
+    """The attack of adversarial training from the `adv_*` keys, or None for `adv_train: none`.
 
-    step = None if config.adv_step_size is None else parse_eps(config.adv_step_size)
-    return parse_eps(config.adv_eps), step
+    The budgets are checked even when adversarial training is off, so a typo never waits for the day it is used.
+    """
+    eps, step_size = _budget(config, "adv_eps"), _budget(config, "adv_step_size")
+    if config.adv_train == "none":
+        return None
+    try:
+        return AttackSpec(kind=config.adv_train, target=config.adv_mode, eps=eps, steps=config.adv_steps,  # type: ignore[arg-type]
+                          step_size=step_size)
+    except MiniPlacesError as err:
+        raise ConfigError(f"keys adv_train/adv_mode/adv_steps: {err}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
