@@ -46,7 +46,7 @@ def test_a_record_written_before_kind_existed_is_read_by_its_mode() -> None:
     (lambda: AttackSpec.parse(eps="6/0"), "divides by zero"),
     (lambda: AttackSpec.parse(eps="lots"), "cannot read ε 'lots'"),
     (lambda: AttackSpec.parse(eps="8"), "did you mean 8/255"),
-    (lambda: AttackSpec.parse(step_size="-1/255"), "must be a finite number ≥ 0"),
+    (lambda: AttackSpec.parse(step_size="-1/255"), "step size: ε '-1/255' must be a finite number ≥ 0"),
     (lambda: AttackSpec(kind="bim"), "unknown attack 'bim'; choose one of pgd, fgsm"),
     (lambda: AttackSpec.from_mode("sideways"), "unknown attack mode 'sideways'; choose one of least-likely"),
     (lambda: AttackSpec(kind="fgsm", target="least-likely"), "unknown target mode of fgsm 'least-likely'"),

@@ -182,9 +182,12 @@ class AttackSpec:
               steps: int = DEFAULT_STEPS, step_size: str | float | None = None, random_start: bool = False,
               norm: str = "linf") -> AttackSpec:
         """A spec from values as users write them: ε and the step size as `6/255` or `0.0235`."""
-        return cls(kind=kind, target=target, eps=parse_eps(eps), steps=steps,
-                   step_size=None if step_size is None else parse_eps(step_size), random_start=random_start,
-                   norm=norm)
+        try:
+            step = None if step_size is None else parse_eps(step_size)
+        except MiniPlacesError as err:
+            raise AttackSpecError(f"step size: {err}") from None
+        return cls(kind=kind, target=target, eps=parse_eps(eps), steps=steps, step_size=step,
+                   random_start=random_start, norm=norm)
 
     @classmethod
     def from_mode(cls, mode: str, **values: Any) -> AttackSpec:
