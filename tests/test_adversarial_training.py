@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from miniplaces.attacks import fgsm, make_adversary, pgd
+from miniplaces.attacks import AttackSpec, fgsm, make_adversary, pgd
 from miniplaces.cli import main
 from miniplaces.config import ConfigError, TrainConfig, load_config, resolve, save_config
 from miniplaces.engine.checkpoint import load_checkpoint
@@ -62,7 +62,7 @@ def test_fgsm_step_trains_on_the_adversarial_batch_and_leaks_no_gradient() -> No
     x, y = batch()
     expected_adv = fgsm(copy.deepcopy(spy.inner).train(), x, y, eps=EPS)  # from the weights before the step
 
-    one_step(spy, (x, y), adversary=make_adversary("fgsm", eps=EPS))
+    one_step(spy, (x, y), adversary=make_adversary(AttackSpec(kind="fgsm", target="untargeted", eps=EPS)))
     attack_passes = [seen for seen, training in spy.seen if not training]
     trained_on = [seen for seen, training in spy.seen if training]
     assert len(attack_passes) == 1 and torch.equal(attack_passes[0], x)  # FGSM: one gradient pass, in eval mode

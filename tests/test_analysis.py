@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from miniplaces.analysis import attack_report, load_for_analysis, saliency_report, settings_line
-from miniplaces.attacks import evaluate_attack
+from miniplaces.attacks import AttackSpec, evaluate_attack
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.errors import MiniPlacesError
@@ -56,8 +56,8 @@ def test_saliency_report_counts_what_the_model_gets_right(checkpoint: Path, synt
 
 def test_attack_report_without_a_sweep(checkpoint: Path, synth_root: Path, tmp_path: Path) -> None:
     inputs = load_for_analysis(checkpoint, synth_root)
-    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, eps=4 / 255, mode="fgsm",
-                           limit=5, grid=2, context={"split": "val"})
+    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path,
+                           AttackSpec.from_mode("fgsm", eps=4 / 255), limit=5, grid=2, context={"split": "val"})
     written = json.loads(report.attack_json.read_text())
     assert written == {**report.result, "split": "val"} and written["images"] == 5
     assert report.rows is None and report.sweep_json is None and not (tmp_path / "sweep.json").exists()
@@ -70,10 +70,11 @@ def test_attack_at_eps_equals_the_sweep_row_it_is_taken_from(checkpoint: Path, s
                                                              mode: str) -> None:
     inputs = load_for_analysis(checkpoint, synth_root)
     eps = 4 / 255
-    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, eps=eps, mode=mode, steps=2,
-                           limit=6, batch_size=4, grid=2, sweep=[0.0, eps], context={"seed": 0})
+    spec = AttackSpec.from_mode(mode, eps=eps, steps=2)
+    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, spec, limit=6,
+                           batch_size=4, grid=2, sweep=[0.0, eps], context={"seed": 0})
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(inputs.dataset, range(6)), batch_size=4)
-    assert report.result == evaluate_attack(inputs.model, loader, eps=eps, mode=mode, steps=2)
+    assert report.result == evaluate_attack(inputs.model, loader, spec)
     sweep = json.loads(report.sweep_json.read_text())  # type: ignore[union-attr]
     assert sweep == {"rows": report.rows, "seed": 0}
     assert [row["eps"] for row in sweep["rows"]] == [0.0, eps] and report.sweep_plot.is_file()  # type: ignore[union-attr]

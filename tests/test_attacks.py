@@ -9,16 +9,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from miniplaces.attacks import (
+    AttackSpec,
     attack_batch,
     evaluate_attack,
     fgsm,
     least_likely_labels,
-    parse_eps,
-    parse_eps_list,
     pgd,
     robustness_sweep,
 )
 from miniplaces.errors import MiniPlacesError
+from miniplaces.pixels import parse_eps, parse_eps_list
 
 CLASSES = 4
 SIZE = 16
@@ -94,7 +94,7 @@ def test_pgd_lowers_accuracy_and_more_eps_never_helps(trained) -> None:
     model, x, y = trained
     loader = DataLoader(TensorDataset(x, y), batch_size=24)
     eps_list = [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
-    rows = robustness_sweep(model, loader, eps_list=eps_list, mode="untargeted")
+    rows = robustness_sweep(model, loader, AttackSpec(target="untargeted"), eps_list)
     assert [row["eps"] for row in rows] == eps_list
     clean = rows[0]["clean_top1"]
     assert clean >= 90.0
@@ -116,8 +116,8 @@ def test_least_likely_mode_reaches_its_target(trained) -> None:
     with torch.no_grad():
         reached = (model(x_adv).argmax(1) == target).float().mean().item()
     assert reached >= 0.8
-    result = evaluate_attack(model, DataLoader(TensorDataset(x, y), batch_size=16), mode="least-likely",
-                             eps=32 / 255, limit=40)
+    result = evaluate_attack(model, DataLoader(TensorDataset(x, y), batch_size=16),
+                             AttackSpec(target="least-likely", eps=32 / 255), limit=40)
     assert result["images"] == 40
     assert result["success_rate"] >= 80.0
     assert result["steps"] == 10 and result["step_size"] == pytest.approx(3.2 / 255)
@@ -135,7 +135,7 @@ def test_attacks_leave_the_model_as_they_found_it(trained) -> None:
         pgd(model, x, y, eps=8 / 255, mode="untargeted", random_start=True)
         pgd(model, x, y, eps=8 / 255, mode="least-likely")
         fgsm(model, x, y, eps=8 / 255)
-        evaluate_attack(model, DataLoader(TensorDataset(x, y), batch_size=32), mode="least-likely", eps=4 / 255)
+        evaluate_attack(model, DataLoader(TensorDataset(x, y), batch_size=32), AttackSpec(eps=4 / 255))
         assert [p.requires_grad for p in model.parameters()] == flags
         assert [m.training for m in model.modules()] == modes
         assert all(p.grad is None for p in model.parameters())
@@ -184,7 +184,7 @@ def test_attack_works_inside_no_grad_and_eps_zero_is_identity(trained) -> None:
         x_adv = pgd(model, x, y, eps=8 / 255, mode="untargeted")
     assert (x_adv != x).any()
     assert torch.equal(pgd(model, x, y, eps=0.0, random_start=True), x)
-    batch = attack_batch(model, x, y, mode="fgsm", eps=8 / 255)
+    batch = attack_batch(model, x, y, AttackSpec(kind="fgsm", target="untargeted", eps=8 / 255))
     assert batch.target is None and batch.adv_logits.shape == (len(x), CLASSES)
 
 
@@ -197,9 +197,9 @@ def test_bad_arguments_are_clear_errors(trained) -> None:
     with pytest.raises(MiniPlacesError, match="float images"):
         pgd(model, (x * 255).to(torch.uint8), y, eps=0.01)
     with pytest.raises(MiniPlacesError, match="choose one of least-likely, untargeted, fgsm"):
-        evaluate_attack(model, [(x, y)], mode="pgd", eps=0.01)
+        AttackSpec.from_mode("pgd", eps=0.01)
     with pytest.raises(MiniPlacesError, match="labelled"):
-        evaluate_attack(model, [(x, torch.full_like(y, -1))], mode="fgsm", eps=0.01)
+        evaluate_attack(model, [(x, torch.full_like(y, -1))], AttackSpec.from_mode("fgsm", eps=0.01))
 
 
 @pytest.mark.parametrize(("text", "value"), [("6/255", 6 / 255), ("0.0235", 0.0235), (" 0 ", 0.0), ("1", 1.0),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from miniplaces.config import TrainConfig, family_defaults
+from miniplaces.config import TrainConfig
 from miniplaces.data.synth import synthesize
 from miniplaces.engine.checkpoint import load_checkpoint, save_checkpoint
 from miniplaces.engine.loaders import ResumableSampler
@@ -24,7 +24,7 @@ from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.runner import rng_state, set_rng_state, train
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.train import evaluate, train_one_epoch, tta_logits
-from miniplaces.models import create_model, list_models
+from miniplaces.models import create_model, list_models, model_card
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -147,7 +147,7 @@ def test_one_step_of_every_registered_model(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = build_optimizer(model, family_defaults(name)["optimizer"], lr=0.01, weight_decay=0.0)
+    opt = build_optimizer(model, model_card(name).optimizer, lr=0.01, weight_decay=0.0)
     sched = warmup_cosine(opt, total_steps=1, warmup_steps=0)
     batch = (torch.rand(2, 3, 32, 32), torch.tensor([0, 2]))
     out = train_one_epoch(model, [batch], opt, sched, device=torch.device("cpu"), criterion=nn.CrossEntropyLoss(),

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from miniplaces.attacks import DEFAULT_STEPS, attack_batch, evaluate_attack, robustness_sweep
+from miniplaces.attacks.evaluate import attack_batch, evaluate_attack, robustness_sweep
+from miniplaces.attacks.spec import AttackSpec
 from miniplaces.data import MiniPlaces
-from miniplaces.engine.checkpoint import load_model
-from miniplaces.engine.predict import checkpoint_image_size, eval_transform
+from miniplaces.engine.checkpoint import checkpoint_image_size, load_model
+from miniplaces.engine.predict import eval_transform
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot
@@ -116,12 +117,8 @@ def saliency_report(
 
 
 def settings_line(result: dict[str, Any]) -> str:
-    """The attack's settings in one line, e.g. `untargeted PGD, ε = 4/255, 10 steps of 0.4/255`."""
-    if result["mode"] == "fgsm":
-        return f"fgsm, ε = {result['eps_text']}"
-    start = ", random start" if result["random_start"] else ""
-    return (f"{result['mode']} PGD, ε = {result['eps_text']}, {result['steps']} steps of "
-            f"{result['step_size'] * 255:.3g}/255{start}")
+    """The settings of an attack record in one line, e.g. `untargeted PGD, ε = 4/255, 10 steps of 0.4/255`."""
+    return AttackSpec.from_dict(result).describe()
 
 
 @dataclass(frozen=True)
@@ -141,12 +138,8 @@ def attack_report(
     dataset: Dataset,
     categories: Sequence[str],
     out_dir: Path | str,
+    spec: AttackSpec,
     *,
-    eps: float,
-    mode: str = "least-likely",
-    steps: int = DEFAULT_STEPS,
-    step_size: float | None = None,
-    random_start: bool = False,
     limit: int | None = None,
     batch_size: int = 32,
     grid: int = 8,
@@ -156,11 +149,11 @@ def attack_report(
     grid_title: str | None = None,
     seed: int | None = None,
 ) -> AttackReport:
-    """Attack the first `limit` images (all by default) and write the reports into `out_dir`.
+    """Attack the first `limit` images (all by default) as `spec` says and write the reports into `out_dir`.
 
-    Writes `attack.json` (the result at `eps` and `context`), `attack_grid.png` (the first `grid`
-    images, titled `grid_title`, default the settings line) and, with `sweep`, `sweep.json`
-    (`{"rows": [...], **context}`) and `sweep.png` (titled `title`).
+    Writes `attack.json` (the result, `spec.to_dict()` included, and `context`), `attack_grid.png` (the first
+    `grid` images, titled `grid_title`, default the settings line) and, with `sweep` (budgets at which to
+    repeat the attack), `sweep.json` (`{"rows": [...], **context}`) and `sweep.png` (titled `title`).
 
     Args:
         seed: reseed torch before the sweep, so its random starts do not depend on what ran before.
@@ -171,35 +164,34 @@ def attack_report(
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    options = {"mode": mode, "steps": steps, "step_size": step_size, "random_start": random_start}
     rows = None
-    if sweep is not None and eps in sweep and not random_start:
+    if sweep is not None and spec.eps in sweep and not spec.random_start:
         # Without a random start the attack is deterministic: the sweep's row at ε is the attack at ε.
-        rows = _sweep(model, loader, sweep, seed, device, options)
-        result = rows[list(sweep).index(eps)]
+        rows = _sweep(model, loader, spec, sweep, seed, device)
+        result = rows[list(sweep).index(spec.eps)]
     else:
-        result = evaluate_attack(model, loader, eps=eps, device=device, **options)
+        result = evaluate_attack(model, loader, spec, device=device)
     attack_json = _write_json(out / "attack.json", {**result, **context})
 
     x, y = first_images(dataset, grid, device)
-    shown = attack_batch(model, x, y, eps=eps, **options)
+    shown = attack_batch(model, x, y, spec)
     grid_path = attack_grid(
         x.cpu(), shown.x_adv.cpu(), _names(categories, y), _names(categories, shown.clean_logits.argmax(1)),
         _names(categories, shown.adv_logits.argmax(1)), out / "attack_grid.png",
-        title=settings_line(result) if grid_title is None else grid_title,
+        title=spec.describe() if grid_title is None else grid_title,
         target_names=None if shown.target is None else _names(categories, shown.target),
     )
     if sweep is None:
         return AttackReport(result, None, attack_json, grid_path)
     if rows is None:
-        rows = _sweep(model, loader, sweep, seed, device, options)
+        rows = _sweep(model, loader, spec, sweep, seed, device)
     sweep_json = _write_json(out / "sweep.json", {"rows": rows, **context})
     plot = sweep_plot(rows, out / "sweep.png", title=title)
     return AttackReport(result, rows, attack_json, grid_path, sweep_json, plot)
 
 
-def _sweep(model: nn.Module, loader: DataLoader, eps_list: Sequence[float], seed: int | None,
-           device: torch.device, options: dict[str, Any]) -> list[dict[str, Any]]:
+def _sweep(model: nn.Module, loader: DataLoader, spec: AttackSpec, eps_list: Sequence[float], seed: int | None,
+           device: torch.device) -> list[dict[str, Any]]:
     if seed is not None:
         torch.manual_seed(seed)
-    return robustness_sweep(model, loader, eps_list=eps_list, device=device, **options)
+    return robustness_sweep(model, loader, spec, eps_list, device=device)

@@ -2,8 +2,8 @@
 
 Every key is a typed field of `TrainConfig`. An unknown key or a value of the wrong
 type is a `ConfigError` that names the key (and the file and line for YAML). Keys left
-at `None` whose default depends on the model family (optimizer, lr, weight_decay) are
-filled in by `resolve`, and the resolved config is what a run saves as `config.yaml`.
+at `None` whose default depends on the model (optimizer, lr, weight_decay) are filled in
+from the model's card by `resolve`, and the resolved config is what a run saves as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from miniplaces.attacks.spec import ATTACK_KINDS, TARGET_MODES, AttackSpec
 from miniplaces.errors import MiniPlacesError
+from miniplaces.pixels import parse_eps
 
 
 class ConfigError(MiniPlacesError):
@@ -35,7 +37,7 @@ class TrainConfig:
     out_dir: str = "runs"
     epochs: int = 60
     batch_size: int = 256  # global: split evenly across DDP processes
-    # Optimiser; None → the model family's default: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
+    # Optimiser; None → the model card's: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
     optimizer: Literal["sgd", "adamw"] | None = None
     lr: float | None = None
     momentum: float = 0.9
@@ -52,20 +54,21 @@ class TrainConfig:
     seed: int = 0
     loader: Literal["dataloader", "cache"] = "dataloader"
     workers: int = 4
-    image_size: int = 128
+    image_size: int = 128  # training crop side; a ViT's position embedding and windows are built for it
     tta: Literal["flip"] | None = None  # test-time augmentation of the per-epoch validation
     sync_bn: bool = False
     limit_train_batches: int | None = None  # for tests and quick runs
     limit_val_batches: int | None = None
     log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
     # Adversarial training: every training batch is replaced by an attack on the current model
-    # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018).
-    adv_train: Literal["none", "pgd", "fgsm"] = "none"
-    adv_eps: float | str = "6/255"  # L∞ budget in pixel units: 6/255 or 0.0235
+    # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
+    # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
+    adv_train: Literal[("none", *ATTACK_KINDS)] = "none"  # type: ignore[valid-type]
+    adv_eps: float | str = "6/255"  # budget in pixel units: 6/255 or 0.0235
     adv_steps: int = 10  # PGD steps, each one more forward + backward per training step
-    adv_step_size: float | str | None = None  # PGD step in pixel units; None → the attacks' default ε/10
-    adv_mode: Literal["untargeted", "least-likely"] = "untargeted"  # PGD: away from the true label, or towards
-    # the least likely class (the study's attack)
+    adv_step_size: float | str | None = None  # PGD step in pixel units; None → ε/10
+    # PGD: away from the true label, or towards the least likely class (the study's attack)
+    adv_mode: Literal[TARGET_MODES] = "untargeted"  # type: ignore[valid-type]
 
 
 def config_keys() -> list[str]:
@@ -188,23 +191,21 @@ def _parse_value(raw: str, where: str) -> Any:
         raise ConfigError(f"{where}: cannot read value {raw!r}: {err}") from err
 
 
-def family_defaults(model: str) -> dict[str, Any]:
-    """The study's optimiser for a model family: AdamW for vision transformers, SGD otherwise."""
-    if "vit" in model.lower():
-        return {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05}
-    return {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4}
-
-
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill family defaults and check value ranges; returns a new config."""
+    """Fill the model card's optimiser defaults and check value ranges; returns a new config."""
+    from miniplaces.models import model_card
+
     config = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
-    defaults = family_defaults(config.model)
-    if config.optimizer is None:
-        config.optimizer = defaults["optimizer"]
+    try:
+        card = model_card(config.model)
+    except MiniPlacesError as err:
+        raise ConfigError(f"key 'model': {err}") from None
+    optimizer, lr, weight_decay = card.optimizer_defaults(config.optimizer)
+    config.optimizer = optimizer  # type: ignore[assignment]
     if config.lr is None:
-        config.lr = 0.1 if config.optimizer == "sgd" else 0.01
+        config.lr = lr
     if config.weight_decay is None:
-        config.weight_decay = 1e-4 if config.optimizer == "sgd" else 0.05
+        config.weight_decay = weight_decay
     positive = ("epochs", "batch_size", "image_size", "log_every", "adv_steps")
     for key in positive:
         if getattr(config, key) < 1:
@@ -218,31 +219,33 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
     if config.clip_grad is not None and config.clip_grad <= 0:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
-    _check_budgets(config)
+    adversarial_spec(config)
     if not config.root:
         raise ConfigError("key 'root' is not set: pass --root DIR (the MiniPlaces folder)")
     return config
 
 
-def _check_budgets(config: TrainConfig) -> None:
-    from miniplaces.attacks.eps import parse_eps
-
-    for key in ("adv_eps", "adv_step_size"):
-        value = getattr(config, key)
-        if value is None:
-            continue
-        try:
-            parse_eps(value)
-        except MiniPlacesError as err:
-            raise ConfigError(f"key {key!r}: {err}") from None
+def _budget(config: TrainConfig, key: str) -> float | None:
+    value = getattr(config, key)
+    try:
+        return None if value is None else parse_eps(value)
+    except MiniPlacesError as err:
+        raise ConfigError(f"key {key!r}: {err}") from None
 
 
-def adversarial_budget(config: TrainConfig) -> tuple[float, float | None]:
-    """`adv_eps` and `adv_step_size` as numbers in pixel units (the step None when left to the default)."""
-    from miniplaces.attacks.eps import parse_eps
+def adversarial_spec(config: TrainConfig) -> AttackSpec | None:
+    """The attack of adversarial training from the `adv_*` keys, or None for `adv_train: none`.
 
-    step = None if config.adv_step_size is None else parse_eps(config.adv_step_size)
-    return parse_eps(config.adv_eps), step
+    The budgets are checked even when adversarial training is off, so a typo never waits for the day it is used.
+    """
+    eps, step_size = _budget(config, "adv_eps"), _budget(config, "adv_step_size")
+    if config.adv_train == "none":
+        return None
+    try:
+        return AttackSpec(kind=config.adv_train, target=config.adv_mode, eps=eps, steps=config.adv_steps,  # type: ignore[arg-type]
+                          step_size=step_size)
+    except MiniPlacesError as err:
+        raise ConfigError(f"keys adv_train/adv_mode/adv_steps: {err}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miniplaces.attacks.spec import AttackSpec
 from miniplaces.errors import MiniPlacesError
 
 SYNTH_MARKER = "demo_synth.json"
@@ -51,9 +52,7 @@ class DemoOptions:
     limit_val_batches: int | None = None
     saliency_images: int = 16
     attack_images: int = 64
-    attack_mode: str = "untargeted"
-    attack_eps: float = 8 / 255
-    attack_steps: int = 10
+    attack: AttackSpec = AttackSpec(kind="pgd", target="untargeted", eps=8 / 255, steps=10)
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     seed: int = 0
     # Torch intra-op threads during the demo; None keeps torch's setting. 1 helps on a busy machine: there,
@@ -208,21 +207,22 @@ def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResul
     tell("saliency", str(grid), seconds["saliency"])
 
     start = time.perf_counter()
-    # One attack per ε of the sweep; attack.json is the sweep's row at `attack_eps`.
-    eps_list = sorted({*options.sweep, options.attack_eps})
-    tell("attack", f"{options.attack_mode} PGD-{options.attack_steps} on {options.attack_images} val images "
+    # One attack per ε of the sweep; attack.json is the sweep's row at the spec's ε.
+    spec = options.attack
+    eps_list = sorted({*options.sweep, spec.eps})
+    tell("attack", f"{spec.describe()} on {options.attack_images} val images "
                    f"at ε = {', '.join(f'{eps * 255:.3g}' for eps in eps_list)} (/255)")
-    title = f"{options.attack_mode} PGD-{options.attack_steps} · demo · val"
+    title = f"{spec.mode} {spec.attack.label}-{spec.steps} · demo · val"
     context = {"checkpoint": str(checkpoint), "root": str(root), "split": "val", "image_size": options.image_size,
                "limit": min(options.attack_images, len(inputs.dataset)), "seed": options.seed}
     attack = attack_report(
-        inputs.model, inputs.dataset, inputs.categories, run_dir / "attack", eps=options.attack_eps,
-        mode=options.attack_mode, steps=options.attack_steps, limit=options.attack_images, batch_size=64, grid=8,
-        sweep=eps_list, context=context, title=title, grid_title=f"{title}, ε = {options.attack_eps * 255:.3g}/255",
+        inputs.model, inputs.dataset, inputs.categories, run_dir / "attack", spec, limit=options.attack_images,
+        batch_size=64, grid=8, sweep=eps_list, context=context, title=title,
+        grid_title=f"{title}, ε = {spec.eps * 255:.3g}/255",
     ).result
     seconds["attack"] = time.perf_counter() - start
     tell("attack", f"top-1 clean {attack['clean_top1']:.1f}% → {attack['adv_top1']:.1f}% at ε = "
-                   f"{options.attack_eps * 255:.3g}/255 → {run_dir / 'attack'}", seconds["attack"])
+                   f"{spec.eps * 255:.3g}/255 → {run_dir / 'attack'}", seconds["attack"])
 
     start = time.perf_counter()
     tell("report", f"{options.out / 'report'}")

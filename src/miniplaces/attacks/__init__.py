@@ -1,34 +1,56 @@
-"""Adversarial attacks as pure functions of (model, x, y), in pixel units (images in [0, 1])."""
+"""Adversarial attacks as pure functions of (model, x, y), in pixel units (images in [0, 1]).
 
-from miniplaces.attacks.eps import DEFAULT_EPS, format_eps, parse_eps, parse_eps_list
-from miniplaces.attacks.evaluate import (
+The spec and its table (`miniplaces.attacks.spec`) load without torch, so the command line can
+build its choices from them; the attack functions load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from miniplaces.attacks.spec import (
+    ATTACK_KINDS,
     ATTACK_MODES,
-    AttackBatch,
-    attack_batch,
-    attack_settings,
-    evaluate_attack,
-    robustness_sweep,
+    ATTACKS,
+    DEFAULT_STEPS,
+    NORMS,
+    TARGET_MODES,
+    TARGETS,
+    AttackSpec,
+    AttackSpecError,
 )
-from miniplaces.attacks.pgd import DEFAULT_STEPS, PGD_MODES, eval_mode, fgsm, least_likely_labels, pgd
-from miniplaces.attacks.training import ADV_TRAIN_KINDS, make_adversary
+
+# Names whose modules import torch: loaded when first asked for (PEP 562).
+_LAZY = {
+    "AttackBatch": "evaluate", "attack_batch": "evaluate", "evaluate_attack": "evaluate",
+    "robustness_sweep": "evaluate", "fgsm": "projected", "least_likely_labels": "projected", "pgd": "projected",
+    "make_adversary": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"miniplaces.attacks.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'miniplaces.attacks' has no attribute {name!r}")
+
 
 __all__ = [
-    "ADV_TRAIN_KINDS",
+    "ATTACKS",
+    "ATTACK_KINDS",
     "ATTACK_MODES",
-    "DEFAULT_EPS",
     "DEFAULT_STEPS",
-    "PGD_MODES",
+    "NORMS",
+    "TARGETS",
+    "TARGET_MODES",
     "AttackBatch",
+    "AttackSpec",
+    "AttackSpecError",
     "attack_batch",
-    "attack_settings",
-    "eval_mode",
     "evaluate_attack",
     "fgsm",
-    "format_eps",
     "least_likely_labels",
     "make_adversary",
-    "parse_eps",
-    "parse_eps_list",
     "pgd",
     "robustness_sweep",
 ]

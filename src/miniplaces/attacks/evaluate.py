@@ -1,10 +1,11 @@
 """Accuracy under attack over a data loader, and robust accuracy against ε.
 
-Success rate (percent of attacked images):
+Success rate (percent of attacked images), as the spec's target mode defines it
+(`miniplaces.attacks.spec.TARGETS`):
 - `least-likely`: the adversarial prediction equals the target, the class the model found
   least likely on the clean image; over every attacked image.
-- `untargeted` and `fgsm`: among the images the model classified correctly, the fraction the
-  attack makes wrong; `None` when the model got none right.
+- `untargeted` (PGD and FGSM): among the images the model classified correctly, the fraction
+  the attack makes wrong; `None` when the model got none right.
 
 Top-k accuracies are percentages (0–100); perturbation norms are per image, in pixel units,
 averaged over the images.
@@ -19,16 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from miniplaces.attacks.eps import format_eps
-from miniplaces.attacks.pgd import DEFAULT_STEPS, eval_mode, fgsm, least_likely_labels, pgd
+from miniplaces.attacks.spec import AttackSpec
 from miniplaces.errors import MiniPlacesError
-
-ATTACK_MODES: tuple[str, ...] = ("least-likely", "untargeted", "fgsm")
+from miniplaces.pixels import eval_mode
 
 
 @dataclass(frozen=True)
 class AttackBatch:
-    """One attacked batch: the images, the targets (least-likely mode) and both predictions' logits."""
+    """One attacked batch: the images, the targets (targeted modes) and both predictions' logits."""
 
     x_adv: torch.Tensor
     target: torch.Tensor | None
@@ -36,39 +35,9 @@ class AttackBatch:
     adv_logits: torch.Tensor
 
 
-def attack_settings(mode: str, eps: float, steps: int, step_size: float | None, random_start: bool) -> dict[str, Any]:
-    """The settings as they are applied (FGSM: one step of size ε), for reports."""
-    if mode not in ATTACK_MODES:
-        raise MiniPlacesError(f"unknown attack mode {mode!r}; choose one of {', '.join(ATTACK_MODES)}")
-    if mode == "fgsm":
-        steps, step_size, random_start = 1, eps, False
-    elif step_size is None:
-        step_size = eps / 10
-    return {"mode": mode, "eps": eps, "eps_text": format_eps(eps), "steps": steps, "step_size": step_size,
-            "random_start": random_start}
-
-
-def attack_batch(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    mode: str = "least-likely",
-    eps: float,
-    steps: int = DEFAULT_STEPS,
-    step_size: float | None = None,
-    random_start: bool = False,
-) -> AttackBatch:
-    """Attack one batch with `mode` (`least-likely`, `untargeted` or `fgsm`) and classify both versions."""
-    settings = attack_settings(mode, eps, steps, step_size, random_start)
-    target = None
-    if mode == "fgsm":
-        x_adv = fgsm(model, x, y, eps=eps)
-    else:
-        if mode == "least-likely":
-            target = least_likely_labels(model, x)
-        x_adv = pgd(model, x, y, eps=eps, step_size=settings["step_size"], steps=steps, mode=mode,  # type: ignore[arg-type]
-                    random_start=random_start, target=target)
+def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec) -> AttackBatch:
+    """Attack one batch as `spec` says and classify both versions."""
+    x_adv, target = spec.perturb(model, x, y)
     with eval_mode(model), torch.no_grad():
         clean_logits, adv_logits = model(x), model(x_adv)
     return AttackBatch(x_adv, target, clean_logits, adv_logits)
@@ -82,16 +51,14 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor
 def evaluate_attack(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    spec: AttackSpec,
     *,
-    mode: str = "least-likely",
-    eps: float,
-    steps: int = DEFAULT_STEPS,
-    step_size: float | None = None,
-    random_start: bool = False,
     limit: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Clean and adversarial top-1/top-5, success rate and mean perturbation norms over `loader`.
+
+    Returns `spec.to_dict()` with the measurements added.
 
     Args:
         model: the classifier, already on `device`.
@@ -100,8 +67,7 @@ def evaluate_attack(
         device: where batches go; default the model's device.
     """
     if limit is not None and limit < 1:
-        raise MiniPlacesError(f"--limit must be ≥ 1 image; got {limit}")
-    settings = attack_settings(mode, eps, steps, step_size, random_start)
+        raise MiniPlacesError(f"the image limit must be ≥ 1; got {limit}")
     if device is None:
         device = next(model.parameters()).device
     count = 0
@@ -115,8 +81,7 @@ def evaluate_attack(
         x, y = x.to(device), torch.as_tensor(y).to(device)
         if (y < 0).any():
             raise MiniPlacesError("attacks need labelled images; use the train or val split, not test")
-        result = attack_batch(model, x, y, mode=mode, eps=eps, steps=steps, step_size=step_size,
-                              random_start=random_start)
+        result = attack_batch(model, x, y, spec)
         delta = (result.x_adv - x).flatten(1)  # (B, C*H*W)
         clean_pred, adv_pred = result.clean_logits.argmax(1), result.adv_logits.argmax(1)
         sums["clean_top1"] += int((clean_pred == y).sum())
@@ -136,18 +101,14 @@ def evaluate_attack(
     if count == 0:
         raise MiniPlacesError("no images to attack: the loader is empty")
     return {
-        **settings,
+        **spec.to_dict(),
         "images": count,
         "clean_top1": 100.0 * sums["clean_top1"] / count,
         "clean_top5": 100.0 * sums["clean_top5"] / count,
         "adv_top1": 100.0 * sums["adv_top1"] / count,
         "adv_top5": 100.0 * sums["adv_top5"] / count,
         "success_rate": 100.0 * hits / attempts if attempts else None,
-        "success_definition": (
-            "adversarial prediction equals the least-likely class of the clean image, over all attacked images"
-            if mode == "least-likely"
-            else "correctly classified images the attack makes wrong, over the correctly classified images"
-        ),
+        "success_definition": spec.success_definition,
         "mean_linf": sums["linf"] / count,
         "mean_l2": sums["l2"] / count,
     }
@@ -156,20 +117,13 @@ def evaluate_attack(
 def robustness_sweep(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
+    spec: AttackSpec,
     eps_list: Sequence[float],
-    mode: str = "least-likely",
-    steps: int = DEFAULT_STEPS,
-    step_size: float | None = None,
-    random_start: bool = False,
+    *,
     limit: int | None = None,
     device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """`evaluate_attack` at each ε (step size ε/10 unless given); rows in the order of `eps_list`."""
+    """`evaluate_attack` of `spec` at each ε (a default step stays ε/10); rows in the order of `eps_list`."""
     if not eps_list:
         raise MiniPlacesError("the sweep needs at least one ε")
-    return [
-        evaluate_attack(model, loader, mode=mode, eps=eps, steps=steps, step_size=step_size,
-                        random_start=random_start, limit=limit, device=device)
-        for eps in eps_list
-    ]
+    return [evaluate_attack(model, loader, spec.with_eps(eps), limit=limit, device=device) for eps in eps_list]

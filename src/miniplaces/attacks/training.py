@@ -8,40 +8,21 @@ training step that follows sees no trace of them in the parameters' `.grad`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import nn
 
-from miniplaces.attacks.eps import DEFAULT_EPS
-from miniplaces.attacks.pgd import DEFAULT_STEPS, PGD_MODES, fgsm, pgd
-from miniplaces.errors import MiniPlacesError
+from miniplaces.attacks.spec import AttackSpec
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-ADV_TRAIN_KINDS: tuple[str, ...] = ("none", "pgd", "fgsm")
 
 
-def make_adversary(
-    kind: str,
-    *,
-    eps: float = DEFAULT_EPS,
-    steps: int = DEFAULT_STEPS,
-    step_size: float | None = None,
-    mode: str = "untargeted",
-) -> Adversary | None:
-    """The batch attack of adversarial training, or None for `kind="none"`.
-
-    Args:
-        kind: `pgd`, `fgsm` or `none`.
-        eps: L∞ budget in pixel units.
-        steps, step_size, mode: PGD's (step size default ε/10, as `pgd`); FGSM ignores them.
-    """
-    if kind not in ADV_TRAIN_KINDS:
-        raise MiniPlacesError(f"unknown adversarial training {kind!r}; choose one of {', '.join(ADV_TRAIN_KINDS)}")
-    if kind == "none":
+def make_adversary(spec: AttackSpec | None) -> Adversary | None:
+    """The batch attack of adversarial training as `spec` says, or None (no adversarial training)."""
+    if spec is None:
         return None
-    if kind == "fgsm":
-        return partial(fgsm, eps=eps)
-    if mode not in PGD_MODES:
-        raise MiniPlacesError(f"unknown PGD mode {mode!r}; choose one of {', '.join(PGD_MODES)}")
-    return partial(pgd, eps=eps, steps=steps, step_size=step_size, mode=mode)  # type: ignore[arg-type]
+
+    def adversary(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return spec.perturb(model, x, y)[0]
+
+    return adversary

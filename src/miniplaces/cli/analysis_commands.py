@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from miniplaces.attacks.spec import ATTACK_MODES, NORMS, mode_description
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
@@ -39,11 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "least-likely targeted PGD, ε = 6/255 (0.1 in normalised units), 10 steps of ε/10.",
     )
     _common_arguments(attack)
-    attack.add_argument("--mode", choices=("least-likely", "untargeted", "fgsm"), default="least-likely",
-                        help="least-likely: PGD towards the class the model finds least likely; untargeted: PGD away "
-                        "from the true class; fgsm: one step of size ε (default: least-likely)")
+    attack.add_argument("--mode", choices=tuple(ATTACK_MODES), default="least-likely",
+                        help=f"{_mode_help()} (default: least-likely)")
+    attack.add_argument("--norm", choices=NORMS, default="linf", help="the threat model's norm (default: linf)")
     attack.add_argument("--eps", default="6/255",
-                        help="L∞ budget in pixel units, e.g. 6/255 or 0.0235 (default: 6/255)")
+                        help="budget in pixel units, e.g. 6/255 or 0.0235 (default: 6/255)")
     attack.add_argument("--steps", type=int, default=10, help="PGD steps, each a forward and a backward (default: 10)")
     attack.add_argument("--step-size", help="PGD step in pixel units, e.g. 1/255 (default: ε/10)")
     attack.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the ε-ball")
@@ -53,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
     attack.set_defaults(func=run_attack)
+
+
+def _mode_help() -> str:
+    """One clause per `--mode` choice, from the attack table."""
+    return "; ".join(f"{mode}: {mode_description(mode)}" for mode in ATTACK_MODES)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,31 +114,32 @@ def run_saliency(args: argparse.Namespace) -> int:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from miniplaces.analysis import attack_report, settings_line
-    from miniplaces.attacks import parse_eps, parse_eps_list
+    from miniplaces.analysis import attack_report
+    from miniplaces.attacks.spec import AttackSpec
     from miniplaces.engine.checkpoint import run_dir
+    from miniplaces.pixels import parse_eps_list
 
-    eps = parse_eps(args.eps)
-    step_size = parse_eps(args.step_size) if args.step_size is not None else None
+    if args.steps < 1:
+        raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
+    # The flags become one spec here; everything after reads it.
+    spec = AttackSpec.from_mode(args.mode, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                                random_start=args.random_start, norm=args.norm)
     sweep = parse_eps_list(args.sweep) if args.sweep is not None else None
     _positive(args.limit, "--limit")
     _positive(args.batch_size, "--batch-size")
     _positive(args.grid, "--grid")
-    if args.steps < 1:
-        raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
     inputs = _load(args)
     out = args.out or run_dir(args.checkpoint) / "attack"
     context = {"checkpoint": str(args.checkpoint), "model": inputs.checkpoint["model"], "root": str(args.root),
                "split": args.split, "image_size": inputs.image_size, "limit": args.limit, "seed": args.seed}
     report = attack_report(
-        inputs.model, inputs.dataset, inputs.categories, out, eps=eps, mode=args.mode, steps=args.steps,
-        step_size=step_size, random_start=args.random_start, limit=args.limit, batch_size=args.batch_size,
+        inputs.model, inputs.dataset, inputs.categories, out, spec, limit=args.limit, batch_size=args.batch_size,
         grid=args.grid, sweep=sweep, context=context, seed=args.seed,
         title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
     )
     result = report.result
     success = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.1f}%"
-    print(f"{settings_line(result)} on {result['images']} {args.split} images")
+    print(f"{spec.describe()} on {result['images']} {args.split} images")
     print(f"clean        top-1 {result['clean_top1']:5.1f}%  top-5 {result['clean_top5']:5.1f}%")
     print(f"adversarial  top-1 {result['adv_top1']:5.1f}%  top-5 {result['adv_top5']:5.1f}%")
     print(f"success rate {success}  ({result['success_definition']})")

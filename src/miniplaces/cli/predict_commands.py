@@ -34,14 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from miniplaces.engine.checkpoint import load_model
-    from miniplaces.engine.predict import (
-        challenge_lines,
-        checkpoint_image_size,
-        image_files,
-        predict_images,
-        write_challenge,
-    )
+    from miniplaces.engine.checkpoint import checkpoint_image_size, load_model
+    from miniplaces.engine.predict import challenge_lines, image_files, predict_images, write_challenge
     from miniplaces.engine.runner import resolve_device
     from miniplaces.errors import MiniPlacesError
 

@@ -25,8 +25,6 @@ from miniplaces.errors import MiniPlacesError
 from miniplaces.rundir import atomic_write
 
 CHECKPOINT_FORMAT = 1
-# Arguments that fetch weights when a model is built; a checkpoint supplies its own.
-_WEIGHT_ARGUMENTS = ("weights", "pretrained")
 
 
 class CheckpointError(MiniPlacesError):
@@ -77,16 +75,31 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
 
 def build_model(checkpoint: dict[str, Any]) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
-    from miniplaces.models import create_model
+    from miniplaces.models import create_model, model_card
 
     spec = checkpoint["model"]
-    kwargs = {k: v for k, v in dict(spec.get("kwargs", {})).items() if k not in _WEIGHT_ARGUMENTS}
+    # Arguments that fetch weights (the card names them) are dropped: the checkpoint has its own.
+    fetching = model_card(spec["name"]).weight_arguments
+    kwargs = {k: v for k, v in dict(spec.get("kwargs", {})).items() if k not in fetching}
     model = create_model(spec["name"], **kwargs)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"weights do not fit model {spec['name']!r}: {err}") from err
     return model
+
+
+def checkpoint_image_size(checkpoint: dict[str, Any]) -> int:
+    """The image side the checkpoint's model was trained at: its config's `image_size`, else the side
+    its model was built for (a ViT's `img_size`, else the model card's input size)."""
+    from miniplaces.models import model_image_size
+
+    config = checkpoint.get("config")
+    size = config.get("image_size") if isinstance(config, dict) else None
+    if isinstance(size, int) and size > 0:
+        return size
+    spec = checkpoint["model"]
+    return model_image_size(spec["name"], dict(spec.get("kwargs", {})))
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -45,16 +45,6 @@ class Prediction:
         }
 
 
-def checkpoint_image_size(checkpoint: dict[str, Any]) -> int:
-    """The crop size the model was trained at (its config's `image_size`), else the study's 128."""
-    config = checkpoint.get("config") or {}
-    for section in (config, config.get("data") if isinstance(config.get("data"), dict) else {}):
-        size = section.get("image_size") if isinstance(section, dict) else None
-        if isinstance(size, int) and size > 0:
-            return size
-    return CROP
-
-
 def eval_transform(image_size: int = CROP) -> v2.Compose:
     """The val transform scaled to `image_size`: resize to 144/128 of it, centre crop."""
     return val_transform(image_size, resize_for(image_size))

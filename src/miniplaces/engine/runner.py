@@ -29,7 +29,7 @@ from miniplaces.attacks.training import make_adversary
 from miniplaces.config import (
     ConfigError,
     TrainConfig,
-    adversarial_budget,
+    adversarial_spec,
     config_from_dict,
     resolve,
     save_config,
@@ -219,7 +219,7 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
 
         kwargs = dict(config.model_kwargs)
         kwargs.setdefault("num_classes", len(categories))
-        model = create_model(config.model, **kwargs)
+        model = create_model(config.model, image_size=config.image_size, **kwargs)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -236,9 +236,7 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
                               warmup_steps=round(config.warmup_epochs * steps_per_epoch), min_lr=config.min_lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    eps, step_size = adversarial_budget(config)
-    adversary = make_adversary(config.adv_train, eps=eps, steps=config.adv_steps, step_size=step_size,
-                               mode=config.adv_mode)
+    adversary = make_adversary(adversarial_spec(config))
 
     start_epoch, start_step, best_top1, epoch_sums = 0, 0, -math.inf, None
     if checkpoint is not None:
@@ -360,13 +358,8 @@ def _train(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
 
 
 def _adversarial_note(config: TrainConfig) -> str:
-    if config.adv_train == "none":
-        return ""
-    if config.adv_train == "fgsm":
-        return f", adversarial training: FGSM ε = {config.adv_eps}"
-    step = config.adv_step_size if config.adv_step_size is not None else "ε/10"
-    return (f", adversarial training: {config.adv_mode} PGD ε = {config.adv_eps}, "
-            f"{config.adv_steps} steps of {step}")
+    spec = adversarial_spec(config)
+    return "" if spec is None else f", adversarial training: {spec.describe()}"
 
 
 def _tensorboard(path: Path, purge_step: int) -> Any:

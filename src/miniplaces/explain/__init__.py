@@ -1,7 +1,6 @@
 """Saliency maps and their overlays."""
 
 from miniplaces.explain.saliency import (
-    GRADCAM_LAYERS,
     SALIENCY_METHODS,
     default_gradcam_layer,
     frozen,
@@ -12,7 +11,6 @@ from miniplaces.explain.saliency import (
 )
 
 __all__ = [
-    "GRADCAM_LAYERS",
     "SALIENCY_METHODS",
     "default_gradcam_layer",
     "frozen",

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniplaces.attacks.pgd import eval_mode
 from miniplaces.errors import MiniPlacesError
+from miniplaces.models import list_models, model_card
+from miniplaces.pixels import check_images, eval_mode, input_gradient
 
 SALIENCY_METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "gradcam")
-# The last convolutional block of each family; others fall back to `layer4` or `features` when present.
-GRADCAM_LAYERS: dict[str, str] = {"simplenet": "features", "simplenet_unfold": "features", "resnet18": "layer4"}
 
 
 @contextmanager
@@ -42,13 +41,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(flag)
 
 
-def _check_images(x: torch.Tensor) -> None:
-    if not x.is_floating_point() or x.dim() != 4:
-        raise MiniPlacesError(
-            f"saliency takes float images of shape (B, C, H, W) in [0, 1]; got {x.dtype} of shape {tuple(x.shape)}"
-        )
-
-
 def _predicted(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     if target is not None:
         return target
@@ -57,10 +49,7 @@ def _predicted(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None) -
 
 
 def _abs_input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), target, reduction="sum")  # summed: per-image gradients, any batch size
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad.abs().amax(dim=1, keepdim=True)  # (N, 1, H, W)
+    return input_gradient(model, x, target).abs().amax(dim=1, keepdim=True)  # (N, 1, H, W)
 
 
 def vanilla_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +57,7 @@ def vanilla_saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor | N
 
     Returns a non-negative (N, 1, H, W) tensor.
     """
-    _check_images(x)
+    check_images(x, "saliency maps")
     with frozen(model), torch.enable_grad():
         return _abs_input_gradient(model, x, _predicted(model, x, target))
 
@@ -88,7 +77,7 @@ def smoothgrad(
         sigma: noise standard deviation as a fraction of the pixel range [0, 1] (0.15 = 15 %).
         target: defaults to the class predicted on the clean image, fixed for every copy.
     """
-    _check_images(x)
+    check_images(x, "saliency maps")
     if samples < 1 or sigma < 0:
         raise MiniPlacesError(f"SmoothGrad needs samples ≥ 1 and sigma ≥ 0; got samples={samples}, sigma={sigma}")
     with frozen(model), torch.enable_grad():
@@ -110,10 +99,13 @@ def _find_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def default_gradcam_layer(model: nn.Module) -> str:
-    """The layer Grad-CAM reads by default: the model's last convolutional block."""
+    """The layer Grad-CAM reads by default: the one its model card names (the last convolutional block).
+
+    A model not made by `create_model` falls back to a `layer4` or `features` block when it has one.
+    """
     name = getattr(model, "model_name", None)
-    if name in GRADCAM_LAYERS:
-        return GRADCAM_LAYERS[name]
+    if name in list_models() and model_card(name).gradcam_layer is not None:
+        return model_card(name).gradcam_layer  # type: ignore[return-value]
     modules = dict(model.named_modules())
     for candidate in ("layer4", "features"):
         if candidate in modules and any(isinstance(m, nn.Conv2d) for m in modules[candidate].modules()):
@@ -142,7 +134,7 @@ def grad_cam(
     Returns:
         A non-negative (N, 1, H, W) map ((N, 1, h, w) with `upsample=False`).
     """
-    _check_images(x)
+    check_images(x, "saliency maps")
     name = default_gradcam_layer(model) if layer is None else layer
     module = _find_module(model, name)
     captured: list[torch.Tensor] = []

@@ -1,6 +1,15 @@
-"""Models by name. Importing this package registers every model family."""
+"""Models by name, each with its card. Importing this package registers every model family."""
 
 from miniplaces.models import msvit, resnet, simplenet, vit  # noqa: F401  (registers their models)
-from miniplaces.models.registry import create_model, list_models, model_entry, register_model
+from miniplaces.models.registry import (
+    ModelCard,
+    create_model,
+    list_models,
+    model_card,
+    model_entry,
+    model_image_size,
+    register_model,
+)
 
-__all__ = ["create_model", "list_models", "model_entry", "register_model"]
+__all__ = ["ModelCard", "create_model", "list_models", "model_card", "model_entry", "model_image_size",
+           "register_model"]

@@ -4,10 +4,10 @@ image in [0, 1] → normalise → three branches, each a `TokenEncoder` (patch e
 position embedding, pre-norm blocks, final norm) followed by a mean over its tokens;
 the three pooled vectors are concatenated → linear head.
 
-Window sizes are scaled to each branch's token grid so that a window always covers the
-same 64×64-pixel region of a 128×128 image (half the image side), as the ViT's window 4
-does on its 8×8 grid: window 16 on the 32×32 grid of patch 4, 8 on the 16×16 grid of
-patch 8, 4 on the 8×8 grid of patch 16.
+Window sizes are scaled to each branch's token grid so that a window always covers half
+the image side, as the ViT's window 4 does on its 8×8 grid: at 128 px, window 16 on the
+32×32 grid of patch 4, 8 on the 16×16 grid of patch 8, 4 on the 8×8 grid of patch 16; at
+64 px, 8, 4 and 2 (`window_sizes=None`, the default, computes them for `img_size`).
 
 Compute on 128×128 (multiply-adds, counted with FlopCounterMode; the plain `vit` is 127 M):
 
@@ -33,17 +33,19 @@ import torch
 from torch import nn
 
 from miniplaces.layers import Normalize
-from miniplaces.models.registry import register_model
+from miniplaces.models.base import Classifier
+from miniplaces.models.registry import ModelCard, register_model
 from miniplaces.models.vit import TokenEncoder, init_transformer_weights
 
 
-class MultiScaleViT(nn.Module):
+class MultiScaleViT(Classifier, nn.Module):
     """Parallel ViT branches over different patch sizes; per-branch hyper-parameters are sequences.
 
     Args:
         num_classes: output classes (0: no head).
         img_size: training image side (each branch's position embedding is sized for it).
-        patch_sizes, embed_dims, depths, num_heads, window_sizes: one entry per branch.
+        patch_sizes, embed_dims, depths, num_heads: one entry per branch.
+        window_sizes: one entry per branch, in tokens; None → half of each branch's token grid.
         window_blocks: per branch, the 0-based indices of its window-attention blocks.
         mlp_ratio, pos_embed, drop_rate: shared by all branches.
         drop_path_rate: per branch, rising linearly from 0 over that branch's depth.
@@ -57,7 +59,7 @@ class MultiScaleViT(nn.Module):
         embed_dims: Sequence[int] = (64, 128, 192),
         depths: Sequence[int] = (1, 2, 2),
         num_heads: Sequence[int] = (2, 4, 4),
-        window_sizes: Sequence[int] = (16, 8, 4),
+        window_sizes: Sequence[int | None] | None = None,
         window_blocks: Sequence[Sequence[int]] = ((0,), (0,), (0,)),
         mlp_ratio: float = 4.0,
         pos_embed: bool = True,
@@ -65,6 +67,8 @@ class MultiScaleViT(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
+        if window_sizes is None:
+            window_sizes = (None,) * len(patch_sizes)  # each encoder takes half its grid
         per_branch = (patch_sizes, embed_dims, depths, num_heads, window_sizes, window_blocks)
         if len({len(values) for values in per_branch}) != 1:
             raise ValueError("patch_sizes, embed_dims, depths, num_heads, window_sizes and window_blocks "
@@ -89,22 +93,17 @@ class MultiScaleViT(nn.Module):
         x = self.normalize(x)
         return torch.cat([branch(x)[0].mean(dim=1) for branch in self.branches], dim=1)  # (B, ΣD)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head_drop(features)  # already pooled per branch: (B, ΣD)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_transformer_weights(self.head)
+    def init_head(self, head: nn.Linear) -> None:
+        init_transformer_weights(head)
 
 
-@register_model("msvit", "multi-scale-patch ViT: branches of patch 4/8/16 (widths 64/128/192), pooled and concatenated")
+@register_model("msvit", "multi-scale-patch ViT: branches of patch 4/8/16 (widths 64/128/192), pooled and concatenated",
+                ModelCard(family="vit", size_argument="img_size"))
 def msvit(*, num_classes: int = 100, **kwargs: Any) -> MultiScaleViT:
+    # Windows are left to the encoders: half of each branch's grid (16/8/4 at 128 px).
     model_args = dict(img_size=128, patch_sizes=(4, 8, 16), embed_dims=(64, 128, 192), depths=(1, 2, 2),
-                      num_heads=(2, 4, 4), window_sizes=(16, 8, 4), window_blocks=((0,), (0,), (0,)),
-                      drop_path_rate=0.1)
+                      num_heads=(2, 4, 4), window_blocks=((0,), (0,), (0,)), drop_path_rate=0.1)
     return MultiScaleViT(num_classes=num_classes, **dict(model_args, **kwargs))

@@ -24,13 +24,13 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
-from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights
 from torchvision.models.resnet import BasicBlock
 
 from miniplaces.errors import MiniPlacesError
 from miniplaces.layers import Normalize
-from miniplaces.models.registry import register_model
+from miniplaces.models.base import Classifier
+from miniplaces.models.registry import ModelCard, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ def _examples(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (", …" if len(keys) > 3 else "")
 
 
-class ResNet18(ResNet):
+class ResNet18(Classifier, ResNet):
     """torchvision's resnet18 (same module names, so its state dicts load) with `normalize` in front."""
+
+    classifier_name = "fc"
 
     def __init__(self, num_classes: int = 100, weights: str | Path | None = None) -> None:
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
@@ -123,18 +125,11 @@ class ResNet18(ResNet):
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, H/32, W/32)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(x).flatten(1)  # (B, 512)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.avgpool(features).flatten(1)  # (B, 512)
 
 
-@register_model("resnet18", "torchvision resnet18 (weights='imagenet' | PATH | None), new 512→num_classes head")
+@register_model("resnet18", "torchvision resnet18 (weights='imagenet' | PATH | None), new 512→num_classes head",
+                ModelCard(family="cnn", gradcam_layer="layer4", weight_arguments=("weights",)))
 def resnet18(*, num_classes: int = 100, weights: str | Path | None = None, **kwargs: Any) -> ResNet18:
     return ResNet18(num_classes=num_classes, weights=weights, **kwargs)

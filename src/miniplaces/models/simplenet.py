@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from miniplaces.layers import Normalize
-from miniplaces.models.registry import register_model
+from miniplaces.models.base import Classifier
+from miniplaces.models.registry import ModelCard, register_model
 
 ConvFactory = Callable[..., nn.Module]
 
@@ -33,7 +34,9 @@ def conv_factory(conv_op: str | ConvFactory) -> ConvFactory:
     raise ValueError(f"conv_op must be 'native' or 'unfold', got {conv_op!r}")
 
 
-class SimpleNet(nn.Module):
+class SimpleNet(Classifier, nn.Module):
+    classifier_name = "fc"
+
     def __init__(self, num_classes: int = 100, conv_op: str | ConvFactory = "native") -> None:
         super().__init__()
         conv = conv_factory(conv_op)
@@ -58,7 +61,7 @@ class SimpleNet(nn.Module):
             conv(128, 512, kernel_size=1),
             nn.ReLU(inplace=True),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights()
 
@@ -75,25 +78,24 @@ class SimpleNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.normalize(x))  # (B, 512, H/16, W/16)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x).flatten(1)  # (B, 512)
-        return x if pre_logits else self.fc(x)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.avgpool(features).flatten(1)  # (B, 512)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
+    def init_head(self, head: nn.Linear) -> None:
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
-@register_model("simplenet", "the study's small CNN (7 convolutions, 0.37 M parameters) with nn.Conv2d")
+# Any image side works (global average pooling); Grad-CAM reads the last convolutional block.
+SIMPLENET_CARD = ModelCard(family="cnn", gradcam_layer="features")
+
+
+@register_model("simplenet", "the study's small CNN (7 convolutions, 0.37 M parameters) with nn.Conv2d", SIMPLENET_CARD)
 def simplenet(*, num_classes: int = 100, **kwargs: Any) -> SimpleNet:
     return SimpleNet(num_classes=num_classes, conv_op="native", **kwargs)
 
 
-@register_model("simplenet_unfold", "SimpleNet with our unfold convolution (UnfoldConv2d): same weights, same outputs")
+@register_model("simplenet_unfold", "SimpleNet with our unfold convolution (UnfoldConv2d): same weights, same outputs",
+                SIMPLENET_CARD)
 def simplenet_unfold(*, num_classes: int = 100, **kwargs: Any) -> SimpleNet:
     return SimpleNet(num_classes=num_classes, conv_op="unfold", **kwargs)

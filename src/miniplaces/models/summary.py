@@ -42,10 +42,10 @@ def count_macs(model: nn.Module, image_size: int = 128) -> int:
 
 def summarize_models(names: Sequence[str] | None = None, image_size: int = 128,
                      num_classes: int = 100) -> list[ModelSummary]:
-    """One row per registered model (or per name in `names`), built with its default arguments."""
+    """One row per registered model (or per name in `names`), built with its default arguments for `image_size`."""
     rows = []
     for name in names or list_models():
         entry = model_entry(name)
-        model = create_model(name, num_classes=num_classes)
+        model = create_model(name, num_classes=num_classes, image_size=image_size)
         rows.append(ModelSummary(name, count_parameters(model), count_macs(model, image_size), entry.description))
     return rows

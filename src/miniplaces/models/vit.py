@@ -6,7 +6,9 @@ image (B, 3, H, W) in [0, 1] → normalise → patch embedding (conv, stride = k
 → final LayerNorm → mean over tokens → linear head.
 
 Blocks listed in `window_blocks` (0-based indices) attend within non-overlapping
-`window_size`² windows of the token grid; the others attend globally. The study's
+`window_size`² windows of the token grid (default: half the grid side, 4 on the 8×8 grid of a
+128-px image); the others attend globally. The position embedding and the windows are made
+for `img_size`, the training image side: `create_model("vit", image_size=S)` sets it. The study's
 "window 4 on blocks 1 and 3" of the depth-4 model counts blocks from 1, so the
 default is `window_blocks=(0, 2)`: window, global, window, global — local mixing
 first, each followed by a global block (the ViTDet pattern). Drop-path rates
@@ -23,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from miniplaces.layers import Attention, DropPath, Mlp, Normalize, PatchEmbed
-from miniplaces.models.registry import register_model
+from miniplaces.models.base import Classifier
+from miniplaces.models.registry import ModelCard, register_model
 
 
 class Block(nn.Module):
@@ -64,7 +67,7 @@ class TokenEncoder(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
-        window_size: int = 4,
+        window_size: int | None = None,
         window_blocks: Sequence[int] = (0, 2),
         pos_embed: bool = True,
         qkv_bias: bool = True,
@@ -75,10 +78,19 @@ class TokenEncoder(nn.Module):
         bad = [i for i in window_blocks if not 0 <= i < depth]
         if bad:
             raise ValueError(f"window_blocks {tuple(window_blocks)} must be 0-based block indices below depth {depth}")
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if img_size < patch_size or img_size % patch_size:
+            raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch_size}; "
+                             f"use a multiple such as {max(1, round(img_size / patch_size)) * patch_size}")
         self.embed_dim = embed_dim
         self.grid_size = (img_size // patch_size, img_size // patch_size)
+        side = self.grid_size[0]
+        window_size = max(1, side // 2) if window_size is None else window_size
+        if window_blocks and window_size >= side:
+            # A window as large as the grid is global attention: refuse rather than silently lose locality.
+            raise ValueError(f"window_size {window_size} covers the whole {side}×{side} token grid of a "
+                             f"{img_size}-px image (patch {patch_size}), so the window blocks would attend globally; "
+                             "use a smaller window_size or a larger image size")
+        self.window_size = window_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim)) if pos_embed else None
@@ -124,15 +136,16 @@ def init_transformer_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Classifier, nn.Module):
     """Simple ViT: no class token, mean pooling over tokens, linear head.
 
     Args:
         num_classes: output classes (0: no head, `forward` returns pooled features).
-        img_size: training image side; other sides work (the position embedding is resampled).
+        img_size: training image side, a multiple of `patch_size`; other sides work at inference
+            (the position embedding is resampled).
         patch_size: side of the square patches.
         embed_dim, depth, num_heads, mlp_ratio: width, number of blocks, heads, MLP expansion.
-        window_size: side of the attention windows, in tokens.
+        window_size: side of the attention windows, in tokens; default half the token grid's side.
         window_blocks: 0-based indices of the blocks that use window attention; the others are global.
         pos_embed: add a learnable absolute position embedding.
         drop_rate: dropout after the position embedding, in attention/MLP outputs and before the head.
@@ -148,7 +161,7 @@ class VisionTransformer(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
-        window_size: int = 4,
+        window_size: int | None = None,
         window_blocks: Sequence[int] = (0, 2),
         pos_embed: bool = True,
         qkv_bias: bool = True,
@@ -169,21 +182,17 @@ class VisionTransformer(nn.Module):
         tokens, _ = self.encoder(self.normalize(x))
         return tokens  # (B, N, D)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean(dim=1))  # (B, D)
-        return x if pre_logits else self.head(x)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head_drop(features.mean(dim=1))  # (B, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_transformer_weights(self.head)
+    def init_head(self, head: nn.Linear) -> None:
+        init_transformer_weights(head)
 
 
-@register_model("vit", "simple ViT: patch 16, width 192, depth 4, 4 heads, window 4 on blocks 1 and 3 (1-based)")
+@register_model("vit", "simple ViT: patch 16, width 192, depth 4, 4 heads, window 4 on blocks 1 and 3 (1-based)",
+                ModelCard(family="vit", size_argument="img_size"))
 def vit(*, num_classes: int = 100, **kwargs: Any) -> VisionTransformer:
-    model_args = dict(img_size=128, patch_size=16, embed_dim=192, depth=4, num_heads=4, window_size=4,
-                      window_blocks=(0, 2), drop_path_rate=0.1)
+    # The window is left to the encoder: half the token grid, 4 at 128 px.
+    model_args = dict(img_size=128, patch_size=16, embed_dim=192, depth=4, num_heads=4, window_blocks=(0, 2),
+                      drop_path_rate=0.1)
     return VisionTransformer(num_classes=num_classes, **dict(model_args, **kwargs))

@@ -1,4 +1,4 @@
-"""PGD and FGSM under an L∞ bound, in pixel units (images in [0, 1]).
+"""Projected gradient attacks under an L∞ bound, in pixel units (images in [0, 1]): PGD, and FGSM as its one step.
 
 Each step costs one forward and one backward pass; the gradient is taken with
 `torch.autograd.grad` with respect to the input only, so nothing accumulates in the
@@ -8,53 +8,23 @@ eval mode during the attack and every module's train/eval mode is restored after
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from miniplaces.attacks.eps import DEFAULT_EPS
 from miniplaces.errors import MiniPlacesError
+from miniplaces.pixels import DEFAULT_EPS, DEFAULT_STEPS, check_images, eval_mode, input_gradient
 
 PGDMode = Literal["least-likely", "untargeted"]
 PGD_MODES: tuple[str, ...] = ("least-likely", "untargeted")
-DEFAULT_STEPS = 10
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode and give every submodule back its own mode afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _check_images(x: torch.Tensor) -> None:
-    if not x.is_floating_point() or x.dim() != 4:
-        raise MiniPlacesError(
-            f"attacks take float images of shape (B, C, H, W) in [0, 1]; got {x.dtype} of shape {tuple(x.shape)}"
-        )
+PGD_NORMS: tuple[str, ...] = ("linf",)
 
 
 def least_likely_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The class each image is least likely to be, according to `model` (in eval mode)."""
     with eval_mode(model), torch.no_grad():
         return model(x).argmin(dim=1)
-
-
-def _input_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """d(sum of cross-entropy losses)/dx: summed, so each image's gradient ignores the batch size."""
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), labels, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
 
 
 def pgd(
@@ -68,6 +38,7 @@ def pgd(
     mode: PGDMode = "least-likely",
     random_start: bool = False,
     target: torch.Tensor | None = None,
+    norm: str = "linf",
 ) -> torch.Tensor:
     """Projected gradient descent under ‖x_adv − x‖∞ ≤ eps, x_adv in [0, 1].
 
@@ -82,13 +53,16 @@ def pgd(
             clean input (found once, before the first step); `untargeted` ascends the loss of `y`.
         random_start: start from a uniform point of the ε-ball instead of `x`.
         target: for `least-likely`, use these target classes instead of the least likely ones.
+        norm: the threat model's norm; `linf` (the only one so far, see docs/attacks.md).
 
     Returns:
         The adversarial images, detached, same shape and dtype as `x`.
     """
-    _check_images(x)
+    check_images(x, "attacks")
     if mode not in PGD_MODES:
         raise MiniPlacesError(f"unknown PGD mode {mode!r}; choose one of {', '.join(PGD_MODES)}")
+    if norm not in PGD_NORMS:
+        raise MiniPlacesError(f"PGD has no {norm!r} norm; choose one of {', '.join(PGD_NORMS)}")
     if eps < 0 or steps < 0:
         raise MiniPlacesError(f"PGD needs eps ≥ 0 and steps ≥ 0; got eps={eps}, steps={steps}")
     step = eps / 10 if step_size is None else step_size
@@ -112,7 +86,7 @@ def pgd(
         if eps == 0:
             return x_adv
         for _ in range(steps):
-            grad = _input_gradient(model, x_adv, labels)
+            grad = input_gradient(model, x_adv, labels)
             # Project onto the ε-ball around x and the pixel range in one clamp: low/high hold both.
             x_adv = torch.max(torch.min(x_adv + sign * step * grad.sign(), high), low)
     return x_adv.detach()
