@@ -73,6 +73,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(name: str, tmp_path: Path) ->
     assert config["label_names"] == ["a", "b", "c", "d"] and config["normalization"]["inside_model"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", list_models())
 def test_torchscript_matches_pytorch(name: str, tmp_path: Path) -> None:
     model = sharpened(name)
@@ -137,7 +138,7 @@ def edit_config(folder: Path, **changes: object) -> None:
     ({"label_names": "abcd"}, r"config\.json: key 'label_names' is 'abcd', expected a list"),
     ({"format_version": 9}, r"config\.json: key 'format_version' is 9, this miniplaces reads 1"),
     ({"input_size": [3, 32]}, r"config\.json: key 'input_size' is \[3, 32\]"),
-    ({"format": "onnx"}, r"holds a onnx export"),
+    ({"format": "onnx"}, r"holds the onnx export of a model"),
     ({"architecture": "nosuchnet"}, r"config\.json: keys 'architecture'/'model_args' do not build a model"),
     ({"architecture": "vit"}, r"model\.safetensors does not fit the model of .*config\.json \(missing: "),
     ({"model_args": {"num_classes": 7}}, r"wrong shape: fc\.weight \(4, 512\) \(model \(7, 512\)\)"),
@@ -182,3 +183,11 @@ def test_cli_errors_are_one_line(synth_root: Path, tmp_path: Path, capsys: pytes
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_one_folder_holds_one_export(exported: Path) -> None:
+    with pytest.raises(ex.ExportError, match=r"already holds the safetensors export .* to another folder"):
+        ex.export_model(sharpened("simplenet"), "torchscript", exported, images(2, 0))
+    assert not (exported / "model.torchscript.pt").exists()
+    again = ex.export_model(sharpened("simplenet"), "safetensors", exported, images(2, 0))  # the same format: replaced
+    assert again.max_abs_diff == 0.0 and ex.read_export_config(exported)["label_names"] == []

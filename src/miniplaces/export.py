@@ -286,6 +286,17 @@ def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tu
     return data, worst
 
 
+def _refuse_other_format(folder: Path, fmt: str) -> None:
+    """One folder, one export: its config.json describes one model file."""
+    try:
+        other = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable config.json: nothing to overwrite by mistake
+    if other != fmt:
+        raise ExportError(f"{folder} already holds the {other} export of a model ({folder / CONFIG_NAME}); "
+                          f"write the {fmt} export to another folder")
+
+
 @torch.no_grad()
 def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.Tensor,
                  categories: Sequence[str] = (), image_size: int | None = None) -> ExportResult:
@@ -303,6 +314,8 @@ def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.T
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if inputs.dim() != 4 or inputs.shape[1] != 3 or len(inputs) == 0:
         raise ExportError(f"check inputs must be (N, 3, S, S) images, got shape {tuple(inputs.shape)}")
+    folder = Path(folder)
+    _refuse_other_format(folder, fmt)
     name = describe_model(model)["name"]
     image_size = image_size or int(inputs.shape[-1])
     model = model.cpu().eval()
@@ -315,7 +328,6 @@ def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.T
     else:
         data, worst = _export_safetensors(model, inputs, name)
 
-    folder = Path(folder)
     config = export_config(model, categories, image_size, fmt)
     config["check"] = {"max_abs_diff": worst, "atol": ATOL, "rtol": RTOL,
                        "batch_sizes": [len(b) for b in _check_batches(inputs)]}
@@ -357,8 +369,8 @@ def load_exported(folder: Path | str, device: str | torch.device = "cpu") -> tup
     config = read_export_config(folder)
     config_path = folder / CONFIG_NAME
     if config["format"] != "safetensors":
-        raise ExportError(f"{folder} holds a {config['format']} export ({config_path}); a model is loaded back "
-                          "from a safetensors export or a checkpoint")
+        raise ExportError(f"{folder} holds the {config['format']} export of a model ({config_path}); a model is "
+                          "loaded back from the safetensors export or a checkpoint")
     st = _require("safetensors.torch")
     weights = folder / MODEL_FILES["safetensors"]
     if not weights.is_file():
