@@ -141,7 +141,9 @@ def edit_config(folder: Path, **changes: object) -> None:
     ({"format": "onnx"}, r"holds the onnx export of a model"),
     ({"architecture": "nosuchnet"}, r"config\.json: keys 'architecture'/'model_args' do not build a model"),
     ({"architecture": "vit"}, r"model\.safetensors does not fit the model of .*config\.json \(missing: "),
-    ({"model_args": {"num_classes": 7}}, r"wrong shape: fc\.weight \(4, 512\) \(model \(7, 512\)\)"),
+    ({"model_args": {"num_classes": 7}, "label_names": []},
+     r"wrong shape: fc\.weight \(4, 512\) \(model \(7, 512\)\)"),
+    ({"model_args": {"num_classes": 7}}, r"config\.json: key 'label_names' has 4 names for a model of 7 classes"),
 ])
 def test_a_bad_export_folder_is_a_clean_error(exported: Path, changes: dict, message: str) -> None:
     edit_config(exported, **changes)

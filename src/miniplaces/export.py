@@ -207,7 +207,7 @@ def read_export_config(folder: Path | str) -> dict[str, Any]:
 # --- writing -----------------------------------------------------------------------------------------------
 
 
-def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, what: str) -> float:
+def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> float:
     """Largest |got - expected|; an `ExportError` when it is beyond the tolerance or shapes differ."""
     if got.shape != expected.shape:
         raise ExportError(f"{what} gives logits of shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
@@ -247,7 +247,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, 
     worst = 0.0
     for batch in _check_batches(inputs):
         got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
-        worst = max(worst, _max_abs_diff(got, model(batch), f"the ONNX export of {name!r} (batch {len(batch)})"))
+        worst = max(worst, _compare(got, model(batch), f"the ONNX export of {name!r} (batch {len(batch)})"))
     return data, worst
 
 
@@ -268,7 +268,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, inputs: torch.T
         loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
     worst = 0.0
     for batch in _check_batches(inputs):
-        worst = max(worst, _max_abs_diff(loaded(batch), model(batch),
+        worst = max(worst, _compare(loaded(batch), model(batch),
                                          f"the TorchScript export of {name!r} (batch {len(batch)})"))
     return data, worst
 
@@ -281,7 +281,7 @@ def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tu
     reloaded = build_model({"model": describe_model(model), "state_dict": st.load(data)}).eval()
     worst = 0.0
     for batch in _check_batches(inputs):
-        worst = max(worst, _max_abs_diff(reloaded(batch), model(batch),
+        worst = max(worst, _compare(reloaded(batch), model(batch),
                                          f"the safetensors export of {name!r} (batch {len(batch)})"))
     return data, worst
 
@@ -386,6 +386,10 @@ def load_exported(folder: Path | str, device: str | torch.device = "cpu") -> tup
         model = create_model(config["architecture"], **kwargs)
     except MiniPlacesError as err:
         raise ExportError(f"{config_path}: keys 'architecture'/'model_args' do not build a model: {err}") from err
+    classes = model.model_kwargs["num_classes"]
+    if config["label_names"] and len(config["label_names"]) != classes:
+        raise ExportError(f"{config_path}: key 'label_names' has {len(config['label_names'])} names for a model of "
+                          f"{classes} classes; re-export the model")
     _check_tensors(tensors, model.state_dict(), weights)
     model.load_state_dict(tensors)
     size = config["input_size"][1]

@@ -22,16 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, metavar="FORMAT", help="onnx, torchscript or safetensors")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/export/<format>)")
     parser.add_argument("--images", type=Path, nargs="+", metavar="IMAGE_OR_DIR",
-                        help="images to check the export on (default: the run's val images, else random pixels)")
+                        help="up to 8 images to check the export on (default: the run's val images, else random)")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
     from miniplaces.export import ATOL, RTOL, export_checkpoint
 
-    torch.set_num_threads(min(torch.get_num_threads(), 4))
     result, inputs = export_checkpoint(args.checkpoint, args.format, args.out, args.images or ())
     sizes = " and ".join(map(str, result.batch_sizes))
     print(f"{result.format} export → {result.model_file} (+ config.json)")
