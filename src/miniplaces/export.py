@@ -24,7 +24,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -227,6 +227,11 @@ def _check_batches(inputs: torch.Tensor) -> list[torch.Tensor]:
     return batches
 
 
+def _check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, inputs: torch.Tensor, what: str) -> float:
+    """The largest difference between `run` and `model` over the check batches (see `_compare`)."""
+    return max(_compare(run(batch), model(batch), f"{what} (batch {len(batch)})") for batch in _check_batches(inputs))
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, name: str) -> tuple[bytes, float]:
     ort = _require("onnxruntime")
     _require("onnx")  # the TorchScript-based exporter serialises through it
@@ -244,11 +249,11 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, 
             raise ExportError(f"model {name!r} cannot be exported to ONNX: {type(err).__name__}: {err}") from err
     data = buffer.getvalue()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for batch in _check_batches(inputs):
-        got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
-        worst = max(worst, _compare(got, model(batch), f"the ONNX export of {name!r} (batch {len(batch)})"))
-    return data, worst
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
+
+    return data, _check(run, model, inputs, f"the ONNX export of {name!r}")
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
@@ -266,11 +271,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, inputs: torch.T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; it still loads
         loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    worst = 0.0
-    for batch in _check_batches(inputs):
-        worst = max(worst, _compare(loaded(batch), model(batch),
-                                         f"the TorchScript export of {name!r} (batch {len(batch)})"))
-    return data, worst
+    return data, _check(loaded, model, inputs, f"the TorchScript export of {name!r}")
 
 
 def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tuple[bytes, float]:
@@ -279,11 +280,7 @@ def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tu
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     data = st.save(tensors, metadata={"format": "pt"})
     reloaded = build_model({"model": describe_model(model), "state_dict": st.load(data)}).eval()
-    worst = 0.0
-    for batch in _check_batches(inputs):
-        worst = max(worst, _compare(reloaded(batch), model(batch),
-                                         f"the safetensors export of {name!r} (batch {len(batch)})"))
-    return data, worst
+    return data, _check(reloaded, model, inputs, f"the safetensors export of {name!r}")
 
 
 def _refuse_other_format(folder: Path, fmt: str) -> None:
