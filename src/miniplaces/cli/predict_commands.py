@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint of `miniplaces train`")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint of `miniplaces train`, or a safetensors folder of `miniplaces export`")
     parser.add_argument("--top", type=int, default=5, help="how many categories per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--challenge", action="store_true", help="write the challenge file for --root's test split")
@@ -34,10 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from miniplaces.engine.checkpoint import checkpoint_image_size, load_model
+    from miniplaces.engine.checkpoint import checkpoint_image_size
     from miniplaces.engine.predict import challenge_lines, image_files, predict_images, write_challenge
     from miniplaces.engine.runner import resolve_device
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.export import load_model_any
 
     if args.challenge:
         if args.root is None or args.out is None or args.images:
@@ -48,7 +50,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise MiniPlacesError("--top and --batch-size must be at least 1")
 
     device = resolve_device(args.device)
-    model, checkpoint = load_model(args.checkpoint, device=device)
+    model, checkpoint = load_model_any(args.checkpoint, device=device)
     image_size = args.image_size or checkpoint_image_size(checkpoint)
 
     if args.challenge:

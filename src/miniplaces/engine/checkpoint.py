@@ -48,8 +48,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
+        # torch's weights-only refusal spans many lines about trusting the file: say what it means instead.
+        reason = ("not written by torch.save, or it holds objects other than tensors and plain values"
+                  if isinstance(err, pickle.UnpicklingError) else (str(err).strip().splitlines() or [repr(err)])[0])
         raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a miniplaces checkpoint ({err})"
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a miniplaces checkpoint ({reason})"
         ) from err
     if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
         raise CheckpointError(
