@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from miniplaces.analysis import attack_report, load_for_analysis, saliency_report, settings_line
 from miniplaces.attacks import evaluate_attack
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model
+from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report, settings_line
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from miniplaces.cli import main
-from miniplaces.demo import DemoOptions, synthetic_data
+from miniplaces.workflows.demo import DemoOptions, synthetic_data
 
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--classes", "5", "--per-class", "8",
         "--val-per-class", "4", "--attack-images", "8", "--saliency-images", "4", "--workers", "0",

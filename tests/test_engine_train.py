@@ -16,8 +16,8 @@ from miniplaces.cli import main
 from miniplaces.config import TrainConfig
 from miniplaces.data.synth import synthesize
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from miniplaces.engine.runner import METRIC_KEYS, TrainingInterrupted, evaluate_checkpoint, train
 from miniplaces.engine.train import NonFiniteLossError
+from miniplaces.workflows.train import METRIC_KEYS, TrainingInterrupted, evaluate_checkpoint, train
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
 

@@ -78,8 +78,8 @@ def _load(args: argparse.Namespace) -> Any:
     """The checkpoint's model on the device, the split and the class names (`AnalysisInputs`)."""
     import torch
 
-    from miniplaces.analysis import load_for_analysis
     from miniplaces.engine.device import resolve_device
+    from miniplaces.workflows.analysis import load_for_analysis
 
     # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
     torch.manual_seed(args.seed)
@@ -89,8 +89,8 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_saliency(args: argparse.Namespace) -> int:
-    from miniplaces.analysis import saliency_report
     from miniplaces.engine.checkpoint import run_dir
+    from miniplaces.workflows.analysis import saliency_report
 
     _positive(args.n, "--n")
     _positive(args.samples, "--samples")
@@ -108,9 +108,9 @@ def run_saliency(args: argparse.Namespace) -> int:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from miniplaces.analysis import attack_report, settings_line
     from miniplaces.attacks import parse_eps, parse_eps_list
     from miniplaces.engine.checkpoint import run_dir
+    from miniplaces.workflows.analysis import attack_report, settings_line
 
     eps = parse_eps(args.eps)
     step_size = parse_eps(args.step_size) if args.step_size is not None else None

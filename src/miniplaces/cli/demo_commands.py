@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from miniplaces.demo import DemoOptions, run_demo
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.workflows.demo import DemoOptions, run_demo
 
     if args.threads is not None and args.threads < 0:
         raise MiniPlacesError(f"--threads must be ≥ 0; got {args.threads}")

@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from miniplaces.engine.checkpoint import load_model
+    from miniplaces.engine.device import resolve_device
     from miniplaces.engine.predict import (
         challenge_lines,
         checkpoint_image_size,
@@ -42,7 +43,6 @@ def run_predict(args: argparse.Namespace) -> int:
         predict_images,
         write_challenge,
     )
-    from miniplaces.engine.runner import resolve_device
     from miniplaces.errors import MiniPlacesError
 
     if args.challenge:

@@ -59,7 +59,7 @@ def _setup_logging() -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from miniplaces.config import load_config
-    from miniplaces.engine.runner import TrainingInterrupted, resume_config, train
+    from miniplaces.workflows.train import TrainingInterrupted, resume_config, train
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
@@ -78,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from miniplaces.engine.runner import evaluate_checkpoint
+    from miniplaces.workflows.train import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
                                  tta=None if args.tta == "none" else args.tta, out=args.out,

@@ -100,7 +100,7 @@ def synthetic_data(options: DemoOptions) -> tuple[Path, bool]:
 
 def _train(options: DemoOptions, root: Path, model: str = "simplenet") -> Path:
     from miniplaces.config import TrainConfig
-    from miniplaces.engine.runner import train
+    from miniplaces.workflows.train import train
 
     runs = options.out / "runs"
     run_dir = runs / model
@@ -138,9 +138,9 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
 def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResult:
     import torch
 
-    from miniplaces.analysis import attack_report, load_for_analysis, saliency_report
-    from miniplaces.engine.runner import evaluate_checkpoint
     from miniplaces.report import build_report
+    from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report
+    from miniplaces.workflows.train import evaluate_checkpoint
 
     def tell(phase: str, message: str, seconds: float | None = None) -> None:
         if on_phase is not None:
