@@ -89,7 +89,6 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_saliency(args: argparse.Namespace) -> int:
-    from miniplaces.engine.checkpoint import run_dir
     from miniplaces.workflows.analysis import saliency_report
 
     _positive(args.n, "--n")
@@ -97,8 +96,7 @@ def run_saliency(args: argparse.Namespace) -> int:
     _positive(args.columns, "--columns")
     inputs = _load(args)
     report = saliency_report(
-        inputs.model, inputs.dataset, inputs.categories, args.out or run_dir(args.checkpoint) / "saliency",
-        method=args.method, n=args.n, layer=args.layer, samples=args.samples, sigma=args.sigma,
+        inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples, sigma=args.sigma,
         columns=args.columns, title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
     )
     print(f"{args.method} saliency of the first {report.images} {args.split} images "
@@ -109,7 +107,6 @@ def run_saliency(args: argparse.Namespace) -> int:
 
 def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.attacks import parse_eps, parse_eps_list
-    from miniplaces.engine.checkpoint import run_dir
     from miniplaces.workflows.analysis import attack_report, settings_line
 
     eps = parse_eps(args.eps)
@@ -121,29 +118,25 @@ def run_attack(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
     inputs = _load(args)
-    out = args.out or run_dir(args.checkpoint) / "attack"
-    context = {"checkpoint": str(args.checkpoint), "model": inputs.checkpoint["model"], "root": str(args.root),
-               "split": args.split, "image_size": inputs.image_size, "limit": args.limit, "seed": args.seed}
     report = attack_report(
-        inputs.model, inputs.dataset, inputs.categories, out, eps=eps, mode=args.mode, steps=args.steps,
-        step_size=step_size, random_start=args.random_start, limit=args.limit, batch_size=args.batch_size,
-        grid=args.grid, sweep=sweep, context=context, seed=args.seed,
-        title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
+        inputs, args.out, eps=eps, mode=args.mode, steps=args.steps, step_size=step_size,
+        random_start=args.random_start, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,
+        seed=args.seed, title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
     )
     result = report.result
-    success = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.1f}%"
-    print(f"{settings_line(result)} on {result['images']} {args.split} images")
-    print(f"clean        top-1 {result['clean_top1']:5.1f}%  top-5 {result['clean_top5']:5.1f}%")
-    print(f"adversarial  top-1 {result['adv_top1']:5.1f}%  top-5 {result['adv_top5']:5.1f}%")
-    print(f"success rate {success}  ({result['success_definition']})")
-    print(f"mean ‖δ‖∞ {result['mean_linf'] * 255:.2f}/255  mean ‖δ‖₂ {result['mean_l2']:.3f}")
-    print(f"wrote {report.attack_json}")
-    print(f"wrote {report.grid}")
-    if report.rows is not None:
+    success = "n/a" if result.success_rate is None else f"{result.success_rate:.1f}%"
+    print(f"{settings_line(result.settings)} on {result.images} {args.split} images")
+    print(f"clean        top-1 {result.clean_top1:5.1f}%  top-5 {result.clean_top5:5.1f}%")
+    print(f"adversarial  top-1 {result.adv_top1:5.1f}%  top-5 {result.adv_top5:5.1f}%")
+    print(f"success rate {success}  ({result.success_definition})")
+    print(f"mean ‖δ‖∞ {result.mean_linf * 255:.2f}/255  mean ‖δ‖₂ {result.mean_l2:.3f}")
+    print(f"wrote {report.files.result}")
+    print(f"wrote {report.files.grid}")
+    if report.sweep is not None:
         print("ε          adv top-1  adv top-5  success")
-        for row in report.rows:
-            rate = "n/a" if row["success_rate"] is None else f"{row['success_rate']:.1f}%"
-            print(f"{row['eps_text']:<10} {row['adv_top1']:8.1f}%  {row['adv_top5']:8.1f}%  {rate:>7}")
-        print(f"wrote {report.sweep_json}")
-        print(f"wrote {report.sweep_plot}")
+        for row in report.sweep.rows:
+            rate = "n/a" if row.success_rate is None else f"{row.success_rate:.1f}%"
+            print(f"{row.settings['eps_text']:<10} {row.adv_top1:8.1f}%  {row.adv_top5:8.1f}%  {rate:>7}")
+        print(f"wrote {report.files.sweep}")
+        print(f"wrote {report.files.sweep_plot}")
     return 0

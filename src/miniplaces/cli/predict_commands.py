@@ -34,16 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from miniplaces.engine.checkpoint import load_model
-    from miniplaces.engine.device import resolve_device
-    from miniplaces.engine.predict import (
-        challenge_lines,
-        checkpoint_image_size,
-        image_files,
-        predict_images,
-        write_challenge,
-    )
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.workflows.predict import predict_challenge, predict_files
 
     if args.challenge:
         if args.root is None or args.out is None or args.images:
@@ -53,19 +45,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top < 1 or args.batch_size < 1:
         raise MiniPlacesError("--top and --batch-size must be at least 1")
 
-    device = resolve_device(args.device)
-    model, checkpoint = load_model(args.checkpoint, device=device)
-    image_size = args.image_size or checkpoint_image_size(checkpoint)
-
     if args.challenge:
-        lines = challenge_lines(model, args.root, image_size=image_size, batch_size=args.batch_size,
-                                num_workers=args.workers, device=device)
-        out = write_challenge(lines, args.out)
-        print(f"{len(lines)} test images → {out}")
+        out, count = predict_challenge(args.checkpoint, args.root, args.out, image_size=args.image_size,
+                                       batch_size=args.batch_size, workers=args.workers, device=args.device)
+        print(f"{count} test images → {out}")
         return 0
 
-    predictions = predict_images(model, image_files(args.images), checkpoint.get("categories") or [],
-                                 top=args.top, image_size=image_size, batch_size=args.batch_size, device=device)
+    predictions = predict_files(args.checkpoint, args.images, top=args.top, image_size=args.image_size,
+                                batch_size=args.batch_size, device=args.device)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0

@@ -59,7 +59,8 @@ def _setup_logging() -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from miniplaces.config import load_config
-    from miniplaces.workflows.train import TrainingInterrupted, resume_config, train
+    from miniplaces.errors import MiniPlacesError
+    from miniplaces.workflows.train import RunExistsError, TrainingInterrupted, resume_config, train
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
@@ -70,6 +71,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides, base=base)
     try:
         run_dir = train(config, resume=args.resume)
+    except RunExistsError as err:
+        raise MiniPlacesError(f"run directory {err.run_dir} already holds a run; continue it with "
+                              f"`miniplaces train --resume {err.run_dir}` or choose another --name") from err
     except TrainingInterrupted as err:
         print(str(err), file=sys.stderr)
         return 130
@@ -78,19 +82,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from miniplaces.workflows.train import evaluate_checkpoint
+    from miniplaces.workflows.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
-                                 tta=None if args.tta == "none" else args.tta, out=args.out,
-                                 batch_size=args.batch_size, device=args.device, workers=args.workers)
-    print(f"{report['model']['name']} epoch {report['epoch']} on {report['split']} ({report['count']} images, "
-          f"tta {report['tta'] or 'none'}): top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
-          f"loss {report['loss']:.4f}")
-    ranked = sorted(report["per_class"], key=lambda c: c["accuracy"])
+    result, path = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
+                                       tta=None if args.tta == "none" else args.tta, out=args.out,
+                                       batch_size=args.batch_size, device=args.device, workers=args.workers)
+    print(f"{result.model['name']} epoch {result.epoch} on {result.split} ({result.count} images, "
+          f"tta {result.tta or 'none'}): top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
+          f"loss {result.loss:.4f}")
+    ranked = sorted(result.per_class, key=lambda c: c.accuracy)
     if len(ranked) > 1:
         show = min(3, len(ranked) // 2)
         fmt = ", ".join
-        print("worst classes: " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in ranked[:show]))
-        print("best classes:  " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in reversed(ranked[-show:])))
-    print(f"written: {report['path']}")
+        print("worst classes: " + fmt(f"{c.name} {c.accuracy:.0f}%" for c in ranked[:show]))
+        print("best classes:  " + fmt(f"{c.name} {c.accuracy:.0f}%" for c in reversed(ranked[-show:])))
+    print(f"written: {path}")
     return 0
