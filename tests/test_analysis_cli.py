@@ -80,6 +80,7 @@ def test_saliency_writes_a_grid(checkpoint: Path, synth_root: Path, method: str,
     ("attack", ["--sweep", "0,x"], "cannot read ε 'x'"),
     ("attack", ["--limit", "0"], "--limit must be ≥ 1"),
     ("saliency", ["--method", "gradcam", "--layer", "fc"], "'fc' gives"),
+    ("saliency", ["--method", "gradcam", "--layer", "fc"], "--layer NAME picks the layer"),
     ("saliency", ["--method", "gradcam", "--layer", "nope"], "no layer named 'nope'"),
 ])
 def test_bad_options_are_errors(checkpoint: Path, synth_root: Path, capsys: pytest.CaptureFixture[str],

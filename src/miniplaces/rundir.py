@@ -19,11 +19,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 from miniplaces.errors import MiniPlacesError
 
 T = TypeVar("T")
+R = TypeVar("R", bound="JsonRecord")
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -83,30 +84,23 @@ class RunFileError(MiniPlacesError):
     """A file of a run folder cannot be read as what rundir writes there."""
 
 
-@dataclass(frozen=True)
 class AttackFiles:
     """What an attack writes into its folder (`<run>/attack/` unless told otherwise)."""
 
-    folder: Path
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.result = self.folder / "attack.json"  # an `AttackResult`
+        self.grid = self.folder / "attack_grid.png"
+        self.sweep = self.folder / "sweep.json"  # a `Sweep`
+        self.sweep_plot = self.folder / "sweep.png"
 
-    @property
-    def result(self) -> Path:
-        return self.folder / "attack.json"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AttackFiles) and other.folder == self.folder
 
-    @property
-    def grid(self) -> Path:
-        return self.folder / "attack_grid.png"
-
-    @property
-    def sweep(self) -> Path:
-        return self.folder / "sweep.json"
-
-    @property
-    def sweep_plot(self) -> Path:
-        return self.folder / "sweep.png"
+    def __repr__(self) -> str:
+        return f"AttackFiles({str(self.folder)!r})"
 
 
-@dataclass(frozen=True)
 class RunDir:
     """The folder of one training run and every file the commands leave in it.
 
@@ -122,10 +116,22 @@ class RunDir:
     ```
     """
 
-    path: Path
-
     def __init__(self, path: Path | str) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
+        self.name = self.path.name
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / METRICS_FILE
+        self.checkpoints = self.path / "checkpoints"
+        self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
+        self.tensorboard = self.path / "tb"
+        self.saliency = self.path / "saliency"
+        self.attack = AttackFiles(self.path / "attack")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
     @classmethod
     def of_checkpoint(cls, checkpoint: Path | str) -> RunDir:
@@ -135,42 +141,6 @@ class RunDir:
         """
         parent = Path(checkpoint).resolve().parent
         return cls(parent.parent if parent.name == "checkpoints" else parent)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tb"
-
-    @property
-    def saliency(self) -> Path:
-        return self.path / "saliency"
-
-    @property
-    def attack(self) -> AttackFiles:
-        return AttackFiles(self.path / "attack")
 
     def eval_json(self, split: str) -> Path:
         return eval_json_beside(self.last, split)
@@ -282,15 +252,36 @@ def write_metrics(path: Path | str, rows: Sequence[MetricsRow]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(row.to_dict()) + "\n" for row in rows))
 
 
-@dataclass(frozen=True)
-class ClassAccuracy:
+class JsonRecord:
+    """A record kept as one JSON object: `to_dict`/`from_dict`, and `write`/`read` through them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
+        raise NotImplementedError
+
+    def write(self, path: Path | str) -> Path:
+        """Write the record atomically; return `path`."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls: type[R], path: Path | str) -> R:
+        """The record in `path`; `RunFileError` naming the file when it is not one."""
+        return cls.from_dict(_read_json_object(Path(path)), where=str(path))  # type: ignore[attr-defined]
+
+
+class ClassAccuracy(NamedTuple):
+    """One class's line of `EvalResult.per_class` (written with the key `class` for `name`)."""
+
     name: str
     accuracy: float
     count: int
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(JsonRecord):
     """`eval_<split>.json`: a checkpoint on a labelled split.
 
     `confusion[i][j]` counts images of true class i predicted as j; `model` is the checkpoint's
@@ -324,13 +315,6 @@ class EvalResult:
             raise RunFileError(f"{where}: per_class is not a list of {{class, accuracy, count}} ({err})") from err
         return _build(cls, data, where)
 
-    def write(self, path: Path | str) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def read(cls, path: Path | str) -> EvalResult:
-        return cls.from_dict(_read_json_object(Path(path)), where=str(path))
-
 
 @dataclass(frozen=True)
 class AttackSource:
@@ -355,7 +339,7 @@ _SOURCE_KEYS = tuple(f.name for f in fields(AttackSource))
 
 
 @dataclass(frozen=True)
-class AttackResult:
+class AttackResult(JsonRecord):
     """Accuracy under one attack: `attack.json`, and each row of a `Sweep`.
 
     `settings` is the attack's settings dict as the attacks code makes it (mode, eps, steps, …);
@@ -398,16 +382,9 @@ class AttackResult:
         scores = {k: v for k, v in data.items() if k in _SCORE_KEYS}
         return _build(cls, {"settings": settings, "source": source, **scores}, where)
 
-    def write(self, path: Path | str) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def read(cls, path: Path | str) -> AttackResult:
-        return cls.from_dict(_read_json_object(Path(path)), where=str(path))
-
 
 @dataclass(frozen=True)
-class Sweep:
+class Sweep(JsonRecord):
     """`sweep.json`: the same attack at several ε (rows in the order asked), from one source."""
 
     rows: list[AttackResult]
@@ -423,10 +400,3 @@ class Sweep:
         rows = [AttackResult.from_dict(row, where=f"{where} row {i}") for i, row in enumerate(data["rows"], 1)]
         source = _build(AttackSource, data, where) if "checkpoint" in data else None
         return cls(rows, source)
-
-    def write(self, path: Path | str) -> Path:
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def read(cls, path: Path | str) -> Sweep:
-        return cls.from_dict(_read_json_object(Path(path)), where=str(path))

@@ -100,7 +100,7 @@ def evaluate_attack(
         device: where batches go; default the model's device.
     """
     if limit is not None and limit < 1:
-        raise MiniPlacesError(f"--limit must be ≥ 1 image; got {limit}")
+        raise MiniPlacesError(f"limit must be ≥ 1 image; got {limit}")
     settings = attack_settings(mode, eps, steps, step_size, random_start)
     if device is None:
         device = next(model.parameters()).device

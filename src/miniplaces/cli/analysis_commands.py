@@ -89,16 +89,22 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_saliency(args: argparse.Namespace) -> int:
+    from miniplaces.explain.saliency import GradCamLayerError
     from miniplaces.workflows.analysis import saliency_report
 
     _positive(args.n, "--n")
     _positive(args.samples, "--samples")
     _positive(args.columns, "--columns")
     inputs = _load(args)
-    report = saliency_report(
-        inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples, sigma=args.sigma,
-        columns=args.columns, title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
-    )
+    try:
+        report = saliency_report(
+            inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples,
+            sigma=args.sigma, columns=args.columns,
+            title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
+        )
+    except GradCamLayerError as err:
+        raise MiniPlacesError(f"{err} (--layer NAME picks the layer; --method vanilla or smoothgrad needs none)") \
+            from err
     print(f"{args.method} saliency of the first {report.images} {args.split} images "
           f"({report.correct}/{report.images} predicted right)")
     print(f"wrote {report.path}")
