@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from miniplaces.cli.command import add_command
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
 
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    saliency = subparsers.add_parser(
-        "saliency",
+    saliency = add_command(
+        subparsers, "saliency", run_saliency,
         help="saliency maps of a checkpoint on the first images of a split (PNG grid)",
         description="Draw where a trained model looks: vanilla gradient saliency, SmoothGrad or Grad-CAM, as "
         "heat-map overlays with the true and predicted classes, in runs/<name>/saliency/saliency_<method>.png.",
@@ -28,10 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency.add_argument("--sigma", type=float, default=0.15,
                           help="SmoothGrad: noise std as a fraction of the pixel range (default: 0.15)")
     saliency.add_argument("--columns", type=int, default=8, help="images per row of the grid (default: 8)")
-    saliency.set_defaults(func=run_saliency)
 
-    attack = subparsers.add_parser(
-        "attack",
+    attack = add_command(
+        subparsers, "attack", run_attack,
         help="accuracy under PGD/FGSM attack, with a grid of adversarial images and an optional ε sweep",
         description="Attack a trained model under an L∞ budget in pixel units and report clean and adversarial "
         "top-1/top-5, the attack's success rate and the perturbation's size (attack.json, attack_grid.png; "
@@ -52,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--grid", type=int, default=8, help="images shown in attack_grid.png (default: 8)")
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
-    attack.set_defaults(func=run_attack)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:

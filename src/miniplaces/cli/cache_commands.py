@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from miniplaces.cli.command import add_command
+
 SPLIT_CHOICES = ("train", "val", "test", "all")
 DEFAULT_IMAGE_SIZE = 128
 
@@ -22,9 +24,10 @@ def cache_command(build: Any) -> str:
     return command + (" --force" if build.force else "")
 
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "cache",
+    parser = add_command(
+        subparsers, "cache", run_cache,
         help="decode a split once into a memory-mapped uint8 cache (reused while up to date)",
         description=(
             "Decode every image of a split once into <cache dir>/<split>-<S>.images.npy (uint8 N×S×S×3) "
@@ -41,7 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
-    parser.set_defaults(func=run_cache)
 
 
 def _splits(root: Path, split: str) -> list[str]:

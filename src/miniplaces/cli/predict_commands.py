@@ -7,10 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "predict",
+    parser = add_command(
+        subparsers, "predict", run_predict,
         help="top-5 categories of images, or the challenge submission file for the test split",
         description=(
             "Classify images with a checkpoint: the top categories with probabilities per image, as a table "
@@ -30,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    parser.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -8,10 +8,12 @@ import os
 import sys
 from typing import Any
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: Any) -> None:
-    train = subparsers.add_parser(
-        "train", help="train a model (resumable; torchrun for many GPUs)",
+    train = add_command(
+        subparsers, "train", run_train, help="train a model (resumable; torchrun for many GPUs)",
         description="Train a model on MiniPlaces. Settings come from the defaults, then --config, then the flags; "
                     "the resolved config is saved in the run directory runs/<name>/. "
                     "Ctrl-C writes checkpoints/last.pt; continue with --resume runs/<name>. "
@@ -32,10 +34,10 @@ def register(subparsers: Any) -> None:
                        "same as --set adv_eps=…")
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
-    train.set_defaults(func=run_train)
 
-    ev = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
+    ev = add_command(
+        subparsers, "eval", run_eval,
+        help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
         description="Evaluate a checkpoint on a labelled split. The model is rebuilt from the checkpoint alone; "
                     "the result is written as JSON to <checkpoint dir>/eval_<split>.json or --out.",
     )
@@ -48,7 +50,6 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--device", default="auto",
                     help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     ev.add_argument("--workers", type=int, default=4)
-    ev.set_defaults(func=run_eval)
 
 
 def _setup_logging() -> None:
