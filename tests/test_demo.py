@@ -34,6 +34,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert evaluation["count"] == 20
     attack = json.loads((run / "attack" / "attack.json").read_text())
     assert attack["images"] == 8 and attack["eps"] == pytest.approx(8 / 255)
+    # The same record as `miniplaces attack` writes: the model and the limit as asked.
+    assert attack["model"] == {"name": "simplenet", "kwargs": {"num_classes": 5}} and attack["limit"] == 8
     sweep = json.loads((run / "attack" / "sweep.json").read_text())["rows"]
     assert [r["eps"] * 255 for r in sweep] == pytest.approx([4, 8, 16])
     # More ε never makes the attacked accuracy higher (PGD from the same start, same steps).

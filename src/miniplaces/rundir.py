@@ -325,10 +325,11 @@ class AttackSource:
     """
 
     checkpoint: str
-    model: dict[str, Any]
     root: str
     split: str
     image_size: int
+    # Always written; None only in files the demo wrote before the source was one record.
+    model: dict[str, Any] | None = None
     limit: int | None = None
     seed: int | None = None
 
