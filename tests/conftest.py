@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,3 +49,44 @@ def real_root() -> Path:
     if not (SHARED_MINIPLACES / "train.txt").is_file():
         pytest.skip(f"real MiniPlaces subset not found at {SHARED_MINIPLACES}")
     return SHARED_MINIPLACES
+
+
+@pytest.fixture(scope="session")
+def produced_runs(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
+    """Two run folders written by the real commands, for the report to read (read-only: copy before editing).
+
+    `runs/native`: simplenet, 2 epochs, then `eval`, `saliency` and `attack --sweep`.
+    `runs/unfold`: simplenet_unfold planned for 3 epochs and interrupted (SIGINT) after epoch 2.
+    """
+    import signal
+
+    from miniplaces.cli import main
+    from miniplaces.config import TrainConfig
+    from miniplaces.workflows.train import TrainingInterrupted, train
+
+    runs = tmp_path_factory.mktemp("produced") / "runs"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = TrainConfig(root=str(synth_root), out_dir=str(runs), epochs=2, batch_size=16, lr=0.05,
+                           warmup_epochs=1, workers=0, image_size=32, device="cpu", log_every=1)
+        native = train(dataclasses.replace(base, model="simplenet", name="native"), progress=False)
+        steps = {"n": 0}
+
+        def stop_after_epoch_two(step: int) -> None:
+            steps["n"] += 1
+            if steps["n"] == 6:  # the last of epoch 2's 3 steps
+                os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(TrainingInterrupted):
+            train(dataclasses.replace(base, model="simplenet_unfold", name="unfold", epochs=3),
+                  on_step=stop_after_epoch_two, progress=False)
+        best = str(native / "checkpoints" / "best.pt")
+        common = ["--checkpoint", best, "--root", str(synth_root), "--device", "cpu"]
+        assert main(["eval", *common[:4], "--workers", "0", "--device", "cpu"]) == 0
+        assert main(["saliency", *common, "--n", "4"]) == 0
+        assert main(["attack", *common, "--mode", "untargeted", "--eps", "4/255", "--steps", "2", "--limit", "8",
+                     "--grid", "2", "--sweep", "0,2/255,4/255"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    return runs

@@ -18,10 +18,10 @@ from miniplaces.cli import main
 from miniplaces.config import ConfigError, TrainConfig, load_config, resolve, save_config
 from miniplaces.engine.checkpoint import load_checkpoint
 from miniplaces.engine.distributed import unwrap_model
-from miniplaces.engine.runner import train
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.train import train_one_epoch
 from miniplaces.models import create_model
+from miniplaces.workflows.train import train
 
 CPU = torch.device("cpu")
 EPS = 8 / 255

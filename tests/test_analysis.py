@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from miniplaces.analysis import attack_report, load_for_analysis, saliency_report, settings_line
 from miniplaces.attacks import AttackSpec, evaluate_attack
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model
+from miniplaces.rundir import AttackResult, RunDir, Sweep
+from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report, settings_line
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_load_for_analysis_rejects_a_dataset_of_other_classes(tmp_path: Path, sy
 def test_saliency_report_counts_what_the_model_gets_right(checkpoint: Path, synth_root: Path,
                                                           tmp_path: Path) -> None:
     inputs = load_for_analysis(checkpoint, synth_root)
-    report = saliency_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, n=5, title="t")
+    report = saliency_report(inputs, tmp_path, n=5, title="t")
     x = torch.stack([inputs.dataset[i][0] for i in range(5)])
     expected = inputs.model(x).argmax(1).tolist()
     assert report.path == tmp_path / "saliency_vanilla.png" and report.images == 5
@@ -56,13 +57,25 @@ def test_saliency_report_counts_what_the_model_gets_right(checkpoint: Path, synt
 
 def test_attack_report_without_a_sweep(checkpoint: Path, synth_root: Path, tmp_path: Path) -> None:
     inputs = load_for_analysis(checkpoint, synth_root)
-    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path,
-                           AttackSpec.from_mode("fgsm", eps=4 / 255), limit=5, grid=2, context={"split": "val"})
-    written = json.loads(report.attack_json.read_text())
-    assert written == {**report.result, "split": "val"} and written["images"] == 5
-    assert report.rows is None and report.sweep_json is None and not (tmp_path / "sweep.json").exists()
-    assert report.grid == tmp_path / "attack_grid.png" and report.grid.is_file()
-    assert settings_line(report.result) == "fgsm, ε = 4/255"
+    report = attack_report(inputs, AttackSpec.from_mode("fgsm", eps=4 / 255), tmp_path, limit=5, grid=2)
+    written = json.loads(report.files.result.read_text())
+    assert AttackResult.read(report.files.result) == report.result and written["images"] == 5
+    # The source is recorded, `limit` as asked; `model` is the checkpoint's entry.
+    assert (written["split"], written["limit"], written["checkpoint"]) == ("val", 5, str(checkpoint))
+    assert written["model"] == {"name": "simplenet", "kwargs": {"num_classes": 4}}
+    assert report.sweep is None and not (tmp_path / "sweep.json").exists()
+    assert report.files.grid == tmp_path / "attack_grid.png" and report.files.grid.is_file()
+    assert settings_line(report.result.settings) == "fgsm, ε = 4/255"
+
+
+def test_reports_go_into_the_checkpoints_run_by_default(checkpoint: Path, synth_root: Path) -> None:
+    inputs = load_for_analysis(checkpoint, synth_root)
+    run = RunDir.of_checkpoint(checkpoint)
+    assert saliency_report(inputs, n=2).path == run.saliency / "saliency_vanilla.png"
+    report = attack_report(inputs, AttackSpec.from_mode("fgsm", eps=2 / 255), limit=100, grid=2)
+    assert report.files.result == run.attack.result and run.attack.grid.is_file()
+    # A limit above the split's size attacks the whole split and is recorded as asked.
+    assert report.result.images == len(inputs.dataset) < 100 and report.result.source.limit == 100
 
 
 @pytest.mark.parametrize("mode", ["untargeted", "least-likely"])
@@ -71,10 +84,11 @@ def test_attack_at_eps_equals_the_sweep_row_it_is_taken_from(checkpoint: Path, s
     inputs = load_for_analysis(checkpoint, synth_root)
     eps = 4 / 255
     spec = AttackSpec.from_mode(mode, eps=eps, steps=2)
-    report = attack_report(inputs.model, inputs.dataset, inputs.categories, tmp_path, spec, limit=6,
-                           batch_size=4, grid=2, sweep=[0.0, eps], context={"seed": 0})
+    report = attack_report(inputs, spec, tmp_path, limit=6, batch_size=4, grid=2, sweep=[0.0, eps], seed=0)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(inputs.dataset, range(6)), batch_size=4)
-    assert report.result == evaluate_attack(inputs.model, loader, spec)
-    sweep = json.loads(report.sweep_json.read_text())  # type: ignore[union-attr]
-    assert sweep == {"rows": report.rows, "seed": 0}
-    assert [row["eps"] for row in sweep["rows"]] == [0.0, eps] and report.sweep_plot.is_file()  # type: ignore[union-attr]
+    expected = AttackResult.from_scores(evaluate_attack(inputs.model, loader, spec),
+                                        report.result.source)
+    assert report.result == expected
+    sweep = Sweep.read(report.files.sweep)
+    assert sweep == report.sweep and sweep.source.seed == 0  # type: ignore[union-attr]
+    assert [row.eps for row in sweep.rows] == [0.0, eps] and report.files.sweep_plot.is_file()

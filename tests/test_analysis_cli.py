@@ -11,8 +11,9 @@ from PIL import Image
 
 from miniplaces.cli import main
 from miniplaces.data import read_categories
-from miniplaces.engine.checkpoint import describe_model, run_dir, save_checkpoint
+from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.models import create_model
+from miniplaces.rundir import RunDir
 
 FAST = ["--device", "cpu"]
 
@@ -79,6 +80,7 @@ def test_saliency_writes_a_grid(checkpoint: Path, synth_root: Path, method: str,
     ("attack", ["--sweep", "0,x"], "cannot read ε 'x'"),
     ("attack", ["--limit", "0"], "--limit must be ≥ 1"),
     ("saliency", ["--method", "gradcam", "--layer", "fc"], "'fc' gives"),
+    ("saliency", ["--method", "gradcam", "--layer", "fc"], "--layer NAME picks the layer"),
     ("saliency", ["--method", "gradcam", "--layer", "nope"], "no layer named 'nope'"),
 ])
 def test_bad_options_are_errors(checkpoint: Path, synth_root: Path, capsys: pytest.CaptureFixture[str],
@@ -99,5 +101,6 @@ def test_missing_checkpoint_and_mismatched_dataset(tmp_path: Path, synth_root: P
 
 
 def test_run_dir(tmp_path: Path) -> None:
-    assert run_dir(tmp_path / "runs" / "a" / "checkpoints" / "best.pt") == (tmp_path / "runs" / "a").resolve()
-    assert run_dir(tmp_path / "loose" / "model.pt") == (tmp_path / "loose").resolve()
+    of = RunDir.of_checkpoint
+    assert of(tmp_path / "runs" / "a" / "checkpoints" / "best.pt") == RunDir((tmp_path / "runs" / "a").resolve())
+    assert of(tmp_path / "loose" / "model.pt").path == (tmp_path / "loose").resolve()

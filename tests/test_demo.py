@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from miniplaces.cli import main
-from miniplaces.demo import DemoOptions, synthetic_data
+from miniplaces.workflows.demo import DemoOptions, synthetic_data
 
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--classes", "5", "--per-class", "8",
         "--val-per-class", "4", "--attack-images", "8", "--saliency-images", "4", "--workers", "0",
@@ -34,6 +34,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert evaluation["count"] == 20
     attack = json.loads((run / "attack" / "attack.json").read_text())
     assert attack["images"] == 8 and attack["eps"] == pytest.approx(8 / 255)
+    # The same record as `miniplaces attack` writes: the model and the limit as asked.
+    assert attack["model"] == {"name": "simplenet", "kwargs": {"num_classes": 5}} and attack["limit"] == 8
     sweep = json.loads((run / "attack" / "sweep.json").read_text())["rows"]
     assert [r["eps"] * 255 for r in sweep] == pytest.approx([4, 8, 16])
     # More ε never makes the attacked accuracy higher (PGD from the same start, same steps).

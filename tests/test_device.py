@@ -10,7 +10,7 @@ import torch
 from miniplaces.cli import main
 from miniplaces.config import TrainConfig, load_config
 from miniplaces.engine.device import DeviceError, resolve_device
-from miniplaces.engine.runner import train
+from miniplaces.workflows.train import train
 
 
 @pytest.fixture()

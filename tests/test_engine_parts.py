@@ -21,10 +21,11 @@ from miniplaces.engine.checkpoint import load_checkpoint, save_checkpoint
 from miniplaces.engine.loaders import ResumableSampler
 from miniplaces.engine.metrics import RunningSums, accuracy
 from miniplaces.engine.optim import build_optimizer
-from miniplaces.engine.runner import rng_state, set_rng_state, train
 from miniplaces.engine.schedule import warmup_cosine
+from miniplaces.engine.state import rng_state, set_rng_state
 from miniplaces.engine.train import evaluate, train_one_epoch, tta_logits
 from miniplaces.models import create_model, list_models, model_card
+from miniplaces.workflows.train import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -16,8 +16,10 @@ from miniplaces.cli import main
 from miniplaces.config import TrainConfig
 from miniplaces.data.synth import synthesize
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from miniplaces.engine.runner import METRIC_KEYS, TrainingInterrupted, evaluate_checkpoint, train
 from miniplaces.engine.train import NonFiniteLossError
+from miniplaces.rundir import METRIC_KEYS, EvalResult
+from miniplaces.workflows.evaluate import evaluate_checkpoint
+from miniplaces.workflows.train import TrainingInterrupted, train
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
 
@@ -151,9 +153,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_pa
 
 def test_eval_json(learned: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     best = learned / "checkpoints" / "best.pt"
-    report = evaluate_checkpoint(best, data, workers=0, progress=False)
-    written = json.loads((learned / "checkpoints" / "eval_val.json").read_text())
-    assert written["top1"] == report["top1"]
+    report, path = evaluate_checkpoint(best, data, workers=0, progress=False)
+    assert path == learned / "checkpoints" / "eval_val.json"
+    written = json.loads(path.read_text())
+    assert written["top1"] == report.top1 and EvalResult.read(path) == report
     confusion = torch.tensor(written["confusion"])
     assert confusion.shape == (4, 4) and confusion.sum() == written["count"] == 32
     assert written["top1"] == pytest.approx(100.0 * confusion.diag().sum().item() / 32)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from miniplaces import export as ex
 from miniplaces.cli import main
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.layers.unfold_conv import UnfoldConv2d
 from miniplaces.models import create_model, list_models
+from miniplaces.workflows import export as ex
 
 TORCH_THREADS = 1
 SIZE = 64  # every registered model takes 64×64 (the ViTs resample their position embeddings)

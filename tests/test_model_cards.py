@@ -12,11 +12,11 @@ from torch import nn
 from miniplaces.config import ConfigError, TrainConfig, resolve
 from miniplaces.engine.checkpoint import build_model, checkpoint_image_size, describe_model, load_checkpoint
 from miniplaces.engine.optim import build_optimizer
-from miniplaces.engine.runner import train
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import default_gradcam_layer
 from miniplaces.models import ModelCard, create_model, list_models, model_card, register_model, registry
 from miniplaces.models.base import Classifier
+from miniplaces.workflows.train import train
 
 TORCH_THREADS = 1
 

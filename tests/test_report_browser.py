@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_report import add_attack, make_run
 
 from miniplaces.report import build_report
 
@@ -48,11 +47,8 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_report_html_renders_in_chromium(tmp_path: Path) -> None:
-    native, _ = make_run(tmp_path / "runs", "native", "simplenet", 3)
-    make_run(tmp_path / "runs", "unfold", "simplenet_unfold", 2, offset=1.0)
-    add_attack(native)
-    report = build_report([tmp_path / "runs"], tmp_path / "report")
+def test_report_html_renders_in_chromium(produced_runs: Path, tmp_path: Path) -> None:
+    report = build_report([produced_runs], tmp_path / "report")
     page = report.html.read_text()
     assert "<script" not in page  # the page itself runs nothing
     probed = tmp_path / "report" / "probed.html"
@@ -65,7 +61,7 @@ def test_report_html_renders_in_chromium(tmp_path: Path) -> None:
     probe = json.loads(match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert probe["errors"] == []
     assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line] == []
-    assert len(probe["images"]) == len(report.figures) + len(report.grids) == 6
+    assert len(probe["images"]) == len(report.figures) + len(report.grids) == 7
     for image in probe["images"]:
         assert image["width"] > 0 and image["height"] > 0, image
 

@@ -14,6 +14,7 @@ from torchvision.models import resnet18
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import default_gradcam_layer, grad_cam, saliency, smoothgrad, vanilla_saliency
 from miniplaces.explain.overlay import attack_grid, overlay_heatmap, robust_scale, saliency_grid, sweep_plot
+from miniplaces.explain.saliency import GradCamLayerError
 from miniplaces.models import create_model
 
 
@@ -123,14 +124,14 @@ def test_grad_cam_default_layers() -> None:
 
 @pytest.mark.parametrize("name", ["vit", "msvit"])
 def test_grad_cam_refuses_registered_transformers(name: str) -> None:
-    with pytest.raises(MiniPlacesError, match=f"model '{name}' has no default.*--layer"):
+    with pytest.raises(GradCamLayerError, match=f"model '{name}' has no default.*argument layer"):
         grad_cam(create_model(name, num_classes=3).eval(), torch.rand(1, 3, 64, 64))
 
 
 def test_grad_cam_errors_name_the_option() -> None:
     vit = TinyViT()
     x = torch.rand(2, 3, 16, 16)
-    with pytest.raises(MiniPlacesError, match=r"'vit_tiny' has no default.*--layer"):
+    with pytest.raises(GradCamLayerError, match=r"'vit_tiny' has no default.*argument layer"):
         grad_cam(vit, x)
     with pytest.raises(MiniPlacesError, match=r"'blocks' gives \(2, 4, 16\), not a \(B, C, h, w\)"):
         grad_cam(vit, x, layer="blocks")

@@ -20,6 +20,7 @@ import yaml
 from miniplaces.attacks.spec import ATTACK_KINDS, TARGET_MODES, AttackSpec
 from miniplaces.errors import MiniPlacesError
 from miniplaces.pixels import parse_eps
+from miniplaces.rundir import atomic_write_text
 
 
 class ConfigError(MiniPlacesError):
@@ -160,8 +161,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        where = f"--set {item}"
+            raise ConfigError(f"override {item!r}: expected key=value")
+        where = f"override {item}"
         if key.startswith("model_kwargs."):
             sub = key.removeprefix("model_kwargs.")
             config.model_kwargs = {**config.model_kwargs, sub: _parse_value(raw, where)}
@@ -221,7 +222,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
     adversarial_spec(config)
     if not config.root:
-        raise ConfigError("key 'root' is not set: pass --root DIR (the MiniPlaces folder)")
+        raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
     return config
 
 
@@ -270,6 +271,4 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, path: Path | str) -> Path:
-    path = Path(path)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,10 +1,14 @@
-"""The run folder: its paths and the one way its files are written.
+"""The run folder: its paths, the typed records of its files, and the one way they are written.
 
 Everything a run leaves on disk goes through `atomic_write`: a temporary file in the
 target's folder, fsync, rename. A crash mid-write leaves the previous file intact, and a
 temporary file left by a killed writer is removed by the next write of the same target.
 
-This module imports only the standard library, so every layer (data, engine, report) may use it.
+`RunDir` names every path of a run; `MetricsRow`, `EvalResult`, `AttackResult` and `Sweep` are
+written and read by the same class, so the report reads exactly what the commands wrote.
+
+This module imports only the standard library (and the project's error base), so every layer
+(data, engine, report, workflows) may use it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, TypeVar
+
+from miniplaces.errors import MiniPlacesError
+
+T = TypeVar("T")
+R = TypeVar("R", bound="JsonRecord")
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -63,3 +73,336 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
 
 def atomic_write_json(path: Path | str, obj: Any, indent: int | None = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+# ---------------------------------------------------------------- the paths of a run
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunFileError(MiniPlacesError):
+    """A file of a run folder cannot be read as what rundir writes there."""
+
+
+class AttackFiles:
+    """What an attack writes into its folder (`<run>/attack/` unless told otherwise)."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.result = self.folder / "attack.json"  # an `AttackResult`
+        self.grid = self.folder / "attack_grid.png"
+        self.sweep = self.folder / "sweep.json"  # a `Sweep`
+        self.sweep_plot = self.folder / "sweep.png"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AttackFiles) and other.folder == self.folder
+
+    def __repr__(self) -> str:
+        return f"AttackFiles({str(self.folder)!r})"
+
+
+class RunDir:
+    """The folder of one training run and every file the commands leave in it.
+
+    ```
+    config.yaml                    the resolved config (`miniplaces train`)
+    metrics.jsonl                  one `MetricsRow` per epoch
+    checkpoints/last.pt, best.pt   training state (every epoch / best val top-1)
+    checkpoints/eval_<split>.json  an `EvalResult` (`miniplaces eval`)
+    tb/                            TensorBoard scalars
+    saliency/saliency_<method>.png (`miniplaces saliency`)
+    attack/attack.json             an `AttackResult`, with attack_grid.png (`miniplaces attack`)
+    attack/sweep.json              a `Sweep`, with sweep.png
+    export/<format>/               an exported model with its config.json (`miniplaces export`)
+    ```
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / METRICS_FILE
+        self.checkpoints = self.path / "checkpoints"
+        self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
+        self.tensorboard = self.path / "tb"
+        self.saliency = self.path / "saliency"
+        self.attack = AttackFiles(self.path / "attack")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path | str) -> RunDir:
+        """The run a checkpoint belongs to: `runs/<name>` for `runs/<name>/checkpoints/x.pt`, else its folder.
+
+        The path is resolved first, so `best.pt` given from inside `checkpoints/` still finds its run.
+        """
+        parent = Path(checkpoint).resolve().parent
+        return cls(parent.parent if parent.name == "checkpoints" else parent)
+
+    def eval_json(self, split: str) -> Path:
+        return eval_json_beside(self.last, split)
+
+    def export(self, fmt: str) -> Path:
+        """The folder `miniplaces export` writes a format into by default."""
+        return self.path / "export" / fmt
+
+    def is_run(self) -> bool:
+        """Whether training has written its first file here (what `miniplaces report` takes as a run)."""
+        return self.metrics.is_file()
+
+    def holds_training(self) -> bool:
+        """Whether a run (finished, running or interrupted) already lives here."""
+        return self.metrics.exists() or self.checkpoints.exists()
+
+    def eval_files(self) -> dict[str, Path]:
+        """split → eval JSON of the checkpoints, in split order."""
+        return {p.stem.removeprefix("eval_"): p for p in sorted(self.checkpoints.glob("eval_*.json"))}
+
+    def images(self) -> list[Path]:
+        """The attack's and the saliency's PNG files."""
+        return sorted(self.attack.folder.glob("*.png")) + sorted(self.saliency.glob("*.png"))
+
+
+def eval_json_beside(checkpoint: Path | str, split: str) -> Path:
+    """Where `miniplaces eval` writes by default: `eval_<split>.json` beside the checkpoint."""
+    return Path(checkpoint).parent / f"eval_{split}.json"
+
+
+def saliency_png(folder: Path | str, method: str) -> Path:
+    return Path(folder) / f"saliency_{method}.png"
+
+
+# ---------------------------------------------------------------- typed records
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFileError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path} holds no JSON object")
+    return data
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """`cls(**data)` for a record's own keys; a missing key is a `RunFileError` naming `where`."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as err:
+        raise RunFileError(f"{where}: {err}") from err
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One epoch of `metrics.jsonl`: accuracies in percent, memory in MB of `peak_memory_kind`."""
+
+    epoch: int
+    train_loss: float
+    train_top1: float
+    train_top5: float
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    lr: float
+    epoch_time_s: float
+    images_per_s: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "metrics row") -> MetricsRow:
+        return _build(cls, data, where)
+
+
+METRIC_KEYS = tuple(f.name for f in fields(MetricsRow))
+
+
+def read_metrics(path: Path | str) -> list[MetricsRow]:
+    """The epochs of a `metrics.jsonl` (none if the file does not exist yet).
+
+    Raises `RunFileError` naming the file and line of a row that is not what `write_metrics` writes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"cannot read {path}: {err}") from err
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunFileError(f"{path}:{lineno}: not JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise RunFileError(f"{path}:{lineno}: not a JSON object")
+        rows.append(MetricsRow.from_dict(data, where=f"{path}:{lineno}"))
+    return rows
+
+
+def write_metrics(path: Path | str, rows: Sequence[MetricsRow]) -> Path:
+    """The whole `metrics.jsonl` at once (atomically), so a reader never sees half a row."""
+    return atomic_write_text(path, "".join(json.dumps(row.to_dict()) + "\n" for row in rows))
+
+
+class JsonRecord:
+    """A record kept as one JSON object: `to_dict`/`from_dict`, and `write`/`read` through them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
+        raise NotImplementedError
+
+    def write(self, path: Path | str) -> Path:
+        """Write the record atomically; return `path`."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls: type[R], path: Path | str) -> R:
+        """The record in `path`; `RunFileError` naming the file when it is not one."""
+        return cls.from_dict(_read_json_object(Path(path)), where=str(path))  # type: ignore[attr-defined]
+
+
+class ClassAccuracy(NamedTuple):
+    """One class's line of `EvalResult.per_class` (written with the key `class` for `name`)."""
+
+    name: str
+    accuracy: float
+    count: int
+
+
+@dataclass(frozen=True)
+class EvalResult(JsonRecord):
+    """`eval_<split>.json`: a checkpoint on a labelled split.
+
+    `confusion[i][j]` counts images of true class i predicted as j; `model` is the checkpoint's
+    `{"name", "kwargs"}` entry.
+    """
+
+    checkpoint: str
+    model: dict[str, Any]
+    epoch: int | None
+    split: str
+    tta: str | None
+    image_size: int
+    count: int
+    top1: float
+    top5: float
+    loss: float
+    per_class: list[ClassAccuracy]
+    confusion: list[list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["per_class"] = [{"class": c.name, "accuracy": c.accuracy, "count": c.count} for c in self.per_class]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "eval result") -> EvalResult:
+        data = dict(data)
+        try:
+            data["per_class"] = [ClassAccuracy(c["class"], c["accuracy"], c["count"]) for c in data["per_class"]]
+        except (KeyError, TypeError) as err:
+            raise RunFileError(f"{where}: per_class is not a list of {{class, accuracy, count}} ({err})") from err
+        return _build(cls, data, where)
+
+
+@dataclass(frozen=True)
+class AttackSource:
+    """What was attacked: the checkpoint (and its `model` entry), the split and how much of it.
+
+    `limit` is the cap that was asked for (None: the whole split); the images actually attacked
+    are the result's `images` (fewer when the split is smaller than the cap).
+    """
+
+    checkpoint: str
+    root: str
+    split: str
+    image_size: int
+    # Always written; None only in files the demo wrote before the source was one record.
+    model: dict[str, Any] | None = None
+    limit: int | None = None
+    seed: int | None = None
+
+
+_SCORE_KEYS = ("images", "clean_top1", "clean_top5", "adv_top1", "adv_top5", "success_rate",
+               "success_definition", "mean_linf", "mean_l2")
+_SOURCE_KEYS = tuple(f.name for f in fields(AttackSource))
+
+
+@dataclass(frozen=True)
+class AttackResult(JsonRecord):
+    """Accuracy under one attack: `attack.json`, and each row of a `Sweep`.
+
+    `settings` is the attack's settings dict as the attacks code makes it (mode, eps, steps, …);
+    the file holds its keys, the scores and the source side by side in one flat object.
+    """
+
+    settings: dict[str, Any]
+    images: int
+    clean_top1: float
+    clean_top5: float
+    adv_top1: float
+    adv_top5: float
+    success_rate: float | None
+    success_definition: str
+    mean_linf: float
+    mean_l2: float
+    source: AttackSource | None = None
+
+    @property
+    def eps(self) -> float:
+        return float(self.settings["eps"])
+
+    @property
+    def mode(self) -> str | None:
+        return self.settings.get("mode")
+
+    @classmethod
+    def from_scores(cls, scores: dict[str, Any], source: AttackSource | None = None) -> AttackResult:
+        """From `evaluate_attack`'s dict: its score keys, the rest is the settings."""
+        return cls.from_dict({**scores, **(asdict(source) if source else {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        scores = {key: getattr(self, key) for key in _SCORE_KEYS}
+        return {**self.settings, **scores, **(asdict(self.source) if self.source else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "attack result") -> AttackResult:
+        source = _build(AttackSource, data, where) if "checkpoint" in data else None
+        settings = {k: v for k, v in data.items() if k not in _SCORE_KEYS and k not in _SOURCE_KEYS}
+        scores = {k: v for k, v in data.items() if k in _SCORE_KEYS}
+        return _build(cls, {"settings": settings, "source": source, **scores}, where)
+
+
+@dataclass(frozen=True)
+class Sweep(JsonRecord):
+    """`sweep.json`: the same attack at several ε (rows in the order asked), from one source."""
+
+    rows: list[AttackResult]
+    source: AttackSource | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [row.to_dict() for row in self.rows], **(asdict(self.source) if self.source else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "sweep") -> Sweep:
+        if not isinstance(data.get("rows"), list):
+            raise RunFileError(f"{where}: no list of rows")
+        rows = [AttackResult.from_dict(row, where=f"{where} row {i}") for i, row in enumerate(data["rows"], 1)]
+        source = _build(AttackSource, data, where) if "checkpoint" in data else None
+        return cls(rows, source)

@@ -43,13 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def for_the_command_line(err: MiniPlacesError) -> str:
+    """The library's message, plus the command that fixes it where the error carries one."""
+    build = getattr(err, "build", None)  # a CacheError's CacheBuild
+    if build is not None:
+        from miniplaces.cli.cache_commands import cache_command
+
+        return f"{err} with `{cache_command(build)}`"
+    return str(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
     except MiniPlacesError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {for_the_command_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.attacks.spec import ATTACK_MODES, NORMS, mode_description
+from miniplaces.cli.command import add_command
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
 
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    saliency = subparsers.add_parser(
-        "saliency",
+    saliency = add_command(
+        subparsers, "saliency", run_saliency,
         help="saliency maps of a checkpoint on the first images of a split (PNG grid)",
         description="Draw where a trained model looks: vanilla gradient saliency, SmoothGrad or Grad-CAM, as "
         "heat-map overlays with the true and predicted classes, in runs/<name>/saliency/saliency_<method>.png.",
@@ -29,10 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency.add_argument("--sigma", type=float, default=0.15,
                           help="SmoothGrad: noise std as a fraction of the pixel range (default: 0.15)")
     saliency.add_argument("--columns", type=int, default=8, help="images per row of the grid (default: 8)")
-    saliency.set_defaults(func=run_saliency)
 
-    attack = subparsers.add_parser(
-        "attack",
+    attack = add_command(
+        subparsers, "attack", run_attack,
         help="accuracy under PGD/FGSM attack, with a grid of adversarial images and an optional ε sweep",
         description="Attack a trained model under an L∞ budget in pixel units and report clean and adversarial "
         "top-1/top-5, the attack's success rate and the perturbation's size (attack.json, attack_grid.png; "
@@ -53,7 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--grid", type=int, default=8, help="images shown in attack_grid.png (default: 8)")
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
-    attack.set_defaults(func=run_attack)
 
 
 def _mode_help() -> str:
@@ -84,8 +84,8 @@ def _load(args: argparse.Namespace) -> Any:
     """The checkpoint's model on the device, the split and the class names (`AnalysisInputs`)."""
     import torch
 
-    from miniplaces.analysis import load_for_analysis
     from miniplaces.engine.device import resolve_device
+    from miniplaces.workflows.analysis import load_for_analysis
 
     # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
     torch.manual_seed(args.seed)
@@ -95,18 +95,22 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_saliency(args: argparse.Namespace) -> int:
-    from miniplaces.analysis import saliency_report
-    from miniplaces.engine.checkpoint import run_dir
+    from miniplaces.explain.saliency import GradCamLayerError
+    from miniplaces.workflows.analysis import saliency_report
 
     _positive(args.n, "--n")
     _positive(args.samples, "--samples")
     _positive(args.columns, "--columns")
     inputs = _load(args)
-    report = saliency_report(
-        inputs.model, inputs.dataset, inputs.categories, args.out or run_dir(args.checkpoint) / "saliency",
-        method=args.method, n=args.n, layer=args.layer, samples=args.samples, sigma=args.sigma,
-        columns=args.columns, title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
-    )
+    try:
+        report = saliency_report(
+            inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples,
+            sigma=args.sigma, columns=args.columns,
+            title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
+        )
+    except GradCamLayerError as err:
+        raise MiniPlacesError(f"{err} (--layer NAME picks the layer; --method vanilla or smoothgrad needs none)") \
+            from err
     print(f"{args.method} saliency of the first {report.images} {args.split} images "
           f"({report.correct}/{report.images} predicted right)")
     print(f"wrote {report.path}")
@@ -114,10 +118,9 @@ def run_saliency(args: argparse.Namespace) -> int:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from miniplaces.analysis import attack_report
     from miniplaces.attacks.spec import AttackSpec
-    from miniplaces.engine.checkpoint import run_dir
     from miniplaces.pixels import parse_eps_list
+    from miniplaces.workflows.analysis import attack_report
 
     if args.steps < 1:
         raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
@@ -129,28 +132,24 @@ def run_attack(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     _positive(args.grid, "--grid")
     inputs = _load(args)
-    out = args.out or run_dir(args.checkpoint) / "attack"
-    context = {"checkpoint": str(args.checkpoint), "model": inputs.checkpoint["model"], "root": str(args.root),
-               "split": args.split, "image_size": inputs.image_size, "limit": args.limit, "seed": args.seed}
     report = attack_report(
-        inputs.model, inputs.dataset, inputs.categories, out, spec, limit=args.limit, batch_size=args.batch_size,
-        grid=args.grid, sweep=sweep, context=context, seed=args.seed,
-        title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
+        inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,
+        seed=args.seed, title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
     )
     result = report.result
-    success = "n/a" if result["success_rate"] is None else f"{result['success_rate']:.1f}%"
-    print(f"{spec.describe()} on {result['images']} {args.split} images")
-    print(f"clean        top-1 {result['clean_top1']:5.1f}%  top-5 {result['clean_top5']:5.1f}%")
-    print(f"adversarial  top-1 {result['adv_top1']:5.1f}%  top-5 {result['adv_top5']:5.1f}%")
-    print(f"success rate {success}  ({result['success_definition']})")
-    print(f"mean ‖δ‖∞ {result['mean_linf'] * 255:.2f}/255  mean ‖δ‖₂ {result['mean_l2']:.3f}")
-    print(f"wrote {report.attack_json}")
-    print(f"wrote {report.grid}")
-    if report.rows is not None:
+    success = "n/a" if result.success_rate is None else f"{result.success_rate:.1f}%"
+    print(f"{spec.describe()} on {result.images} {args.split} images")
+    print(f"clean        top-1 {result.clean_top1:5.1f}%  top-5 {result.clean_top5:5.1f}%")
+    print(f"adversarial  top-1 {result.adv_top1:5.1f}%  top-5 {result.adv_top5:5.1f}%")
+    print(f"success rate {success}  ({result.success_definition})")
+    print(f"mean ‖δ‖∞ {result.mean_linf * 255:.2f}/255  mean ‖δ‖₂ {result.mean_l2:.3f}")
+    print(f"wrote {report.files.result}")
+    print(f"wrote {report.files.grid}")
+    if report.sweep is not None:
         print("ε          adv top-1  adv top-5  success")
-        for row in report.rows:
-            rate = "n/a" if row["success_rate"] is None else f"{row['success_rate']:.1f}%"
-            print(f"{row['eps_text']:<10} {row['adv_top1']:8.1f}%  {row['adv_top5']:8.1f}%  {rate:>7}")
-        print(f"wrote {report.sweep_json}")
-        print(f"wrote {report.sweep_plot}")
+        for row in report.sweep.rows:
+            rate = "n/a" if row.success_rate is None else f"{row.success_rate:.1f}%"
+            print(f"{row.settings['eps_text']:<10} {row.adv_top1:8.1f}%  {row.adv_top5:8.1f}%  {rate:>7}")
+        print(f"wrote {report.files.sweep}")
+        print(f"wrote {report.files.sweep_plot}")
     return 0

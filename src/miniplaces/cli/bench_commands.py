@@ -51,7 +51,7 @@ def run_bench_conv(args: argparse.Namespace) -> int:
     import torch
 
     from miniplaces.bench.conv import run_conv_benchmark
-    from miniplaces.engine.runner import resolve_device
+    from miniplaces.engine.device import resolve_device
     from miniplaces.report.bench import conv_figure, conv_table
 
     device = resolve_device(args.device)

@@ -6,13 +6,28 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from miniplaces.cli.command import add_command
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
+DEFAULT_IMAGE_SIZE = 128
+
+
+def cache_command(build: Any) -> str:
+    """The `miniplaces cache` command line of a `CacheBuild` (the library's description of the fix)."""
+    command = f"miniplaces cache --root {build.root} --split {build.split}"
+    if build.image_size != DEFAULT_IMAGE_SIZE:
+        command += f" --image-size {build.image_size}"
+    if build.cache_dir is not None:
+        command += f" --cache-dir {build.cache_dir}"
+    return command + (" --force" if build.force else "")
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "cache",
+    parser = add_command(
+        subparsers, "cache", run_cache,
         help="decode a split once into a memory-mapped uint8 cache (reused while up to date)",
         description=(
             "Decode every image of a split once into <cache dir>/<split>-<S>.images.npy (uint8 N×S×S×3) "
@@ -24,12 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
                         help="split to cache; 'all' caches train, val and test (those present)")
-    parser.add_argument("--image-size", type=int, default=128,
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help="side S of the cached images; others are resized and centre-cropped (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
-    parser.set_defaults(func=run_cache)
 
 
 def _splits(root: Path, split: str) -> list[str]:

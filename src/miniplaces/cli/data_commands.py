@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from miniplaces.cli.command import add_command
 from miniplaces.errors import MiniPlacesError
 
 
@@ -110,9 +111,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     return print_report(result.report)
 
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    download = subparsers.add_parser(
-        "download",
+    download = add_command(
+        subparsers, "download", cmd_download,
         help="download and extract the official MiniPlaces archive and label files, then verify",
         description=(
             "Download data.tar.gz (official URLs, or --url) and the devkit label files into ROOT, "
@@ -132,10 +134,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--no-verify", action="store_true", help="skip the verification after extraction")
     download.add_argument("--workers", type=_positive, default=2, help="decoding threads for verify (default 2)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
-    download.set_defaults(func=cmd_download)
 
-    verify = subparsers.add_parser(
-        "verify",
+    verify = add_command(
+        subparsers, "verify", cmd_verify,
         help="check a dataset folder: sizes, labels, every image present and decodable",
         description=(
             "Check ROOT in the MiniPlaces layout: categories.txt, train.txt and val.txt (format, labels in "
@@ -146,10 +147,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--root", required=True, help="dataset folder")
     verify.add_argument("--no-decode", action="store_true", help="only check that the files exist (fast)")
     verify.add_argument("--workers", type=_positive, default=2, help="decoding threads (default 2)")
-    verify.set_defaults(func=cmd_verify)
 
-    synth = subparsers.add_parser(
-        "synth",
+    synth = add_command(
+        subparsers, "synth", cmd_synth,
         help="write a deterministic synthetic dataset in the MiniPlaces layout",
         description=(
             "Write procedurally drawn scenes (one style per class: sky/ground colours, horizon, texture, shape) "
@@ -164,4 +164,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--image-size", type=_positive, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    synth.set_defaults(func=cmd_synth)

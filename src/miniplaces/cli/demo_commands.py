@@ -7,10 +7,12 @@ import os
 import time
 from pathlib import Path
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
+    parser = add_command(
+        subparsers, "demo", run_demo_command,
         help="make synthetic data, train SimpleNet, evaluate, saliency, attack, report (a few minutes on a CPU)",
         description=(
             "The one-command tour: make (or reuse) a synthetic dataset under OUT/data, train SimpleNet for a few "
@@ -41,12 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch intra-op threads (default: torch's own setting; 0 means the same). "
                         "--threads 1 helps on a busy machine, where waiting OpenMP threads slowed training 20-60×")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
-    parser.set_defaults(func=run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from miniplaces.demo import DemoOptions, run_demo
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.workflows.demo import DemoOptions, run_demo
 
     if args.threads is not None and args.threads < 0:
         raise MiniPlacesError(f"--threads must be ≥ 0; got {args.threads}")

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from miniplaces.export import ATOL, RTOL, export_checkpoint
+    from miniplaces.workflows.export import ATOL, RTOL, export_checkpoint
 
     result, inputs = export_checkpoint(args.checkpoint, args.format, args.out, args.images or ())
     sizes = " and ".join(map(str, result.batch_sizes))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "models",
+    parser = add_command(
+        subparsers, "models", run_models,
         help="list the registered models: parameters, multiply-adds, description",
         description="List the registered models with their parameter count and multiply-adds (MACs) for one "
                     "image, counted with torch.utils.flop_counter (MACs = FLOPs / 2).",
@@ -15,7 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     parser.add_argument("--image-size", type=int, default=128, help="image side for the MAC count (default 128)")
     parser.add_argument("--num-classes", type=int, default=100, help="classes of the head (default 100)")
-    parser.set_defaults(func=run_models)
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -7,10 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "predict",
+    parser = add_command(
+        subparsers, "predict", run_predict,
         help="top-5 categories of images, or the challenge submission file for the test split",
         description=(
             "Classify images with a checkpoint: the top categories with probabilities per image, as a table "
@@ -31,15 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    parser.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from miniplaces.engine.checkpoint import checkpoint_image_size
-    from miniplaces.engine.predict import challenge_lines, image_files, predict_images, write_challenge
-    from miniplaces.engine.runner import resolve_device
     from miniplaces.errors import MiniPlacesError
-    from miniplaces.export import load_model_any
+    from miniplaces.workflows.predict import predict_challenge, predict_files
 
     if args.challenge:
         if args.root is None or args.out is None or args.images:
@@ -49,19 +47,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top < 1 or args.batch_size < 1:
         raise MiniPlacesError("--top and --batch-size must be at least 1")
 
-    device = resolve_device(args.device)
-    model, checkpoint = load_model_any(args.checkpoint, device=device)
-    image_size = args.image_size or checkpoint_image_size(checkpoint)
-
     if args.challenge:
-        lines = challenge_lines(model, args.root, image_size=image_size, batch_size=args.batch_size,
-                                num_workers=args.workers, device=device)
-        out = write_challenge(lines, args.out)
-        print(f"{len(lines)} test images → {out}")
+        out, count = predict_challenge(args.checkpoint, args.root, args.out, image_size=args.image_size,
+                                       batch_size=args.batch_size, workers=args.workers, device=args.device)
+        print(f"{count} test images → {out}")
         return 0
 
-    predictions = predict_images(model, image_files(args.images), checkpoint.get("categories") or [],
-                                 top=args.top, image_size=image_size, batch_size=args.batch_size, device=device)
+    predictions = predict_files(args.checkpoint, args.images, top=args.top, image_size=args.image_size,
+                                batch_size=args.batch_size, device=args.device)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0

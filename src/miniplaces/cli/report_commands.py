@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
+    parser = add_command(
+        subparsers, "report", run_report,
         help="results table (Markdown, CSV), figures and report.html from run directories",
         description=(
             "Read run directories written by `miniplaces train` (and `eval`, `attack`, `saliency`) and write "
@@ -20,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (or folders of runs)")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
     parser.add_argument("--title", default="miniplaces report", help="title of the page and the Markdown table")
-    parser.set_defaults(func=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -8,10 +8,12 @@ import os
 import sys
 from typing import Any
 
+from miniplaces.cli.command import add_command
+
 
 def register(subparsers: Any) -> None:
-    train = subparsers.add_parser(
-        "train", help="train a model (resumable; torchrun for many GPUs)",
+    train = add_command(
+        subparsers, "train", run_train, help="train a model (resumable; torchrun for many GPUs)",
         description="Train a model on MiniPlaces. Settings come from the defaults, then --config, then the flags; "
                     "the resolved config is saved in the run directory runs/<name>/. "
                     "Ctrl-C writes checkpoints/last.pt; continue with --resume runs/<name>. "
@@ -32,10 +34,10 @@ def register(subparsers: Any) -> None:
                        "same as --set adv_eps=…")
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
-    train.set_defaults(func=run_train)
 
-    ev = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
+    ev = add_command(
+        subparsers, "eval", run_eval,
+        help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
         description="Evaluate a checkpoint on a labelled split. The model is rebuilt from the checkpoint alone; "
                     "the result is written as JSON to <checkpoint dir>/eval_<split>.json or --out.",
     )
@@ -48,7 +50,6 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--device", default="auto",
                     help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     ev.add_argument("--workers", type=int, default=4)
-    ev.set_defaults(func=run_eval)
 
 
 def _setup_logging() -> None:
@@ -59,7 +60,8 @@ def _setup_logging() -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from miniplaces.config import load_config
-    from miniplaces.engine.runner import TrainingInterrupted, resume_config, train
+    from miniplaces.errors import MiniPlacesError
+    from miniplaces.workflows.train import RunExistsError, TrainingInterrupted, resume_config, train
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
@@ -70,6 +72,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides, base=base)
     try:
         run_dir = train(config, resume=args.resume)
+    except RunExistsError as err:
+        raise MiniPlacesError(f"run directory {err.run_dir} already holds a run; continue it with "
+                              f"`miniplaces train --resume {err.run_dir}` or choose another --name") from err
     except TrainingInterrupted as err:
         print(str(err), file=sys.stderr)
         return 130
@@ -78,19 +83,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from miniplaces.engine.runner import evaluate_checkpoint
+    from miniplaces.workflows.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
-                                 tta=None if args.tta == "none" else args.tta, out=args.out,
-                                 batch_size=args.batch_size, device=args.device, workers=args.workers)
-    print(f"{report['model']['name']} epoch {report['epoch']} on {report['split']} ({report['count']} images, "
-          f"tta {report['tta'] or 'none'}): top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
-          f"loss {report['loss']:.4f}")
-    ranked = sorted(report["per_class"], key=lambda c: c["accuracy"])
+    result, path = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
+                                       tta=None if args.tta == "none" else args.tta, out=args.out,
+                                       batch_size=args.batch_size, device=args.device, workers=args.workers)
+    print(f"{result.model['name']} epoch {result.epoch} on {result.split} ({result.count} images, "
+          f"tta {result.tta or 'none'}): top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
+          f"loss {result.loss:.4f}")
+    ranked = sorted(result.per_class, key=lambda c: c.accuracy)
     if len(ranked) > 1:
         show = min(3, len(ranked) // 2)
         fmt = ", ".join
-        print("worst classes: " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in ranked[:show]))
-        print("best classes:  " + fmt(f"{c['class']} {c['accuracy']:.0f}%" for c in reversed(ranked[-show:])))
-    print(f"written: {report['path']}")
+        print("worst classes: " + fmt(f"{c.name} {c.accuracy:.0f}%" for c in ranked[:show]))
+        print("best classes:  " + fmt(f"{c.name} {c.accuracy:.0f}%" for c in reversed(ranked[-show:])))
+    print(f"written: {path}")
     return 0

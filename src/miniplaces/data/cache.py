@@ -49,8 +49,23 @@ CHUNK = 256  # images per decoding task: big enough to amortise the task, small 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CacheBuild:
+    """The `build_cache` call that would fix a missing or stale cache (the CLI turns it into a command)."""
+
+    root: Path | str
+    split: str
+    image_size: int
+    cache_dir: Path | str | None = None
+    force: bool = False
+
+
 class CacheError(MiniPlacesError):
-    """The decoded cache is missing, stale or unusable."""
+    """The decoded cache is missing, stale or unusable; `build` says how to make it when that fixes it."""
+
+    def __init__(self, message: str, build: CacheBuild | None = None) -> None:
+        super().__init__(message)
+        self.build = build
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,8 @@ def build_cache(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CacheError(f"cannot create the cache folder {folder} ({err}); pass --cache-dir DIR") from err
+        raise CacheError(f"cannot create the cache folder {folder} ({err}); choose a writable cache folder "
+                         "(argument cache_dir)") from err
 
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = CachePaths(*(p.with_name(p.name + tag) for p in (paths.images, paths.labels, paths.meta)))
@@ -281,20 +297,11 @@ def _decode_all(images_file: str, base: str, relpaths: list[str], image_size: in
             raise
 
 
-def _build_command(root: Path | str, split: str, image_size: int, cache_dir: Path | str | None) -> str:
-    command = f"miniplaces cache --root {root} --split {split}"
-    if image_size != DEFAULT_IMAGE_SIZE:
-        command += f" --image-size {image_size}"
-    if cache_dir is not None:
-        command += f" --cache-dir {cache_dir}"
-    return command
-
-
 def open_cache(root: Path | str, split: str, image_size: int = DEFAULT_IMAGE_SIZE,
                cache_dir: Path | str | None = None) -> CacheArrays:
     """Map a current cache of `split` (images stay on disk, paged in on use).
 
-    Raises `CacheError` naming the command that builds it when it is missing or stale.
+    Raises `CacheError` (with the `CacheBuild` that fixes it) when it is missing or stale.
     """
     paths = cache_paths(root, split, image_size, cache_dir)
     state = cache_state(root, split, image_size, cache_dir)
@@ -302,7 +309,7 @@ def open_cache(root: Path | str, split: str, image_size: int = DEFAULT_IMAGE_SIZ
         why = "no decoded cache" if state == "missing" else "the decoded cache is out of date"
         raise CacheError(
             f"{why} of the {split} split of {root} at {paths.images.parent} (image size {image_size}); "
-            f"build it with `{_build_command(root, split, image_size, cache_dir)}`"
+            "build it first", CacheBuild(root, split, image_size, cache_dir),
         )
     meta = _read_meta(paths.meta) or {}
     images = np.load(paths.images, mmap_mode="r")
@@ -310,6 +317,6 @@ def open_cache(root: Path | str, split: str, image_size: int = DEFAULT_IMAGE_SIZ
     if images.shape != (meta["count"], image_size, image_size, 3) or labels.shape != (meta["count"],):
         raise CacheError(
             f"{paths.images} holds {images.shape}, expected ({meta['count']}, {image_size}, {image_size}, 3); "
-            f"rebuild with `{_build_command(root, split, image_size, cache_dir)} --force`"
+            "rebuild it", CacheBuild(root, split, image_size, cache_dir, force=True),
         )
     return CacheArrays(images=images, labels=labels, meta=meta)

@@ -7,8 +7,8 @@ format_version  int, CHECKPOINT_FORMAT
 model           {"name": str, "kwargs": dict}  enough to rebuild it with create_model
 state_dict      the model's weights
 categories      class names, index order (may be empty)
-...             what the engine adds: optimizer, scheduler, scaler, epoch, step,
-                best_top1, rng, config
+...             what `miniplaces.engine.state.TrainState` adds: optimizer, scheduler,
+                scaler, epoch, step, best_top1, rng, config
 ```
 """
 
@@ -111,11 +111,3 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn
     model = build_model(checkpoint).to(device).eval()
     return model, checkpoint
 
-
-def run_dir(checkpoint: Path | str) -> Path:
-    """The run a checkpoint belongs to: `runs/<name>` for `runs/<name>/checkpoints/x.pt`, else its folder.
-
-    The path is resolved first, so `best.pt` given from inside `checkpoints/` still finds its run.
-    """
-    parent = Path(checkpoint).resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent

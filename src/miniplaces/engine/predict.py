@@ -6,7 +6,6 @@ Images go through the val transform (`load_rgb` + `val_transform`), so any size 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +120,3 @@ def challenge_lines(
             lines.append(f"{relpath} {' '.join(map(str, labs))}")
     return sorted(lines)
 
-
-def write_challenge(lines: Sequence[str], out: Path | str) -> Path:
-    """Write the submission atomically (temporary file, then rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
-    return out

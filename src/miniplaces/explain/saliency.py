@@ -27,6 +27,10 @@ from miniplaces.pixels import check_images, eval_mode, input_gradient
 SALIENCY_METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "gradcam")
 
 
+class GradCamLayerError(MiniPlacesError):
+    """Grad-CAM has no usable layer: none by default for this model, or the one named is missing or not 4-D."""
+
+
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and `requires_grad=False` on every parameter, both restored on exit."""
@@ -94,7 +98,7 @@ def _find_module(model: nn.Module, name: str) -> nn.Module:
     if name not in modules:
         convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
         hint = f"; its convolutions are {', '.join(convs[-5:])}" if convs else ""
-        raise MiniPlacesError(f"the model has no layer named {name!r} for Grad-CAM (--layer){hint}")
+        raise GradCamLayerError(f"the model has no layer named {name!r} for Grad-CAM{hint}")
     return modules[name]
 
 
@@ -110,10 +114,10 @@ def default_gradcam_layer(model: nn.Module) -> str:
     for candidate in ("layer4", "features"):
         if candidate in modules and any(isinstance(m, nn.Conv2d) for m in modules[candidate].modules()):
             return candidate
-    raise MiniPlacesError(
+    raise GradCamLayerError(
         f"Grad-CAM needs a convolutional feature map and model {name or type(model).__name__!r} has no default one "
-        "(a vision transformer has none); name a layer whose output is (B, C, h, w) with --layer "
-        "(layer= in Python), or use --method vanilla or smoothgrad"
+        "(a vision transformer has none); name a layer whose output is (B, C, h, w) (argument layer), "
+        "or use the vanilla or smoothgrad method"
     )
 
 
@@ -148,9 +152,9 @@ def grad_cam(
             activation = captured[-1]
             if not isinstance(activation, torch.Tensor) or activation.dim() != 4:
                 shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
-                raise MiniPlacesError(
+                raise GradCamLayerError(
                     f"Grad-CAM layer {name!r} gives {shape}, not a (B, C, h, w) feature map; "
-                    "choose a convolutional layer with --layer, or use --method vanilla or smoothgrad"
+                    "choose a convolutional layer, or use the vanilla or smoothgrad method"
                 )
             score = logits.gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)

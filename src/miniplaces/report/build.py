@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from miniplaces.report import figures
 from miniplaces.report.html import Picture, render_html
 from miniplaces.report.runs import Run, load_runs
 from miniplaces.report.tables import results_rows, to_markdown, write_csv
+from miniplaces.rundir import atomic_write_bytes, atomic_write_text
 
 FIGURES = (
     ("accuracy.png", figures.accuracy_curves, "Top-1 and top-5 accuracy per epoch (train dashed, val solid)"),
@@ -51,7 +51,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     rows = results_rows(runs)
     table = to_markdown(rows)
     markdown = out / "results.md"
-    markdown.write_text(f"# {title}\n\n{table}", encoding="utf-8")
+    atomic_write_text(markdown, f"# {title}\n\n{table}")
     csv_path = write_csv(rows, out / "results.csv")
 
     written: list[Picture] = []
@@ -65,11 +65,10 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     for run in runs:
         for image in run.images:
             target = out / "grids" / _safe(run.name) / image.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(image, target)
+            atomic_write_bytes(target, image.read_bytes())
             grids.append(Picture(target, f"{run.name}: {image.parent.name}/{image.name}"))
 
     html = out / "report.html"
-    html.write_text(render_html(rows, written, grids, notes, [r.path for r in runs], title), encoding="utf-8")
+    atomic_write_text(html, render_html(rows, written, grids, notes, [r.path for r in runs], title))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
                   table)

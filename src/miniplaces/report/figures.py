@@ -6,13 +6,15 @@ without writing when no run holds the data the figure needs.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from miniplaces.report.runs import Run, attack_summary, number
+from miniplaces.report.runs import Run
+from miniplaces.rundir import atomic_write_bytes
 
 DPI = 110
 
@@ -24,8 +26,9 @@ def _colors(count: int) -> list[str]:
 
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _has(runs: Sequence[Run], *keys: str) -> bool:
@@ -84,7 +87,7 @@ def time_and_memory(runs: Sequence[Run], path: Path) -> Path | None:
         bars = axes.bar(range(len(runs)), values, color=colors)
         axes.bar_label(bars, labels=[f"{v:.1f}" if v else "—" for v in values], fontsize=8)
         axes.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
-        kinds = {str(row.get("peak_memory_kind")) for run in runs for row in run.epochs if row.get("peak_memory_kind")}
+        kinds = {row.peak_memory_kind for run in runs for row in run.epochs}
         axes.set_title(title + (f" ({', '.join(sorted(kinds))})" if key == "peak_memory_mb" and kinds else ""),
                        fontsize=10)
         axes.set_ylabel(unit)
@@ -94,9 +97,8 @@ def time_and_memory(runs: Sequence[Run], path: Path) -> Path | None:
 
 def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
     """Top-1 under attack: accuracy against ε for runs with a sweep, clean vs attacked bars otherwise."""
-    swept = [run for run in runs if any(p.top1 is not None for p in run.sweep)]
-    attacked = [(run, attack_summary(run.attack)) for run in runs if run not in swept and run.attack]
-    attacked = [(run, s) for run, s in attacked if s["clean_top1"] is not None or s["adv_top1"] is not None]
+    swept = [run for run in runs if run.sweep_points()]
+    attacked = [(run, run.attack) for run in runs if run not in swept and run.attack is not None]
     if not swept and not attacked:
         return None
     panels = int(bool(swept)) + int(bool(attacked))
@@ -106,7 +108,7 @@ def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
         axes = figure.add_subplot(1, panels, index)
         index += 1
         for run, color in zip(swept, _colors(len(swept)), strict=True):
-            points = [p for p in run.sweep if p.top1 is not None]
+            points = run.sweep_points()
             axes.plot([p.eps * 255 for p in points], [p.top1 for p in points], "-o", color=color, label=run.name)
         axes.set_title("Top-1 under attack")
         axes.set_xlabel("ε (×1/255, L∞)")
@@ -117,14 +119,13 @@ def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
         axes = figure.add_subplot(1, panels, index)
         width = 0.38
         xs = range(len(attacked))
-        clean = [number(s["clean_top1"]) or 0.0 for _, s in attacked]
-        adv = [number(s["adv_top1"]) or 0.0 for _, s in attacked]
+        clean = [a.clean_top1 for _, a in attacked]
+        adv = [a.adv_top1 for _, a in attacked]
         axes.bar([x - width / 2 for x in xs], clean, width, label="clean", color="C0")
         axes.bar([x + width / 2 for x in xs], adv, width, label="attacked", color="C3")
         labels = []
-        for run, s in attacked:
-            eps = f"\nε={s['attack_eps'] * 255:.3g}/255" if s["attack_eps"] is not None else ""
-            labels.append(f"{run.name}{eps}")
+        for run, a in attacked:
+            labels.append(f"{run.name}\nε={a.eps * 255:.3g}/255")
         axes.set_xticks(list(xs), labels, fontsize=8)
         axes.set_title("Top-1 clean vs attacked")
         axes.set_ylabel("top-1 accuracy (%)")

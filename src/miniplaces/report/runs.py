@@ -1,24 +1,15 @@
-"""Reading run directories: the per-epoch metrics, the config, and what analysis left beside them.
+"""Reading run folders for the report: exactly the records `miniplaces.rundir` writes.
 
-A run directory (written by `miniplaces train`, `eval`, `attack`, `saliency`):
-
-```
-<run>/config.yaml              resolved config (model, epochs, …)
-<run>/metrics.jsonl            one JSON object per epoch
-<run>/checkpoints/eval_<split>.json
-<run>/attack/attack.json       clean and adversarial accuracy (+ attack_grid.png)
-<run>/attack/sweep.json        accuracy at each ε (+ sweep.png)
-<run>/saliency/saliency_<method>.png
-```
-
-Everything but `metrics.jsonl` is optional; a missing piece becomes `None`, never an error.
+`config.yaml` and `metrics.jsonl` come from `miniplaces train`; `eval_<split>.json`,
+`attack/attack.json`, `attack/sweep.json` and the PNG grids come from `eval`, `attack` and
+`saliency` (see `RunDir`). Everything but `metrics.jsonl` is optional: a missing piece is
+`None`, and an unreadable one is ignored with a note.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +17,16 @@ from typing import Any
 import yaml
 
 from miniplaces.errors import MiniPlacesError
-
-METRICS_FILE = "metrics.jsonl"
+from miniplaces.rundir import (
+    METRICS_FILE,
+    AttackResult,
+    EvalResult,
+    MetricsRow,
+    RunDir,
+    RunFileError,
+    Sweep,
+    read_metrics,
+)
 
 
 class RunError(MiniPlacesError):
@@ -39,8 +38,8 @@ class SweepPoint:
     """Accuracy under attack at one ε (pixel units)."""
 
     eps: float
-    top1: float | None
-    top5: float | None = None
+    top1: float
+    top5: float
 
 
 @dataclass
@@ -50,46 +49,45 @@ class Run:
     path: Path
     name: str
     config: dict[str, Any]
-    epochs: list[dict[str, Any]]
-    attack: dict[str, Any] | None = None
-    sweep: list[SweepPoint] = field(default_factory=list)
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs: list[MetricsRow]
+    attack: AttackResult | None = None
+    sweep: Sweep | None = None
+    evals: dict[str, EvalResult] = field(default_factory=dict)
     images: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def model(self) -> str | None:
-        return model_name(self.config)
+        model = self.config.get("model")
+        return str(model) if model else None
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(epochs, values) of one metric, skipping epochs that lack it or hold a non-number."""
+        """(epochs, values) of one metric, skipping epochs where it is not a finite number."""
         xs, ys = [], []
-        for i, row in enumerate(self.epochs, 1):
-            value = number(row.get(key))
+        for row in self.epochs:
+            value = number(getattr(row, key))
             if value is not None:
-                xs.append(int(row.get("epoch", i)))
+                xs.append(row.epoch)
                 ys.append(value)
         return xs, ys
 
+    def sweep_points(self) -> list[SweepPoint]:
+        """The sweep's top-1/top-5 under attack by ε; the clean accuracy stands for ε = 0 when not swept."""
+        if self.sweep is None or not self.sweep.rows:
+            return []
+        points = [SweepPoint(row.eps, row.adv_top1, row.adv_top5) for row in self.sweep.rows]
+        if not any(p.eps == 0 for p in points):
+            first = self.sweep.rows[0]
+            points.append(SweepPoint(0.0, first.clean_top1, first.clean_top5))
+        return sorted(points, key=lambda p: p.eps)
+
 
 def number(value: Any) -> float | None:
-    """A finite float, or None for anything else (missing, null, NaN, text)."""
+    """A finite float, or None (a metric may be NaN or infinite, e.g. the loss of a diverged run)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def model_name(config: dict[str, Any]) -> str | None:
-    """The model named by a run's config: `model: NAME`, `model: {name: NAME}` or `model_name: NAME`."""
-    model = config.get("model", config.get("model_name"))
-    if isinstance(model, dict):
-        model = model.get("name")
-    return str(model) if model else None
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / METRICS_FILE).is_file()
 
 
 def find_run_dirs(paths: Sequence[Path | str]) -> tuple[list[Path], list[str]]:
@@ -103,14 +101,14 @@ def find_run_dirs(paths: Sequence[Path | str]) -> tuple[list[Path], list[str]]:
     skipped: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if is_run_dir(path):
+        if RunDir(path).is_run():
             found.append(path)
         elif not path.exists():
             skipped.append(f"{path}: does not exist")
         elif not path.is_dir():
             skipped.append(f"{path}: not a folder")
         else:
-            children = sorted(child for child in path.iterdir() if child.is_dir() and is_run_dir(child))
+            children = sorted(child for child in path.iterdir() if child.is_dir() and RunDir(child).is_run())
             if children:
                 found.extend(children)
             elif not any(path.iterdir()):
@@ -127,42 +125,6 @@ def find_run_dirs(paths: Sequence[Path | str]) -> tuple[list[Path], list[str]]:
     return unique, skipped
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The epochs of a metrics.jsonl, and notes on lines that could not be read.
-
-    A run still training may have a half-written last line: it is skipped with a note.
-    """
-    epochs: list[dict[str, Any]] = []
-    notes: list[str] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunError(f"cannot read {path}: {err}") from err
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            notes.append(f"{path}:{lineno}: not a JSON object, skipped")
-            continue
-        if not isinstance(row, dict):
-            notes.append(f"{path}:{lineno}: not a JSON object, skipped")
-            continue
-        epochs.append(row)
-    if not epochs:
-        raise RunError(f"{path} holds no epochs; is the run still in its first epoch?")
-    return epochs, notes
-
-
-def _read_json(path: Path, notes: list[str]) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        notes.append(f"{path}: unreadable ({err}), ignored")
-        return None
-
-
 def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
     if not path.is_file():
         notes.append(f"{path}: missing; model and planned epochs unknown")
@@ -175,95 +137,38 @@ def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def parse_sweep(data: Any) -> list[SweepPoint]:
-    """Sweep points from `sweep.json`: a list of `{eps, top1, top5}` objects, either bare or under
-    a key such as `results`/`points`, or columns `{eps: [...], top1: [...]}`."""
-    if isinstance(data, dict):
-        for key in ("results", "points", "sweep", "rows"):
-            if isinstance(data.get(key), list):
-                return parse_sweep(data[key])
-        eps = data.get("eps", data.get("epsilon"))
-        if isinstance(eps, list):
-            top1 = data.get("top1", data.get("adv_top1", [None] * len(eps)))
-            top5 = data.get("top5", data.get("adv_top5", [None] * len(eps)))
-            return parse_sweep([{"eps": e, "top1": a, "top5": b} for e, a, b in zip(eps, top1, top5, strict=False)])
-        return []
-    points = []
-    clean: SweepPoint | None = None
-    for row in data if isinstance(data, list) else []:
-        if not isinstance(row, dict):
-            continue
-        flat = flatten(row)
-        eps = number(flat.get("eps", flat.get("epsilon")))
-        if eps is None:
-            continue
-        points.append(SweepPoint(eps, _pick(flat, "top1", prefer=("adv",)), _pick(flat, "top5", prefer=("adv",))))
-        if clean is None and number(flat.get("clean_top1")) is not None:
-            clean = SweepPoint(0.0, number(flat["clean_top1"]), number(flat.get("clean_top5")))
-    # A sweep without ε = 0 still knows the clean accuracy: it is the accuracy at ε = 0.
-    if clean is not None and not any(p.eps == 0 for p in points):
-        points.append(clean)
-    return sorted(points, key=lambda p: p.eps)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"clean": {"top1": 1}}` → `{"clean_top1": 1}`."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}_"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _pick(flat: dict[str, Any], suffix: str, prefer: Iterable[str] = ()) -> float | None:
-    """The value of `<suffix>` (e.g. top1), preferring keys that contain one of `prefer`."""
-    candidates = [k for k in flat if k == suffix or k.endswith(f"_{suffix}")]
-    for word in prefer:
-        for key in candidates:
-            if word in key and number(flat[key]) is not None:
-                return number(flat[key])
-    for key in candidates:
-        if key == suffix and number(flat[key]) is not None:
-            return number(flat[key])
-    return None
-
-
-def attack_summary(attack: dict[str, Any] | None) -> dict[str, Any]:
-    """Clean and adversarial top-1, ε and mode from an `attack.json` (None where absent)."""
-    if not attack:
-        return {"attack_mode": None, "attack_eps": None, "clean_top1": None, "adv_top1": None}
-    flat = flatten(attack)
-    clean = next((number(v) for k, v in flat.items() if "clean" in k and k.endswith("top1")), None)
-    adv = next((number(v) for k, v in flat.items() if "adv" in k and k.endswith("top1")), None)
-    eps = next((number(flat[k]) for k in ("eps", "epsilon", "attack_eps", "config_eps") if k in flat), None)
-    mode = next((flat[k] for k in ("mode", "attack_mode", "config_mode") if isinstance(flat.get(k), str)), None)
-    return {"attack_mode": mode, "attack_eps": eps, "clean_top1": clean, "adv_top1": adv}
+def _optional(read: Any, path: Path, notes: list[str]) -> Any:
+    """`read(path)` when the file exists; None (with a note when it is unreadable) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except RunFileError as err:
+        notes.append(f"{err}; ignored")
+        return None
 
 
 def load_run(path: Path | str) -> Run:
     """Read one run directory; only `metrics.jsonl` is required."""
-    path = Path(path)
-    if not is_run_dir(path):
-        raise RunError(f"{path} is not a run directory: it holds no {METRICS_FILE}")
-    epochs, notes = read_metrics(path / METRICS_FILE)
-    config = _read_config(path / "config.yaml", notes)
-    run = Run(path=path, name=path.name, config=config, epochs=epochs, notes=notes)
-
-    attack_file = path / "attack" / "attack.json"
-    if attack_file.is_file():
-        data = _read_json(attack_file, notes)
-        run.attack = data if isinstance(data, dict) else None
-    sweep_file = path / "attack" / "sweep.json"
-    if sweep_file.is_file():
-        run.sweep = parse_sweep(_read_json(sweep_file, notes))
-    for eval_file in sorted((path / "checkpoints").glob("eval_*.json")):
-        data = _read_json(eval_file, notes)
-        if isinstance(data, dict):
-            run.evals[eval_file.stem.removeprefix("eval_")] = data
-    run.images = sorted((path / "attack").glob("*.png")) + sorted((path / "saliency").glob("*.png"))
+    run_dir = RunDir(path)
+    if not run_dir.is_run():
+        raise RunError(f"{run_dir.path} is not a run directory: it holds no {METRICS_FILE}")
+    try:
+        epochs = read_metrics(run_dir.metrics)
+    except RunFileError as err:
+        raise RunError(str(err)) from err
+    if not epochs:
+        raise RunError(f"{run_dir.metrics} holds no epochs; is the run still in its first epoch?")
+    notes: list[str] = []
+    run = Run(path=run_dir.path, name=run_dir.name, config=_read_config(run_dir.config, notes), epochs=epochs,
+              notes=notes)
+    run.attack = _optional(AttackResult.read, run_dir.attack.result, notes)
+    run.sweep = _optional(Sweep.read, run_dir.attack.sweep, notes)
+    for split, eval_path in run_dir.eval_files().items():
+        result = _optional(EvalResult.read, eval_path, notes)
+        if result is not None:
+            run.evals[split] = result
+    run.images = run_dir.images()
     return run
 
 

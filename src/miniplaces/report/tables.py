@@ -9,12 +9,14 @@ Markdown and HTML show it as "—", CSV as an empty cell.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miniplaces.report.runs import Run, attack_summary, number
+from miniplaces.report.runs import Run, number
+from miniplaces.rundir import atomic_write_text
 
 MISSING = "—"
 MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "cpu_max_rss": "CPU peak RSS"}
@@ -56,34 +58,31 @@ def _mean(values: list[float]) -> float | None:
 def summarize(run: Run) -> dict[str, Any]:
     """One row of the results table (raw numbers; None where the run lacks the metric)."""
     last = run.epochs[-1]
-    done = int(number(last.get("epoch")) or len(run.epochs))
+    done = last.epoch
     planned = number(run.config.get("epochs"))
     epochs = f"{done} of {int(planned)}" if planned is not None and planned > done else str(done)
 
     best_epoch = best_top1 = best_top5 = None
-    for i, row in enumerate(run.epochs, 1):
-        top1 = number(row.get("val_top1"))
+    for row in run.epochs:
+        top1 = number(row.val_top1)
         if top1 is not None and (best_top1 is None or top1 > best_top1):
-            best_top1, best_top5 = top1, number(row.get("val_top5"))
-            best_epoch = int(number(row.get("epoch")) or i)
+            best_top1, best_top5, best_epoch = top1, number(row.val_top5), row.epoch
 
     losses = run.series("train_loss")[1]
     memory = run.series("peak_memory_mb")[1]
-    kinds = sorted({str(row["peak_memory_kind"]) for row in run.epochs if row.get("peak_memory_kind")})
-    attack = attack_summary(run.attack)
+    kinds = sorted({row.peak_memory_kind for row in run.epochs})
+    attack = run.attack
     attack_label = None
-    if attack["attack_mode"] or attack["attack_eps"] is not None:
-        eps = attack["attack_eps"]
-        eps_text = f"ε={eps * 255:.3g}/255" if eps is not None else ""
-        attack_label = " ".join(part for part in (attack["attack_mode"], eps_text) if part)
+    if attack is not None:
+        attack_label = " ".join(part for part in (attack.mode, f"ε={attack.eps * 255:.3g}/255") if part)
     return {
         "run": run.name,
         "model": run.model,
         "epochs": epochs,
-        "train_top1": number(last.get("train_top1")),
-        "train_top5": number(last.get("train_top5")),
-        "val_top1": number(last.get("val_top1")),
-        "val_top5": number(last.get("val_top5")),
+        "train_top1": number(last.train_top1),
+        "train_top5": number(last.train_top5),
+        "val_top1": number(last.val_top1),
+        "val_top5": number(last.val_top5),
         "best_val_top1": best_top1,
         "best_val_top5": best_top5,
         "best_epoch": best_epoch,
@@ -92,8 +91,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "images_per_s": _mean(run.series("images_per_s")[1]),
         "peak_memory_mb": max(memory) if memory else None,
         "memory_kind": ", ".join(MEMORY_KINDS.get(k, k) for k in kinds) or None,
-        "clean_top1": attack["clean_top1"],
-        "adv_top1": attack["adv_top1"],
+        "clean_top1": attack.clean_top1 if attack else None,
+        "adv_top1": attack.adv_top1 if attack else None,
         "attack": attack_label,
     }
 
@@ -129,10 +128,10 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Every column, full precision; a missing value is an empty cell."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([c.key for c in COLUMNS])
-        for row in rows:
-            writer.writerow(["" if row[c.key] is None else row[c.key] for c in COLUMNS])
-    return path
+    """Every column, full precision; a missing value is an empty cell. Written atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow([c.key for c in COLUMNS])
+    for row in rows:
+        writer.writerow(["" if row[c.key] is None else row[c.key] for c in COLUMNS])
+    return atomic_write_text(path, buffer.getvalue())

@@ -1,14 +1,13 @@
 """Saliency and attack reports of a trained model on a labelled split, as files in a folder.
 
-What `miniplaces saliency`, `miniplaces attack` and `miniplaces demo` write:
-`saliency_<method>.png`; `attack.json`, `attack_grid.png` and, with a sweep, `sweep.json` and
-`sweep.png`. The command line decides where (by default beside the checkpoint's run, see
-`miniplaces.engine.checkpoint.run_dir`) and prints what these functions return.
+What `miniplaces saliency`, `miniplaces attack` and `miniplaces demo` write: by default into
+the checkpoint's run (`RunDir.saliency`, `RunDir.attack`), `saliency_<method>.png`; an
+`AttackResult` in `attack.json` with `attack_grid.png` and, with a sweep, a `Sweep` in
+`sweep.json` with `sweep.png`. The caller prints what these functions return.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +25,27 @@ from miniplaces.engine.predict import eval_transform
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot
+from miniplaces.rundir import AttackFiles, AttackResult, AttackSource, RunDir, Sweep, saliency_png
 
 
 @dataclass(frozen=True)
 class AnalysisInputs:
-    """A checkpoint's model (eval mode), the checkpoint, a split with the eval transform, and the class names."""
+    """A checkpoint's model (eval mode) and payload, a split of `root` with the eval transform, the class names,
+    and where they came from."""
 
     model: nn.Module
     checkpoint: dict[str, Any]
     dataset: MiniPlaces
     categories: list[str]
     image_size: int
+    checkpoint_path: Path
+    root: Path
+    split: str
+
+    @property
+    def run(self) -> RunDir:
+        """The run the checkpoint belongs to (where reports go by default)."""
+        return RunDir.of_checkpoint(self.checkpoint_path)
 
 
 def load_for_analysis(checkpoint: Path | str, root: Path | str, *, split: str = "val", image_size: int | None = None,
@@ -59,7 +68,7 @@ def load_for_analysis(checkpoint: Path | str, root: Path | str, *, split: str = 
         )
     if len(dataset) == 0:
         raise MiniPlacesError(f"the {split} split of {root} has no images")
-    return AnalysisInputs(model, payload, dataset, categories, image_size)
+    return AnalysisInputs(model, payload, dataset, categories, image_size, Path(checkpoint), Path(root), split)
 
 
 def first_images(dataset: Dataset, n: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,12 +77,6 @@ def first_images(dataset: Dataset, n: int, device: str | torch.device = "cpu") -
     x = torch.stack([image for image, _ in items]).to(device)  # (N, 3, H, W)
     y = torch.tensor([label for _, label in items], device=device)
     return x, y
-
-
-def _write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
 
 
 def _names(categories: Sequence[str], labels: torch.Tensor) -> list[str]:
@@ -92,10 +95,8 @@ class SaliencyReport:
 
 
 def saliency_report(
-    model: nn.Module,
-    dataset: Dataset,
-    categories: Sequence[str],
-    out_dir: Path | str,
+    inputs: AnalysisInputs,
+    out_dir: Path | str | None = None,
     *,
     method: str = "vanilla",
     n: int = 16,
@@ -106,92 +107,97 @@ def saliency_report(
     title: str = "",
 ) -> SaliencyReport:
     """Saliency maps (`miniplaces.explain.saliency`) of the first `n` images, drawn into
-    `out_dir/saliency_<method>.png` with their true and predicted classes."""
-    x, y = first_images(dataset, n, next(model.parameters()).device)
+    `out_dir/saliency_<method>.png` (default: the run's `saliency/`) with their true and predicted classes."""
+    model, categories = inputs.model, inputs.categories
+    x, y = first_images(inputs.dataset, n, next(model.parameters()).device)
     with torch.no_grad():
         predicted = model(x).argmax(1)
     maps = saliency(model, x, method=method, layer=layer, samples=samples, sigma=sigma)
+    folder = inputs.run.saliency if out_dir is None else Path(out_dir)
     path = saliency_grid(x.cpu(), maps.cpu(), _names(categories, y), _names(categories, predicted),
-                         Path(out_dir) / f"saliency_{method}.png", title=title, columns=columns)
+                         saliency_png(folder, method), title=title, columns=columns)
     return SaliencyReport(path, len(x), int((predicted == y).sum()), y.tolist(), predicted.tolist())
 
 
-def settings_line(result: dict[str, Any]) -> str:
-    """The settings of an attack record in one line, e.g. `untargeted PGD, ε = 4/255, 10 steps of 0.4/255`."""
-    return AttackSpec.from_dict(result).describe()
+def settings_line(settings: dict[str, Any]) -> str:
+    """An attack's settings in one line, e.g. `untargeted PGD, ε = 4/255, 10 steps of 0.4/255`."""
+    return AttackSpec.from_dict(settings).describe()
 
 
 @dataclass(frozen=True)
 class AttackReport:
-    """The attack at ε (`evaluate_attack`'s dict), the sweep's rows (or None) and the files written."""
+    """The attack at ε, the sweep (or None), and the folder's files."""
 
-    result: dict[str, Any]
-    rows: list[dict[str, Any]] | None
-    attack_json: Path
-    grid: Path
-    sweep_json: Path | None = None
-    sweep_plot: Path | None = None
+    result: AttackResult
+    sweep: Sweep | None
+    files: AttackFiles
 
 
 def attack_report(
-    model: nn.Module,
-    dataset: Dataset,
-    categories: Sequence[str],
-    out_dir: Path | str,
+    inputs: AnalysisInputs,
     spec: AttackSpec,
+    out_dir: Path | str | None = None,
     *,
     limit: int | None = None,
     batch_size: int = 32,
     grid: int = 8,
     sweep: Sequence[float] | None = None,
-    context: dict[str, Any] | None = None,
+    seed: int | None = None,
     title: str = "",
     grid_title: str | None = None,
-    seed: int | None = None,
 ) -> AttackReport:
-    """Attack the first `limit` images (all by default) as `spec` says and write the reports into `out_dir`.
+    """Attack the first `limit` images (all by default) as `spec` says and write the reports into `out_dir`
+    (default: the run's `attack/`).
 
-    Writes `attack.json` (the result, `spec.to_dict()` included, and `context`), `attack_grid.png` (the first
+    Writes `attack.json` (an `AttackResult` whose settings are `spec.to_dict()`), `attack_grid.png` (the first
     `grid` images, titled `grid_title`, default the settings line) and, with `sweep` (budgets at which to
-    repeat the attack), `sweep.json` (`{"rows": [...], **context}`) and `sweep.png` (titled `title`).
+    repeat the attack), `sweep.json` (a `Sweep`) and `sweep.png` (titled `title`).
 
     Args:
+        limit: attack at most this many images; recorded as asked (the result's `images` says how many).
         seed: reseed torch before the sweep, so its random starts do not depend on what ran before.
     """
-    out = Path(out_dir)
-    context = context or {}
+    if limit is not None and limit < 1:
+        raise MiniPlacesError(f"the attack's image limit must be ≥ 1; got {limit}")
+    files = AttackFiles(inputs.run.attack.folder if out_dir is None else Path(out_dir))
+    model, categories = inputs.model, inputs.categories
+    source = AttackSource(checkpoint=str(inputs.checkpoint_path), model=inputs.checkpoint["model"],
+                          root=str(inputs.root), split=inputs.split, image_size=inputs.image_size, limit=limit,
+                          seed=seed)
     device = next(model.parameters()).device
+    dataset: Dataset = inputs.dataset
     if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(min(limit, len(inputs.dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     rows = None
     if sweep is not None and spec.eps in sweep and not spec.random_start:
         # Without a random start the attack is deterministic: the sweep's row at ε is the attack at ε.
         rows = _sweep(model, loader, spec, sweep, seed, device)
-        result = rows[list(sweep).index(spec.eps)]
+        result = AttackResult.from_scores(rows[list(sweep).index(spec.eps)].to_dict(), source)
     else:
-        result = evaluate_attack(model, loader, spec, device=device)
-    attack_json = _write_json(out / "attack.json", {**result, **context})
+        result = AttackResult.from_scores(evaluate_attack(model, loader, spec, device=device), source)
+    result.write(files.result)
 
     x, y = first_images(dataset, grid, device)
     shown = attack_batch(model, x, y, spec)
-    grid_path = attack_grid(
+    attack_grid(
         x.cpu(), shown.x_adv.cpu(), _names(categories, y), _names(categories, shown.clean_logits.argmax(1)),
-        _names(categories, shown.adv_logits.argmax(1)), out / "attack_grid.png",
+        _names(categories, shown.adv_logits.argmax(1)), files.grid,
         title=spec.describe() if grid_title is None else grid_title,
         target_names=None if shown.target is None else _names(categories, shown.target),
     )
     if sweep is None:
-        return AttackReport(result, None, attack_json, grid_path)
+        return AttackReport(result, None, files)
     if rows is None:
         rows = _sweep(model, loader, spec, sweep, seed, device)
-    sweep_json = _write_json(out / "sweep.json", {"rows": rows, **context})
-    plot = sweep_plot(rows, out / "sweep.png", title=title)
-    return AttackReport(result, rows, attack_json, grid_path, sweep_json, plot)
+    swept = Sweep(rows, source)
+    swept.write(files.sweep)
+    sweep_plot([row.to_dict() for row in rows], files.sweep_plot, title=title)
+    return AttackReport(result, swept, files)
 
 
 def _sweep(model: nn.Module, loader: DataLoader, spec: AttackSpec, eps_list: Sequence[float], seed: int | None,
-           device: torch.device) -> list[dict[str, Any]]:
+           device: torch.device) -> list[AttackResult]:
     if seed is not None:
         torch.manual_seed(seed)
-    return robustness_sweep(model, loader, spec, eps_list, device=device)
+    return [AttackResult.from_scores(row) for row in robustness_sweep(model, loader, spec, eps_list, device=device)]

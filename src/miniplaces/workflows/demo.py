@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from miniplaces.attacks.spec import AttackSpec
 from miniplaces.errors import MiniPlacesError
+from miniplaces.rundir import AttackResult, EvalResult, RunDir, atomic_write_json, read_metrics
 
 SYNTH_MARKER = "demo_synth.json"
 # Synthetic scenes differ in colour and shape, so a model of them needs a larger ε than real scenes
@@ -70,8 +70,8 @@ class DemoResult:
     run_dir: Path
     report_dir: Path
     html: Path
-    evaluation: dict[str, Any]
-    attack: dict[str, Any]
+    evaluation: EvalResult
+    attack: AttackResult
     table: str
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -93,18 +93,17 @@ def synthetic_data(options: DemoOptions) -> tuple[Path, bool]:
     if root.exists():
         shutil.rmtree(root)
     synthesize(root, test_count=0, **settings)
-    marker.write_text(json.dumps(settings))  # written last: a half-made dataset is never reused
+    atomic_write_json(marker, settings)  # written last: a half-made dataset is never reused
     return root, False
 
 
-def _train(options: DemoOptions, root: Path, model: str = "simplenet") -> Path:
+def _train(options: DemoOptions, root: Path, model: str = "simplenet") -> RunDir:
     from miniplaces.config import TrainConfig
-    from miniplaces.engine.runner import train
+    from miniplaces.workflows.train import train
 
     runs = options.out / "runs"
-    run_dir = runs / model
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # the demo's own previous run
+    if (runs / model).exists():
+        shutil.rmtree(runs / model)  # the demo's own previous run
     config = TrainConfig(
         model=model, root=str(root), name=model, out_dir=str(runs), epochs=options.epochs,
         batch_size=options.batch_size, lr=options.lr, warmup_epochs=min(1.0, options.epochs / 2),
@@ -112,12 +111,12 @@ def _train(options: DemoOptions, root: Path, model: str = "simplenet") -> Path:
         seed=options.seed, limit_train_batches=options.limit_train_batches,
         limit_val_batches=options.limit_val_batches,
     )
-    return train(config)
+    return RunDir(train(config))
 
 
-def _mean_epoch_time(run_dir: Path) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return sum(row["epoch_time_s"] for row in rows) / len(rows)
+def _mean_epoch_time(run: RunDir) -> float:
+    rows = read_metrics(run.metrics)
+    return sum(row.epoch_time_s for row in rows) / len(rows)
 
 
 def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> DemoResult:
@@ -137,16 +136,16 @@ def run_demo(options: DemoOptions, on_phase: PhaseCallback | None = None) -> Dem
 def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResult:
     import torch
 
-    from miniplaces.analysis import attack_report, load_for_analysis, saliency_report
-    from miniplaces.engine.runner import evaluate_checkpoint
     from miniplaces.report import build_report
+    from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report
+    from miniplaces.workflows.evaluate import evaluate_checkpoint
 
     def tell(phase: str, message: str, seconds: float | None = None) -> None:
         if on_phase is not None:
             on_phase(phase, message, seconds)
 
     if options.epochs < 1:
-        raise MiniPlacesError(f"--epochs must be ≥ 1; got {options.epochs}")
+        raise MiniPlacesError(f"the demo trains for at least one epoch; got epochs = {options.epochs}")
     options = dataclasses.replace(options, out=Path(options.out))
     options.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -172,37 +171,37 @@ def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResul
     start = time.perf_counter()
     tell("train", f"SimpleNet, {options.epochs} epochs at {options.image_size}×{options.image_size}, "
                   f"batch {options.batch_size}, device {options.device}")
-    run_dir = _train(options, root)
+    run = _train(options, root)
     seconds["train"] = time.perf_counter() - start
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    tell("train", f"{run_dir}: val top-1 {last['val_top1']:.1f}%, top-5 {last['val_top5']:.1f}% "
-                  f"after epoch {last['epoch']}", seconds["train"])
+    last = read_metrics(run.metrics)[-1]
+    tell("train", f"{run.path}: val top-1 {last.val_top1:.1f}%, top-5 {last.val_top5:.1f}% "
+                  f"after epoch {last.epoch}", seconds["train"])
 
-    runs = [run_dir]
+    runs = [run.path]
     if options.unfold:
         start = time.perf_counter()
         tell("unfold", "SimpleNet on UnfoldConv2d, same settings, to compare time and memory")
-        unfold_dir = _train(options, root, "simplenet_unfold")
-        runs.append(unfold_dir)
+        unfold = _train(options, root, "simplenet_unfold")
+        runs.append(unfold.path)
         seconds["unfold"] = time.perf_counter() - start
-        times = [_mean_epoch_time(d) for d in (run_dir, unfold_dir)]
-        tell("unfold", f"{unfold_dir}: {times[1]:.1f} s per epoch against {times[0]:.1f} s native "
+        times = [_mean_epoch_time(r) for r in (run, unfold)]
+        tell("unfold", f"{unfold.path}: {times[1]:.1f} s per epoch against {times[0]:.1f} s native "
                        f"({times[1] / times[0]:.2f}×)", seconds["unfold"])
 
-    checkpoint = run_dir / "checkpoints" / "best.pt"
+    checkpoint = run.best
     start = time.perf_counter()
     tell("eval", f"{checkpoint} on the val split")
-    evaluation = evaluate_checkpoint(checkpoint, root, split="val", device=options.device, workers=options.workers,
-                                     batch_size=256, progress=False)
+    evaluation, eval_path = evaluate_checkpoint(checkpoint, root, split="val", device=options.device,
+                                                workers=options.workers, batch_size=256, progress=False)
     seconds["eval"] = time.perf_counter() - start
-    tell("eval", f"top-1 {evaluation['top1']:.1f}%, top-5 {evaluation['top5']:.1f}% on {evaluation['count']} "
-                 f"images → {evaluation['path']}", seconds["eval"])
+    tell("eval", f"top-1 {evaluation.top1:.1f}%, top-5 {evaluation.top5:.1f}% on {evaluation.count} "
+                 f"images → {eval_path}", seconds["eval"])
 
     inputs = load_for_analysis(checkpoint, root, split="val", image_size=options.image_size, device="cpu")
     start = time.perf_counter()
     tell("saliency", f"vanilla gradient saliency of {options.saliency_images} val images")
-    grid = saliency_report(inputs.model, inputs.dataset, inputs.categories, run_dir / "saliency", method="vanilla",
-                           n=options.saliency_images, columns=8, title="vanilla saliency · demo · val").path
+    grid = saliency_report(inputs, method="vanilla", n=options.saliency_images, columns=8,
+                           title="vanilla saliency · demo · val").path
     seconds["saliency"] = time.perf_counter() - start
     tell("saliency", str(grid), seconds["saliency"])
 
@@ -213,20 +212,17 @@ def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResul
     tell("attack", f"{spec.describe()} on {options.attack_images} val images "
                    f"at ε = {', '.join(f'{eps * 255:.3g}' for eps in eps_list)} (/255)")
     title = f"{spec.mode} {spec.attack.label}-{spec.steps} · demo · val"
-    context = {"checkpoint": str(checkpoint), "root": str(root), "split": "val", "image_size": options.image_size,
-               "limit": min(options.attack_images, len(inputs.dataset)), "seed": options.seed}
     attack = attack_report(
-        inputs.model, inputs.dataset, inputs.categories, run_dir / "attack", spec, limit=options.attack_images,
-        batch_size=64, grid=8, sweep=eps_list, context=context, title=title,
-        grid_title=f"{title}, ε = {spec.eps * 255:.3g}/255",
+        inputs, spec, limit=options.attack_images, batch_size=64, grid=8, sweep=eps_list, seed=options.seed,
+        title=title, grid_title=f"{title}, ε = {spec.eps * 255:.3g}/255",
     ).result
     seconds["attack"] = time.perf_counter() - start
-    tell("attack", f"top-1 clean {attack['clean_top1']:.1f}% → {attack['adv_top1']:.1f}% at ε = "
-                   f"{spec.eps * 255:.3g}/255 → {run_dir / 'attack'}", seconds["attack"])
+    tell("attack", f"top-1 clean {attack.clean_top1:.1f}% → {attack.adv_top1:.1f}% at ε = "
+                   f"{spec.eps * 255:.3g}/255 → {run.attack.folder}", seconds["attack"])
 
     start = time.perf_counter()
     tell("report", f"{options.out / 'report'}")
     report = build_report(runs, options.out / "report", title="miniplaces demo")
     seconds["report"] = time.perf_counter() - start
     tell("report", str(report.html), seconds["report"])
-    return DemoResult(root, run_dir, report.out, report.html, evaluation, attack, report.table, seconds)
+    return DemoResult(root, run.path, report.out, report.html, evaluation, attack, report.table, seconds)

@@ -40,11 +40,10 @@ from miniplaces.engine.checkpoint import (
     describe_model,
     load_checkpoint,
     load_model,
-    run_dir,
 )
 from miniplaces.errors import MiniPlacesError
 from miniplaces.layers.normalize import Normalize
-from miniplaces.rundir import atomic_write_bytes, atomic_write_json
+from miniplaces.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 EXPORT_FORMAT_VERSION = 1
@@ -450,8 +449,8 @@ def check_inputs(checkpoint: dict[str, Any], image_size: int, images: Sequence[P
 
 
 def default_folder(checkpoint_path: Path | str, fmt: str) -> Path:
-    """`<run>/export/<format>` for a checkpoint of a run (see `run_dir`)."""
-    return run_dir(checkpoint_path) / "export" / fmt
+    """`<run>/export/<format>` for a checkpoint of a run (see `RunDir.export`)."""
+    return RunDir.of_checkpoint(checkpoint_path).export(fmt)
 
 
 def export_checkpoint(checkpoint_path: Path | str, fmt: str, folder: Path | str | None = None,

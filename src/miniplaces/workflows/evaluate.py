@@ -1,0 +1,58 @@
+"""Evaluate a checkpoint on a labelled split and write the result as `eval_<split>.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from miniplaces.config import TrainConfig, config_from_dict
+from miniplaces.data import read_categories
+from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint
+from miniplaces.engine.device import resolve_device
+from miniplaces.engine.distributed import DistInfo
+from miniplaces.engine.loaders import build_val_batches
+from miniplaces.engine.train import evaluate
+from miniplaces.errors import MiniPlacesError
+from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
+
+
+def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val", tta: str | None = None,
+                        out: Path | str | None = None, batch_size: int = 256, device: str = "auto",
+                        workers: int = 4, progress: bool = True) -> tuple[EvalResult, Path]:
+    """Evaluate a checkpoint on a labelled split; write the `EvalResult` and return it with its path.
+
+    The JSON goes to `out`, else `eval_<split>.json` beside the checkpoint (for a run's
+    checkpoint: `RunDir.eval_json(split)`). Nothing is written when the evaluation fails.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    try:
+        model = build_model(checkpoint)
+    except MiniPlacesError as err:
+        raise err if isinstance(err, CheckpointError) else CheckpointError(f"{path}: {err}") from err
+    if split not in ("train", "val"):
+        raise MiniPlacesError(f"split {split!r} has no labels to evaluate against; use val or train")
+    categories = read_categories(root)
+    saved = list(checkpoint.get("categories") or [])
+    if saved and saved != categories:
+        raise MiniPlacesError(f"{root} has {len(categories)} categories that differ from the {len(saved)} "
+                              f"{path} was trained on; evaluate on the dataset it was trained with")
+    run_config = config_from_dict(checkpoint["config"]) if isinstance(checkpoint.get("config"), dict) else None
+    config = dataclasses.replace(run_config or TrainConfig(), root=str(root), workers=workers, loader="dataloader")
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    loader = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size)
+    scores = evaluate(model, loader, device=torch_device, tta=tta, num_classes=len(categories), progress=progress)
+    confusion = scores.pop("confusion")  # (K, K): rows true class, columns predicted
+    counts = confusion.sum(dim=1)
+    per_class = (100.0 * confusion.diag() / counts.clamp(min=1)).tolist()
+    result = EvalResult(
+        checkpoint=str(path), model=checkpoint["model"], epoch=checkpoint.get("epoch"), split=split, tta=tta,
+        image_size=config.image_size, count=scores["count"], top1=scores["top1"], top5=scores["top5"],
+        loss=scores["loss"],
+        per_class=[ClassAccuracy(name, acc, int(n)) for name, acc, n in zip(categories, per_class, counts.tolist(),
+                                                                               strict=True)],
+        confusion=confusion.tolist(),
+    )
+    target = Path(out) if out is not None else eval_json_beside(path, split)
+    return result, result.write(target)

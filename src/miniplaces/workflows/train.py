@@ -1,0 +1,331 @@
+"""`train(config)`: a run from start to finish, around the engine's `train_one_epoch` / `evaluate`.
+
+The run's files are those of `miniplaces.rundir.RunDir`: `config.yaml`, `metrics.jsonl`
+(one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on Ctrl-C mid-epoch),
+`checkpoints/best.pt` (best val top-1) and `tb/`. Only rank 0 writes. A checkpoint is a
+`TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`.
+
+Read top to bottom: `train` → `_name_run` → `_build` → `_open_run` → `_train_epochs` (one
+`_train_epoch` each) → the writer closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from miniplaces.attacks.training import make_adversary
+from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, config_from_dict, resolve, save_config
+from miniplaces.data import read_categories
+from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from miniplaces.engine.device import resolve_device
+from miniplaces.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_max,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    wrap_model,
+)
+from miniplaces.engine.loaders import TrainBatches, build_train_batches, build_val_batches
+from miniplaces.engine.metrics import RunningSums, peak_memory, reset_peak_memory
+from miniplaces.engine.optim import build_optimizer
+from miniplaces.engine.schedule import warmup_cosine
+from miniplaces.engine.state import TrainState, seed_everything
+from miniplaces.engine.train import evaluate, train_one_epoch
+from miniplaces.errors import MiniPlacesError
+from miniplaces.rundir import MetricsRow, RunDir, read_metrics, write_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(MiniPlacesError):
+    """SIGINT / SIGTERM stopped a run after writing `last.pt`; the message says how to resume."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class RunExistsError(MiniPlacesError):
+    """A new run would overwrite a run folder that already holds one."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"key 'amp' is fp16, which needs a CUDA device (this run uses {device.type}); use bf16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def checkpoint_of(run_or_checkpoint: Path | str) -> Path:
+    """`runs/<name>` → `runs/<name>/checkpoints/last.pt`; a file stays itself."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        path = RunDir(path).last
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def resume_config(run_or_checkpoint: Path | str) -> TrainConfig:
+    """The config a checkpoint was trained with (settings given at resume are applied on top by the caller)."""
+    path = checkpoint_of(run_or_checkpoint)
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(f"{path} holds no training config, so it cannot be resumed")
+    return config_from_dict(checkpoint["config"], where=f"{path} (config)")
+
+
+# ---------------------------------------------------------------- the run, top to bottom
+
+
+def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Callable[[int], None] | None = None,
+          progress: bool = True) -> Path:
+    """Train as `config` says (or continue the run of `resume`, a run dir or checkpoint); return the run dir.
+
+    Raises `TrainingInterrupted` after a SIGINT/SIGTERM (with `last.pt` written), `RunExistsError`
+    when a new run's folder already holds one, and `NonFiniteLossError` when the loss stops being
+    finite (the last checkpoint is kept).
+    """
+    config = resolve(config)
+    checkpoint, run = None, None
+    if resume is not None:
+        path = checkpoint_of(resume)
+        checkpoint, run = load_checkpoint(path), RunDir.of_checkpoint(path)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
+    info = init_distributed(device.type)
+    try:
+        if run is None:
+            config, run = _name_run(config, info)
+        parts = _build(config, info, device, checkpoint)
+        writer = _open_run(run, parts, info)
+        try:
+            _train_epochs(run, parts, info, writer, on_step, progress)
+        finally:
+            if writer is not None:
+                writer.close()
+        return run.path
+    finally:
+        cleanup_distributed()
+
+
+def _name_run(config: TrainConfig, info: DistInfo) -> tuple[TrainConfig, RunDir]:
+    """The new run's folder `<out_dir>/<name>` (name: model and start time unless given), checked to be free."""
+    name = config.name or all_gather_objects(f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)[0]
+    config = dataclasses.replace(config, name=name)
+    run = RunDir(Path(config.out_dir) / name)
+    if info.is_main and run.holds_training():
+        raise RunExistsError(f"run directory {run.path} already holds a run; resume it, or give the new run "
+                             "another name (config key 'name')", run.path)
+    return config, run
+
+
+@dataclass
+class _Parts:
+    """What a run trains with: the state that checkpoints hold, and what is rebuilt from the config."""
+
+    state: TrainState
+    train_model: nn.Module  # the DDP-wrapped and/or compiled model the steps run through
+    batches: TrainBatches
+    val_loader: Any
+    criterion: nn.Module
+    adversary: Any
+    amp_dtype: torch.dtype | None
+
+
+def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint: dict[str, Any] | None) -> _Parts:
+    """Model, data, optimiser, schedule and adversary; then the checkpoint's state, if resuming."""
+    dtype = amp_dtype(config.amp, device)
+    categories = read_categories(config.root)
+    seed_everything(config.seed)
+    if checkpoint is not None:
+        model = build_model(checkpoint)  # without fetching pretrained weights: the file has the weights
+    else:
+        from miniplaces.models import create_model
+
+        kwargs = dict(config.model_kwargs)
+        kwargs.setdefault("num_classes", len(categories))
+        model = create_model(config.model, image_size=config.image_size, **kwargs)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ddp_model = wrap_model(model, info, device, sync_bn=config.sync_bn)
+    train_model = torch.compile(ddp_model) if config.compile else ddp_model
+
+    batches = build_train_batches(config, info, device)
+    val_loader = build_val_batches(config.root, config, info, device)
+    optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                momentum=config.momentum, no_wd_norm_bias=config.no_wd_norm_bias)
+    steps = batches.steps_per_epoch
+    scheduler = warmup_cosine(optimizer, total_steps=config.epochs * steps,
+                              warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    state = TrainState(model, optimizer, scheduler, scaler, config, categories, info, device)
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint)
+    else:
+        # The model's initial weights are the same on every process; its random layers (dropout) should not be.
+        seed_everything(config.seed + info.rank)
+
+    adversary = make_adversary(adversarial_spec(config))
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    return _Parts(state, train_model, batches, val_loader, criterion, adversary, dtype)
+
+
+def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
+    """Write the config, drop metrics rows past the checkpoint, open TensorBoard; the writer (rank 0) or None."""
+    writer = None
+    if info.is_main:
+        epoch = parts.state.epoch
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_config(parts.state.config, run.config)
+        # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
+        write_metrics(run.metrics, [row for row in read_metrics(run.metrics) if row.epoch <= epoch])
+        writer = _tensorboard(run.tensorboard, purge_step=epoch + 1)
+    barrier(info)
+    config = parts.state.config
+    logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images%s", run.path, config.model,
+                parts.state.device, f" × {info.world_size} processes" if info.enabled else "", config.epochs,
+                parts.batches.steps_per_epoch, config.batch_size, _adversarial_note(config))
+    return writer
+
+
+def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_step: Callable[[int], None] | None,
+                  progress: bool) -> None:
+    """The epochs left; each ends with a metrics row, `last.pt` and maybe `best.pt`. Signals stop it cleanly."""
+    state, config = parts.state, parts.state.config
+    rows = read_metrics(run.metrics) if info.is_main else []
+    with _stop_on_signals() as should_stop:
+        while state.epoch < config.epochs:
+            row = _train_epoch(run, parts, info, on_step, progress and info.is_main, should_stop)
+            improved = row.val_top1 > state.best_top1
+            state.best_top1 = max(state.best_top1, row.val_top1)
+            state.epoch, state.step_in_epoch, state.epoch_sums = row.epoch, 0, None
+            payload = state.state_dict(metrics=row.to_dict())
+            if info.is_main:
+                rows.append(row)
+                write_metrics(run.metrics, rows)
+                _log_scalars(writer, row)
+                save_checkpoint(payload, run.last)
+                if improved:
+                    save_checkpoint(payload, run.best)
+            barrier(info)
+            logger.info(
+                "epoch %d/%d  train loss %.4f top1 %.2f  val loss %.4f top1 %.2f top5 %.2f  lr %.3g  "
+                "%.1f s  %.0f img/s  %.0f MB%s",
+                row.epoch, config.epochs, row.train_loss, row.train_top1, row.val_loss, row.val_top1, row.val_top5,
+                row.lr, row.epoch_time_s, row.images_per_s, row.peak_memory_mb, "  (best)" if improved else "",
+            )
+            # A signal during validation or checkpointing stops here, at the epoch boundary.
+            if state.epoch < config.epochs and all_reduce_max(float(should_stop()), state.device) > 0:
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {state.epoch}; {run.last} written. "
+                    f"Resume with: miniplaces train --resume {run.path}", run.path)
+
+
+def _train_epoch(run: RunDir, parts: _Parts, info: DistInfo, on_step: Callable[[int], None] | None,
+                 progress: bool, should_stop: Callable[[], bool]) -> MetricsRow:
+    """One epoch from `state.step_in_epoch` on, then validation; on a stop signal, `last.pt` and
+    `TrainingInterrupted`."""
+    state, config = parts.state, parts.state.config
+    device, epoch, start_step = state.device, state.epoch, state.step_in_epoch
+    steps = parts.batches.steps_per_epoch
+    sums = RunningSums(device)
+    if state.epoch_sums is not None:
+        sums.load_state(state.epoch_sums)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    tr = train_one_epoch(
+        parts.train_model, parts.batches.position(epoch, start_step), state.optimizer, state.scheduler,
+        device=device, criterion=parts.criterion, epoch=epoch, steps=steps, start_step=start_step, sums=sums,
+        scaler=state.scaler, amp_dtype=parts.amp_dtype, clip_grad=config.clip_grad,
+        channels_last=config.channels_last, adversary=parts.adversary, should_stop=should_stop, on_step=on_step,
+        check_every=config.log_every, progress=progress,
+    )
+    if not tr["completed"]:
+        reduced = RunningSums(device)
+        reduced.load_state(tr["sums"])
+        state.step_in_epoch, state.epoch_sums = tr["steps"], reduced.all_reduce().state()
+        payload = state.state_dict()
+        if info.is_main:
+            save_checkpoint(payload, run.last)
+        barrier(info)
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch + 1} after step {tr['steps']}/{steps}; {run.last} written. "
+            f"Resume with: miniplaces train --resume {run.path}", run.path)
+    val = evaluate(parts.train_model, parts.val_loader, device=device, tta=config.tta, amp_dtype=parts.amp_dtype,
+                   channels_last=config.channels_last, steps=config.limit_val_batches, progress=progress)
+    memory_mb, memory_kind = peak_memory(device)
+    return MetricsRow(
+        epoch=epoch + 1, train_loss=tr["loss"], train_top1=tr["top1"], train_top5=tr["top5"],
+        val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], lr=tr["lr"],
+        epoch_time_s=time.perf_counter() - t0, images_per_s=tr["images"] / max(tr["time_s"], 1e-9),
+        peak_memory_mb=memory_mb, peak_memory_kind=memory_kind,
+    )
+
+
+# ---------------------------------------------------------------- signals, logging
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM set a flag the loop polls after each step; a second one aborts at once."""
+    requested = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+        logger.warning("%s: finishing the current step and writing last.pt (send it again to abort now)",
+                       signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: requested["stop"]
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _adversarial_note(config: TrainConfig) -> str:
+    spec = adversarial_spec(config)
+    return "" if spec is None else f", adversarial training: {spec.describe()}"
+
+
+def _tensorboard(path: Path, purge_step: int) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+
+def _log_scalars(writer: Any, row: MetricsRow) -> None:
+    if writer is None:
+        return
+    for split in ("train", "val"):
+        for key in ("loss", "top1", "top5"):
+            writer.add_scalar(f"{split}/{key}", getattr(row, f"{split}_{key}"), row.epoch)
+    for key in ("lr", "epoch_time_s", "images_per_s", "peak_memory_mb"):
+        writer.add_scalar(f"perf/{key}" if key != "lr" else "lr", getattr(row, key), row.epoch)
+    writer.flush()
