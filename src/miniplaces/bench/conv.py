@@ -1,7 +1,7 @@
 """Native `nn.Conv2d` against `UnfoldConv2d` (cache and recompute) on SimpleNet's layer shapes.
 
 For each layer: the median forward+backward time of each variant, measured interleaved (native, cache,
-recompute, native, …) so that a busy machine slows all of them alike, and the memory saved for the
+recompute, then the reverse order, …) so that a busy machine slows all of them alike, and the memory saved for the
 backward.
 
 Counting rule for saved memory: every tensor autograd saves passes through a

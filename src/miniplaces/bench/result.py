@@ -63,7 +63,7 @@ class Machine:
     torchvision: str
     python: str
     platform: str
-    date: str  # UTC, ISO 8601, to the second
+    date: str  # when the result was recorded (the end of the run): UTC, ISO 8601, to the second
 
     def describe(self) -> str:
         """One line for a table header."""
