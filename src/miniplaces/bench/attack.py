@@ -8,8 +8,6 @@ alternation, so a machine shared with other jobs slows them alike.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,20 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from miniplaces.attacks import fgsm, pgd
+from miniplaces.bench.result import BenchResult
+from miniplaces.bench.timing import medians, time_interleaved
 from miniplaces.models import create_model
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def measure_attack_cost(
@@ -70,12 +57,27 @@ def measure_attack_cost(
         "forward+backward": forward_backward,
         "FGSM": lambda: fgsm(model, x, y, eps=eps),
     }
-    for fn in candidates.values():  # warm-up: allocator, kernels, lazy initialisation
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            times[name].append(_timed(fn, device))
-    per_image = {name: statistics.median(values) / batch_size * 1e3 for name, values in times.items()}
+    times = medians(time_interleaved(candidates, device, repeats=repeats, warmup=1))
+    per_image = {name: seconds / batch_size * 1e3 for name, seconds in times.items()}
     baseline = per_image[f"{steps} × forward+backward"]
     return [{"name": name, "ms_per_image": ms, "ratio": ms / baseline} for name, ms in per_image.items()]
+
+
+def run(*, device: torch.device, model: str = "simplenet", num_classes: int = 100, batch_size: int = 32,
+        image_size: int = 128, steps: int = 10, repeats: int = 5, seed: int = 0) -> BenchResult:
+    """`measure_attack_cost` as a `BenchResult`."""
+    rows = measure_attack_cost(model_name=model, num_classes=num_classes, batch_size=batch_size,
+                               image_size=image_size, steps=steps, repeats=repeats, device=device, seed=seed)
+    settings: dict[str, Any] = {"device": device, "model": model, "num_classes": num_classes,
+                                "batch_size": batch_size, "image_size": image_size, "steps": steps,
+                                "repeats": repeats, "seed": seed}
+    return BenchResult("attack", settings, f"{steps} × forward+backward with respect to the input "
+                       "(median of interleaved rounds)", rows)
+
+
+def table(result: BenchResult) -> str:
+    """Markdown: milliseconds per image of each candidate and its ratio to k forward+backward passes."""
+    lines = ["| Candidate | ms/image | Ratio |", "|---|---:|---:|"]
+    for r in result.rows:
+        lines.append(f"| {r['name']} | {r['ms_per_image']:.2f} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Native `nn.Conv2d` against `UnfoldConv2d` (cache and recompute) on SimpleNet's layer shapes.
 
 For each layer: the median forward+backward time of each variant, measured interleaved (native, cache,
-recompute, native, …) so that a busy machine slows all of them alike, and the memory saved for the
+recompute, then the reverse order, …) so that a busy machine slows all of them alike, and the memory saved for the
 backward.
 
 Counting rule for saved memory: every tensor autograd saves passes through a
@@ -12,15 +12,19 @@ weight count once each). It is a byte count, the same on every device, not an al
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from miniplaces.bench.result import BenchResult
+from miniplaces.bench.timing import medians, time_interleaved
 from miniplaces.layers.unfold_conv import UnfoldConv2d
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VARIANTS: tuple[str, ...] = ("native", "cache", "recompute")
 
@@ -66,29 +70,6 @@ def saved_bytes(step: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                      device: torch.device) -> dict[str, float]:
-    """Median seconds of each step, measured round-robin so that load changes hit all steps alike."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def _modules(shape: ConvShape, device: torch.device) -> dict[str, nn.Module]:
     args = (shape.in_channels, shape.out_channels, shape.kernel_size)
     kwargs = {"stride": shape.stride, "padding": shape.padding, "device": device}
@@ -122,7 +103,7 @@ def _row(name: str, shape: str, times: dict[str, float], memory: dict[str, int])
 
 
 def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int = 7, warmup: int = 1,
-                       device: str = "cpu", include_simplenet: bool = True) -> list[dict]:
+                       device: str | torch.device = "cpu", include_simplenet: bool = True) -> list[dict]:
     """One row per SimpleNet convolution, a `total` row (sums over the layers), and optionally a row for
     the whole SimpleNet (native against conv_op="unfold", same weights).
 
@@ -141,7 +122,7 @@ def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int
         with torch.no_grad():
             grad = torch.randn_like(modules["native"](x))
         steps = {v: _fwd_bwd(m, x, grad) for v, m in modules.items()}
-        times = _time_interleaved(steps, repeats, warmup, dev)
+        times = medians(time_interleaved(steps, dev, repeats=repeats, warmup=warmup))
         memory = {v: saved_bytes(lambda m=m, x=x: m(x)) for v, m in modules.items()}
         for v in VARIANTS:
             total_t[v] += times[v]
@@ -168,6 +149,64 @@ def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, 
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(dev)
     grad = torch.ones(batch_size, 100, device=dev)
     steps = {v: _fwd_bwd(m, x, grad) for v, m in models.items()}
-    times = _time_interleaved(steps, repeats, warmup, dev)
+    times = medians(time_interleaved(steps, dev, repeats=repeats, warmup=warmup))
     memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in models.items()}
     return _row("simplenet", f"whole model, {batch_size}×3×{image_size}×{image_size}", times, memory)
+
+
+SUMMARY_LAYERS = ("total", "simplenet")
+
+
+def run(*, device: torch.device, batch_size: int = 64, image_size: int = 128, repeats: int = 7, warmup: int = 1,
+        simplenet: bool = True) -> BenchResult:
+    """`run_conv_benchmark` as a `BenchResult` (the ratios are against native `nn.Conv2d`)."""
+    rows = run_conv_benchmark(batch_size=batch_size, image_size=image_size, repeats=repeats, warmup=warmup,
+                              device=device, include_simplenet=simplenet)
+    settings: dict[str, Any] = {"device": device, "batch_size": batch_size, "image_size": image_size,
+                                "repeats": repeats, "warmup": warmup, "simplenet": simplenet}
+    return BenchResult("conv", settings, "native nn.Conv2d, same layer, forward+backward (median, interleaved)",
+                       rows)
+
+
+def table(result: BenchResult) -> str:
+    """Markdown: per layer, native time and saved memory, and unfold (cache, recompute) as ratios to native."""
+    lines = [
+        "| Layer | Shape | Native ms | Cache × | Recompute × | Native saved MB | Cache × | Recompute × |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.rows:
+        lines.append(
+            f"| {r['layer']} | {r['shape']} | {r['native_ms']:.1f} | {r['cache_time_ratio']:.2f} | "
+            f"{r['recompute_time_ratio']:.2f} | {r['native_saved_mb']:.1f} | {r['cache_memory_ratio']:.2f} | "
+            f"{r['recompute_memory_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: BenchResult) -> Figure:
+    """Forward+backward time and memory saved for backward per layer, native vs unfold (cache, recompute)."""
+    from matplotlib.figure import Figure
+
+    rows: Sequence[dict[str, Any]] = result.rows
+    layers = [r for r in rows if r["layer"] not in SUMMARY_LAYERS]
+    total = next((r for r in rows if r["layer"] == "total"), None)
+    drawing = Figure(figsize=(12, 4.2))
+    width = 0.27
+    for index, (suffix, title, unit, ratio) in enumerate(
+        (("_ms", "Forward + backward time", "ms (median)", "_time_ratio"),
+         ("_saved_mb", "Memory saved for backward", "MB", "_memory_ratio"))
+    ):
+        axes = drawing.add_subplot(1, 2, index + 1)
+        for offset, variant in enumerate(VARIANTS):
+            xs = [i + (offset - 1) * width for i in range(len(layers))]
+            axes.bar(xs, [r[f"{variant}{suffix}"] for r in layers], width, label=variant, color=f"C{offset}")
+        axes.set_xticks(range(len(layers)), [r["layer"] for r in layers], rotation=25, ha="right", fontsize=8)
+        if total is not None:
+            title += f"\ntotal: cache {total['cache' + ratio]:.2f}×, recompute {total['recompute' + ratio]:.2f}× native"
+        axes.set_title(title, fontsize=10)
+        axes.set_ylabel(unit)
+        axes.grid(axis="y", alpha=0.3)
+        axes.legend(fontsize=8)
+    drawing.suptitle(result.machine.describe(), fontsize=7)
+    drawing.tight_layout()
+    return drawing

@@ -8,8 +8,6 @@ sums, the scheduler, the non-finite check) must cost < 5 % of the images per sec
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,16 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from miniplaces.bench.result import BenchResult
+from miniplaces.bench.timing import medians, time_interleaved
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.train import train_one_epoch
+from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _setup(model_name: str, device: torch.device, channels_last: bool, seed: int) -> tuple[nn.Module, Any]:
@@ -64,6 +60,10 @@ def measure_train_throughput(
 ) -> list[dict[str, Any]]:
     """Rows of {variant, loop, images_per_s (median over rounds), ratio}: the engine's ratio is
     engine / hand loop of the same variant, the hand loop's is against the fp32 hand loop."""
+    unknown = [variant for variant in variants if variant not in VARIANTS]
+    if unknown or not variants:
+        what = f"unknown training variant {unknown[0]!r}" if unknown else "no training variant"
+        raise MiniPlacesError(f"{what}; choose among {', '.join(VARIANTS)}")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     batches = [(torch.rand(batch_size, 3, image_size, image_size, generator=gen).to(device),
@@ -82,19 +82,9 @@ def measure_train_throughput(
                               progress=False),
             "hand": partial(hand_loop, hand_model, hand_opt, batches, device, amp, channels_last),
         }
-        times: dict[str, list[float]] = {"engine": [], "hand": []}
-        for r in range(rounds + 1):  # round 0 warms up (allocator, kernels, caches)
-            order = ("engine", "hand") if r % 2 else ("hand", "engine")
-            for name in order:
-                _sync(device)
-                t0 = time.perf_counter()
-                runs[name]()
-                _sync(device)
-                if r:
-                    times[name].append(time.perf_counter() - t0)
+        times = medians(time_interleaved(runs, device, repeats=rounds, warmup=1))
         for name in ("hand", "engine"):
-            rows.append({"variant": variant, "loop": name,
-                         "images_per_s": steps * batch_size / statistics.median(times[name])})
+            rows.append({"variant": variant, "loop": name, "images_per_s": steps * batch_size / times[name]})
     base = next(r["images_per_s"] for r in rows if r["variant"] == "fp32" and r["loop"] == "hand") \
         if "fp32" in variants else None
     for row in rows:
@@ -103,6 +93,29 @@ def measure_train_throughput(
             row["ratio"] = row["images_per_s"] / hand_rate
             row["against"] = "hand loop, same variant"
         else:
-            row["ratio"] = row["images_per_s"] / base if base else float("nan")
-            row["against"] = "fp32 hand loop"
+            # Without an fp32 run there is nothing to compare the hand loops with.
+            row["ratio"] = row["images_per_s"] / base if base else None
+            row["against"] = "fp32 hand loop" if base else "(fp32 not run)"
     return rows
+
+
+def run(*, device: torch.device, model: str = "simplenet", batch_size: int = 256, image_size: int = 128,
+        steps: int = 20, rounds: int = 5, variants: tuple[str, ...] = VARIANTS, seed: int = 0) -> BenchResult:
+    """`measure_train_throughput` as a `BenchResult`."""
+    rows = measure_train_throughput(model_name=model, device=device, batch_size=batch_size, image_size=image_size,
+                                    steps=steps, rounds=rounds, variants=tuple(variants), seed=seed)
+    settings: dict[str, Any] = {"device": device, "model": model, "batch_size": batch_size,
+                                "image_size": image_size, "steps": steps, "rounds": rounds,
+                                "variants": list(variants), "seed": seed}
+    return BenchResult("train", settings, "engine: the hand loop of the same variant; hand loop: the fp32 hand "
+                       "loop (images/s, median of interleaved rounds)", rows)
+
+
+def table(result: BenchResult) -> str:
+    """Markdown: images/s of each loop and variant, with its ratio and what the ratio is against."""
+    lines = ["| Variant | Loop | Images/s | Ratio | Against |", "|---|---|---:|---:|---|"]
+    for r in result.rows:
+        lines.append(f"| {r['variant']} | {r['loop']} | {r['images_per_s']:.1f} | "
+                     f"{'—' if r['ratio'] is None else format(r['ratio'], '.3f')} | "
+                     f"{r['against']} |")
+    return "\n".join(lines) + "\n"

@@ -64,3 +64,15 @@ def resolve_device(name: str, local_rank: int = 0, *, source: str = "device") ->
     if index >= count:
         raise DeviceError(f"{source} {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", index)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on `device` (CUDA, MPS) to finish; nothing to wait for on the CPU.
+
+    Timings and progress counts read after this call include the device's queued kernels.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

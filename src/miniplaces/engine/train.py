@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from miniplaces.attacks.training import Adversary
+from miniplaces.engine.device import synchronize
 from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum, unwrap_model
 from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.errors import MiniPlacesError
@@ -36,11 +37,6 @@ def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -156,7 +152,7 @@ def train_one_epoch(
             stopped = True
             break
     check(True)
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     bar.close()
     global_images = float(images)

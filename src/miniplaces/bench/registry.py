@@ -1,0 +1,181 @@
+"""The table of benchmarks: name → module, one-line description, options (with defaults and quick values).
+
+`miniplaces bench NAME` builds its sub-commands, flags, defaults and help from this table, so a
+benchmark's options are written once. Each entry's module (imported only when it runs, so that
+`--help` does not import torch) defines:
+
+- `run(*, device: torch.device, **options) -> BenchResult`: the measurement, options by keyword;
+- `table(result: BenchResult) -> str`: the rows as a Markdown table;
+- optionally `figure(result: BenchResult) -> matplotlib.figure.Figure`: a plot of the rows.
+
+Every benchmark times with `miniplaces.bench.timing` (device synchronised around each timed call)
+and prints ratios against a baseline measured in the same run; `BenchResult` carries the machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from miniplaces.errors import MiniPlacesError
+
+if TYPE_CHECKING:
+    import torch
+
+    from miniplaces.bench.result import BenchResult
+
+
+def names(text: str) -> tuple[str, ...]:
+    """`"a,b, c"` → `("a", "b", "c")`: the type of an option that lists names."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword argument of a benchmark's `run`.
+
+    Attributes:
+        name: the keyword (`batch_size`); the command line spells it `--batch-size`.
+        default: the value of a full run.
+        help: what it sets, in a few words.
+        type: turns the command line's text into the value (`int`, `float`, `str`, `Path`, `names`);
+            `bool` options become a `--name/--no-name` switch.
+        quick: the value of a quick run (tiny sizes, for a smoke test); None keeps the default.
+        minimum: the smallest value allowed, for numbers.
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = int
+    quick: Any = None
+    minimum: int | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark: `module` holds its `run`, `table` and optional `figure`."""
+
+    name: str
+    module: str
+    description: str
+    options: tuple[Option, ...]
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def resolve(self, given: Mapping[str, Any] | None = None, *, quick: bool = False) -> dict[str, Any]:
+        """The options a run uses: each default, replaced by its quick value when `quick`, replaced by
+        the value in `given` when there is one (None in `given` means "not given")."""
+        given = dict(given or {})
+        unknown = set(given) - {option.name for option in self.options}
+        if unknown:
+            raise MiniPlacesError(f"benchmark {self.name!r} has no option {sorted(unknown)[0]!r}; "
+                                  f"its options are {', '.join(option.name for option in self.options)}")
+        values: dict[str, Any] = {}
+        for option in self.options:
+            value = option.quick if quick and option.quick is not None else option.default
+            if given.get(option.name) is not None:
+                value = given[option.name]
+            if option.minimum is not None and value is not None and value < option.minimum:
+                raise MiniPlacesError(f"benchmark {self.name!r}: {option.name} is {value}; "
+                                      f"it must be at least {option.minimum}")
+            values[option.name] = value
+        return values
+
+    def run(self, device: torch.device, given: Mapping[str, Any] | None = None, *,
+            quick: bool = False) -> BenchResult:
+        """Run it on `device` with `resolve(given, quick=quick)`."""
+        return self.load().run(device=device, **self.resolve(given, quick=quick))
+
+    def table(self, result: BenchResult) -> str:
+        return str(self.load().table(result))
+
+    def figure(self, result: BenchResult, path: Path) -> Path | None:
+        """Write the result's figure to `path` as a PNG; None (nothing written) for a benchmark without one."""
+        import io
+
+        from miniplaces.rundir import atomic_write_bytes
+
+        draw = getattr(self.load(), "figure", None)
+        if draw is None:
+            return None
+        buffer = io.BytesIO()
+        draw(result).savefig(buffer, format="png", dpi=110)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    benchmark.name: benchmark
+    for benchmark in (
+        Benchmark(
+            "conv", "miniplaces.bench.conv",
+            "time and saved memory of UnfoldConv2d (cache, recompute) against nn.Conv2d on SimpleNet's layers",
+            (
+                Option("batch_size", 64, "images per batch", quick=2, minimum=1),
+                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                Option("repeats", 7, "timed rounds (median)", quick=1, minimum=1),
+                Option("warmup", 1, "untimed rounds first", minimum=0),
+                Option("simplenet", True, "add a row for the whole SimpleNet", type=bool),
+            ),
+        ),
+        Benchmark(
+            "data", "miniplaces.bench.data",
+            "images/s of the per-sample DataLoader (PIL + train transform) against the decoded-cache loader",
+            (
+                Option("root", None, "dataset folder (default: shared/miniplaces above the working folder "
+                       "when present, else a synthetic set)", type=Path),
+                Option("synthetic", False, "use a synthetic set even when the real one is found", type=bool,
+                       quick=True),
+                Option("batches", 20, "timed batches per loader", quick=2, minimum=1),
+                Option("batch_size", 256, "images per batch", quick=8, minimum=1),
+                Option("warmup", 2, "untimed batches first (worker start-up, page-in)", quick=1, minimum=0),
+                Option("workers", 2, "worker processes of the per-sample DataLoader", quick=0, minimum=0),
+                Option("image_size", 128, "output side in pixels (and the cache's image size)", quick=32,
+                       minimum=8),
+                Option("cache_dir", None, "where the decoded cache lives (default: the cache's own choice)",
+                       type=Path),
+            ),
+        ),
+        Benchmark(
+            "train", "miniplaces.bench.train",
+            "images/s of the engine's train_one_epoch against a hand-written loop, fp32/channels-last/bf16",
+            (
+                Option("model", "simplenet", "registered model name", type=str),
+                Option("batch_size", 256, "images per batch", quick=4, minimum=1),
+                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                Option("steps", 20, "training steps per timed round", quick=2, minimum=1),
+                Option("rounds", 5, "timed rounds per loop (median; one more warms up)", quick=1, minimum=1),
+                Option("variants", ("fp32", "channels_last", "bf16", "bf16+channels_last"),
+                       "comma-separated variants among fp32, channels_last, bf16, bf16+channels_last",
+                       type=names, quick=("fp32",)),
+                Option("seed", 0, "seed of the model and the batches"),
+            ),
+        ),
+        Benchmark(
+            "attack", "miniplaces.bench.attack",
+            "time per image of PGD-k and FGSM against k forward+backward passes (input gradient)",
+            (
+                Option("model", "simplenet", "registered model name", type=str),
+                Option("num_classes", 100, "classes of the model", minimum=2),
+                Option("batch_size", 32, "images per batch", quick=2, minimum=1),
+                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                Option("steps", 10, "PGD steps (k)", quick=2, minimum=1),
+                Option("repeats", 5, "timed rounds (median)", quick=1, minimum=1),
+                Option("seed", 0, "seed of the model and the batch"),
+            ),
+        ),
+    )
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The registered benchmark `name`."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise MiniPlacesError(f"unknown benchmark {name!r}; registered: {', '.join(BENCHMARKS)}") from None

@@ -1,0 +1,75 @@
+"""The benchmark registry, the shared timing helper and the result record (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from miniplaces.bench import timing
+from miniplaces.bench.registry import BENCHMARKS, Benchmark, Option, get_benchmark, names
+from miniplaces.bench.result import BenchResult, this_machine
+from miniplaces.errors import MiniPlacesError
+from miniplaces.rundir import atomic_write_json
+
+
+def test_time_interleaved_alternates_the_order_and_times_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    synced: list[str] = []
+    monkeypatch.setattr(timing, "synchronize", lambda device: synced.append(str(device)))
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = timing.time_interleaved(candidates, "cpu", repeats=3, warmup=1)
+    assert calls == list("abc" "abc" "cba" "abc")  # warm-up, then rounds reversed every other time
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert len(synced) == 2 * 9  # before and after every timed call, none around the warm-up
+    assert timing.medians({"a": [3.0, 1.0, 2.0]}) == {"a": 2.0}
+
+
+def test_resolve_defaults_quick_and_given() -> None:
+    bench = Benchmark("toy", "nowhere", "a toy", (Option("size", 128, "side", quick=16, minimum=8),
+                                                  Option("flag", True, "switch", type=bool)))
+    assert bench.resolve() == {"size": 128, "flag": True}
+    assert bench.resolve(quick=True) == {"size": 16, "flag": True}
+    assert bench.resolve({"size": 64, "flag": None}, quick=True) == {"size": 64, "flag": True}
+    with pytest.raises(MiniPlacesError, match="benchmark 'toy' has no option 'sise'; its options are size, flag"):
+        bench.resolve({"sise": 64})
+    with pytest.raises(MiniPlacesError, match="size is 4; it must be at least 8"):
+        bench.resolve({"size": 4})
+
+
+def test_registry_entries_match_their_run_functions() -> None:
+    import inspect
+
+    for name, bench in BENCHMARKS.items():
+        assert get_benchmark(name) is bench
+        module = bench.load()
+        parameters = inspect.signature(module.run).parameters
+        assert set(parameters) == {"device"} | {option.name for option in bench.options}, name
+        for option in bench.options:  # the registry's default is the function's default
+            default = parameters[option.name].default
+            assert default == option.default, (name, option.name)
+        assert callable(module.table)
+    with pytest.raises(MiniPlacesError, match="unknown benchmark 'gpu'; registered: conv, data, train, attack"):
+        get_benchmark("gpu")
+    assert names(" fp32, bf16 ,,") == ("fp32", "bf16")
+
+
+def test_result_round_trips_through_json(tmp_path: Path) -> None:
+    result = BenchResult("toy", {"device": torch.device("cpu"), "root": Path("/data")}, "itself",
+                         [{"name": "x", "ratio": 1.0}])
+    path = atomic_write_json(tmp_path / "toy.json", result.to_dict())
+    back = BenchResult.from_dict(json.loads(path.read_text()))
+    assert back.settings == {"device": "cpu", "root": "/data"} and back.rows == result.rows
+    assert back.machine == result.machine
+    assert back.header().splitlines()[0] == f"toy on {result.machine.describe()}"
+
+
+def test_machine_names_cpu_threads_and_versions() -> None:
+    machine = this_machine("cpu")
+    assert machine.torch == torch.__version__ and machine.torch_threads == torch.get_num_threads()
+    assert machine.cpu and machine.date.endswith("Z")
+    described = machine.describe()
+    assert machine.cpu in described and f"torch {torch.__version__}" in described
+    assert ("GPU: none" in described) == (machine.gpu is None)
