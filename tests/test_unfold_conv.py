@@ -129,8 +129,8 @@ class _CountingFunction(UnfoldConv2dFunction):
         return grads
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("mode", "columns"), [("cache", "auto"), ("recompute", "stream"), ("recompute", "chunk")])
+def test_needs_input_grad_is_honoured(mode: str, columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"fold": 0}
     real_fold = uc._fold
 
@@ -143,7 +143,7 @@ def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     bias = torch.randn(4)
     _CountingFunction.returned.clear()
-    _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode).sum().backward()
+    _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode, columns).sum().backward()
     assert _CountingFunction.returned == [(False, True, False)]
     assert calls["fold"] == 0 and x.grad is None and bias.grad is None and weight.grad is not None
 
@@ -151,11 +151,11 @@ def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch
     weight.requires_grad_(False)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode)
+        out = _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode, columns)
     out.sum().backward()
     assert _CountingFunction.returned[-1] == (True, False, False)
-    # cache folds the batch at once; recompute streams image by image
-    assert calls["fold"] == (1 if mode == "cache" else x.shape[0]) and x.grad is not None
+    # cache folds the batch at once, and so does one chunk; stream goes image by image
+    assert calls["fold"] == (x.shape[0] if columns == "stream" else 1) and x.grad is not None
     # only the weight is kept when no weight gradient is needed: neither the input nor its columns
     assert [t.shape for t in saved] == [weight.shape]
 

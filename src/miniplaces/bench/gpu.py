@@ -24,6 +24,7 @@ receives one line per finished step.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import platform
 import re
@@ -157,8 +158,9 @@ def _needs_cuda(device: torch.device, what: str) -> None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """The machine the numbers belong to."""
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017  (datetime.UTC is Python ≥ 3.11)
     info: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": now.isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -179,6 +181,9 @@ def _cuda_tests(device: torch.device, timeout_s: float) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[3]
     if not (root / "tests").is_dir():
         raise SkipStep(f"no tests/ folder beside the package ({root}): run from a checkout")
+    if importlib.util.find_spec("pytest") is None:
+        raise SkipStep("pytest is not installed in this Python (the unfold_conv steps check UnfoldConv2d on "
+                       "CUDA without it)")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-k", "cuda", "tests"]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=max(10.0, timeout_s))
     tail = (proc.stdout + proc.stderr).strip().splitlines()

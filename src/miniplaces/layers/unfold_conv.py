@@ -55,8 +55,8 @@ from miniplaces.errors import MiniPlacesError
 
 MemoryMode = Literal["cache", "recompute"]
 MEMORY_MODES: tuple[str, ...] = ("cache", "recompute")
-# recompute: the memory held between forward and backward equals nn.Conv2d's, and with the columns
-# strategy of each device it is also the faster mode (docs/benchmarks.md).
+# recompute: the memory held between forward and backward equals nn.Conv2d's, and on the CPU it is also
+# the faster mode (docs/benchmarks.md; benchmarks/gpu_check.py measures it on a GPU).
 DEFAULT_MEMORY: MemoryMode = "recompute"
 ColumnsMode = Literal["auto", "stream", "chunk"]
 COLUMNS_MODES: tuple[str, ...] = ("auto", "stream", "chunk")
