@@ -72,8 +72,8 @@ class Scale:
     conv_repeats: int
 
 
-FULL = Scale(classes=100, per_class=24, val_per_class=8, image_size=128, batch_size=256, train_steps=30,
-             warmup_steps=5, loader_epochs=4, conv_repeats=10)
+FULL = Scale(classes=100, per_class=24, val_per_class=8, image_size=128, batch_size=256, train_steps=50,
+             warmup_steps=5, loader_epochs=10, conv_repeats=10)
 QUICK = Scale(classes=4, per_class=6, val_per_class=2, image_size=32, batch_size=4, train_steps=2,
               warmup_steps=1, loader_epochs=1, conv_repeats=1)
 
