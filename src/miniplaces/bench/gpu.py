@@ -584,7 +584,8 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, budget_s: float | N
             steps.run("ddp", lambda: ddp_run(dev, scale, root))
             steps.run("attack", lambda: attack_and_saliency(dev, scale, "attack"))
             steps.run("saliency", lambda: attack_and_saliency(dev, scale, "saliency"))
-            steps.run("cuda_tests", lambda: _cuda_tests(dev, steps.budget_s - steps.elapsed() - 5),
+            # at most 3 minutes, so that the compiled runs after it keep their time
+            steps.run("cuda_tests", lambda: _cuda_tests(dev, min(180.0, steps.budget_s - steps.elapsed() - 5)),
                       estimate_s=STEP_ESTIMATE_S["cuda_tests"] if dev.type == "cuda" else 0.0)
             # compilation is the slowest path: last, each model in its own guarded step
             compile_models = model_names if not quick else model_names[:1]
