@@ -59,7 +59,7 @@ def _random_case(rng: random.Random) -> dict:
             "k": k, "s": s, "p": p, "d": d, "bias": rng.random() < 0.8}
 
 
-def _compare_to_conv2d(case: dict, mode: str, device: str) -> None:
+def _compare_to_conv2d(case: dict, mode: str, device: str, columns: str = "auto") -> None:
     x = torch.randn(case["n"], case["cin"], case["h"], case["w"], device=device)
     weight = torch.randn(case["cout"], case["cin"], case["k"], case["k"], device=device)
     bias = torch.randn(case["cout"], device=device) if case["bias"] else None
@@ -67,7 +67,7 @@ def _compare_to_conv2d(case: dict, mode: str, device: str) -> None:
     leaves = [t.requires_grad_() for t in (x.clone(), weight.clone())]
     ref_leaves = [t.requires_grad_() for t in (x.clone(), weight.clone())]
     b, ref_b = (bias.clone().requires_grad_(), bias.clone().requires_grad_()) if bias is not None else (None, None)
-    out = unfold_conv2d(leaves[0], leaves[1], b, *args, memory=mode)
+    out = unfold_conv2d(leaves[0], leaves[1], b, *args, memory=mode, columns=columns)
     ref = F.conv2d(ref_leaves[0], ref_leaves[1], ref_b, *args)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=lambda m: f"forward {case}: {m}")
     grad = torch.randn_like(ref)
@@ -129,8 +129,8 @@ class _CountingFunction(UnfoldConv2dFunction):
         return grads
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("mode", "columns"), [("cache", "auto"), ("recompute", "stream"), ("recompute", "chunk")])
+def test_needs_input_grad_is_honoured(mode: str, columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"fold": 0}
     real_fold = uc._fold
 
@@ -143,7 +143,7 @@ def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     bias = torch.randn(4)
     _CountingFunction.returned.clear()
-    _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode).sum().backward()
+    _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode, columns).sum().backward()
     assert _CountingFunction.returned == [(False, True, False)]
     assert calls["fold"] == 0 and x.grad is None and bias.grad is None and weight.grad is not None
 
@@ -151,11 +151,11 @@ def test_needs_input_grad_is_honoured(mode: str, monkeypatch: pytest.MonkeyPatch
     weight.requires_grad_(False)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode)
+        out = _CountingFunction.apply(x, weight, bias, (1, 1), (1, 1), (1, 1), mode, columns)
     out.sum().backward()
     assert _CountingFunction.returned[-1] == (True, False, False)
-    # cache folds the batch at once; recompute streams image by image
-    assert calls["fold"] == (1 if mode == "cache" else x.shape[0]) and x.grad is not None
+    # cache folds the batch at once, and so does one chunk; stream goes image by image
+    assert calls["fold"] == (x.shape[0] if columns == "stream" else 1) and x.grad is not None
     # only the weight is kept when no weight gradient is needed: neither the input nor its columns
     assert [t.shape for t in saved] == [weight.shape]
 
@@ -246,3 +246,91 @@ def test_conv_benchmark_rows_and_saved_memory() -> None:
     assert (conv3["cache_saved_mb"] - conv3["native_saved_mb"]) * 2**20 == 2 * (64 * 9 - 64) * 16 * 4
     assert by_layer["conv2 1×1"]["cache_memory_ratio"] == 1.0  # a 1×1 kernel's columns are its input
     assert all(r[f"{v}_ms"] > 0 for r in rows for v in ("native", "cache", "recompute"))
+
+
+# The GPU's columns strategy (`chunk`), run on the CPU: chunks of images within a byte budget. A budget
+# of one byte forces one image per chunk; 3 images' worth leaves a remainder chunk; the default holds
+# these tiny batches whole.
+def _budget_for(images: int, case: dict) -> int:
+    k = case["cin"] * case["k"] * case["k"]
+    h_out, w_out = uc.conv_output_size((case["h"], case["w"]), (case["k"],) * 2, (case["s"],) * 2, (case["p"],) * 2,
+                                       (case["d"],) * 2)
+    return images * k * h_out * w_out * 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("images_per_chunk", [0, 2, None])
+def test_chunked_columns_match_conv2d(images_per_chunk: int | None, device: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(99)
+    for _ in range(30):
+        case = _random_case(rng)
+        case["n"] = rng.choice([1, 3, 5])
+        if images_per_chunk is not None:
+            monkeypatch.setattr(uc, "CHUNK_BYTES", max(1, _budget_for(images_per_chunk, case)))
+        _compare_to_conv2d(case, "recompute", device, columns="chunk")
+
+
+@pytest.mark.parametrize("budget", [1, 2 * 27 * 20 * 8, 2**30])  # 1 image, 2 of 3 images, all images per chunk
+@pytest.mark.parametrize("case", GRADCHECK_CASES[3:6], ids=str)
+def test_chunked_gradcheck_float64(case: tuple, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uc, "CHUNK_BYTES", budget)
+    n, cin, cout, h, w, k, s, p, d = case
+    x = torch.randn(n + 1, cin, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(cout, cin, k, k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: unfold_conv2d(a, b, c, s, p, d, memory="recompute", columns="chunk"), (x, weight, bias))
+
+
+def test_chunked_functions_count_their_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"fold": 0}
+    real_fold = uc._fold
+
+    def counting_fold(*args, **kwargs):
+        calls["fold"] += 1
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(uc, "_fold", counting_fold)
+    x, weight, bias = torch.randn(5, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    budget = 2 * 27 * 64 * 4  # the columns of two images: chunks of 2, 2 and 1
+    out = uc.unfold_conv2d_forward_chunked(x, weight, bias, (1, 1), (1, 1), (1, 1), budget_bytes=budget)
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    grad_x, grad_w, grad_b = uc.unfold_conv2d_backward_chunked(grad, x, weight, x.shape, (1, 1), (1, 1), (1, 1),
+                                                              budget_bytes=budget)
+    assert calls["fold"] == 3
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    F.conv2d(*leaves, padding=1).backward(grad)
+    for ours, ref in zip((grad_x, grad_w, grad_b), leaves, strict=True):
+        torch.testing.assert_close(ours, ref.grad, atol=1e-4, rtol=1e-4)
+    # only the gradients asked for, and no input needed without the weight gradient
+    assert uc.unfold_conv2d_backward_chunked(grad, None, weight, x.shape, (1, 1), (1, 1), (1, 1),
+                                             (True, False, False), budget)[1:] == (None, None)
+
+
+def test_columns_strategy_follows_the_device() -> None:
+    assert uc.resolve_columns("auto", torch.device("cpu")) == "stream"
+    assert uc.resolve_columns("auto", torch.device("cuda", 0)) == "chunk"
+    assert uc.resolve_columns("chunk", torch.device("cpu")) == "chunk"
+    assert "columns=chunk" in repr(UnfoldConv2d(3, 8, 3, columns="chunk"))
+    with pytest.raises(MiniPlacesError, match="columns must be one of"):
+        UnfoldConv2d(3, 3, 3, columns="rows")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("mode", "columns"), [("cache", "auto"), ("recompute", "stream"), ("recompute", "chunk")])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_second_derivatives_raise_in_every_mode(mode: str, columns: str, kernel: int) -> None:
+    # A gradient penalty needs the graph of the backward: refused at once with a clear error, never wrong
+    # (gradgradcheck is the oracle that fails on the cache mode's constant columns).
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    conv = lambda a, b: unfold_conv2d(a, b, None, 1, kernel // 2, 1, memory=mode, columns=columns)  # noqa: E731
+    with pytest.raises(MiniPlacesError, match="no second derivative: .*create_graph=True.*use nn.Conv2d"):
+        torch.autograd.grad(conv(x, weight).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(MiniPlacesError, match="no second derivative"):
+        torch.autograd.gradgradcheck(conv, (x, weight))
+    # first derivatives are unchanged (create_graph=False)
+    (grad_x,) = torch.autograd.grad(conv(x, weight).pow(2).sum(), x)
+    (ref_grad_x,) = torch.autograd.grad(F.conv2d(x, weight, None, 1, kernel // 2).pow(2).sum(), x)
+    torch.testing.assert_close(grad_x, ref_grad_x)

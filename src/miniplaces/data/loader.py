@@ -33,8 +33,8 @@ from miniplaces.data.transforms import resize_for
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale (used by its contrast and saturation).
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-# Images per augmentation step on the CPU: intermediates (~1 MB per image and pass) stay in the caches.
-# Measured here: 16 → 2.3× the images/s of one 256-image step with 1 thread, 2× with 2 threads.
+# Images per augmentation step on the CPU: intermediates (~1 MB per image and pass) stay in the caches,
+# measured faster than one whole-batch step (docs/benchmarks.md).
 CPU_CHUNK = 16
 
 
@@ -217,9 +217,8 @@ class CachedLoader:
         rank, world_size: this process's shard.
         pad: equal shards by repeating a few images (default: `train`).
         num_threads: torch threads while a batch is made on the CPU; `None` (default) keeps torch's
-            setting: on an idle 2-core machine 2 threads made 5,805 images/s against 3,276 with 1.
-            On a CPU shared with other jobs, 1 avoids waiting for a descheduled thread (measured
-            under load: 1,946 images/s with 1 thread, 189 with 2).
+            setting, the faster one on an idle machine. On a CPU shared with other jobs, 1 avoids
+            waiting for a descheduled thread, by a large factor (docs/benchmarks.md).
     """
 
     def __init__(

@@ -15,21 +15,30 @@ and the backward
     grad_W = Σ_n grad_out[n] @ cols[n]ᵀ    # (C_out, K)
     grad_b = Σ_{n,l} grad_out              # (C_out,)
 
-What makes it fast (each measured against the alternative on SimpleNet's shapes, benchmarks/conv.py):
+What makes it fast (each choice measured against its alternative on SimpleNet's shapes with
+benchmarks/conv.py; the figures are in docs/benchmarks.md):
 - a 1×1 kernel without padding needs no unfold at all: `cols` is the (strided) input itself;
-- the unfold is a strided view of the padded input copied once, 5–9× faster than `F.unfold` on CPU,
+- the unfold is a strided view of the padded input copied once (faster than `F.unfold`'s im2col on CPU),
   into a (K, N, L) buffer, so the weight gradient is a single product over all N·L positions;
 - `bmm` with the weight expanded (a stride-0 view) writes (N, C_out, L) straight into the N×C×H×W
   output: no copies, no folding of the batch (`matmul` would copy `cols` transposed);
-- `F.fold` is kept for the input gradient: a hand-written scatter of kh·kw strided adds measured slower.
+- `F.fold` is kept for the input gradient: a hand-written scatter of kh·kw strided adds was slower.
 Channels-last layouts were measured too and did not pay: NCHW in, NCHW out.
 
-Memory modes: `cache` keeps `cols` for the backward (K·L per image, kh·kw/stride² times the input),
-`recompute` keeps only the input and weight, as `nn.Conv2d` does, and streams k×k kernels image by image
-(`unfold_conv2d_forward_streamed` / `unfold_conv2d_backward_streamed`): one reused (K, L) buffer that stays
-in the CPU caches, unfolded again in the backward for the weight gradient. Never building the batch's
-columns matrix made recompute the faster mode too (SimpleNet's layers: 1.01× native against 1.71× when
-recompute unfolded the whole batch, and 1.36× for cache).
+Memory modes: `cache` keeps `cols` for the backward (K·L per image, kh·kw/stride² times the input);
+`recompute` keeps only the input and weight, as `nn.Conv2d` does, and unfolds the input again in the
+backward. How recompute builds its columns depends on the device (`columns`):
+- `stream` (the CPU's): k×k kernels go image by image through one reused (K, L) buffer that stays in
+  the CPU caches (`unfold_conv2d_forward_streamed` / `unfold_conv2d_backward_streamed`);
+- `chunk` (CUDA's and any other accelerator's): images go in chunks whose columns fit a memory budget
+  (`CHUNK_BYTES`), one unfold and one batched product per chunk, so a GPU runs a few large kernels
+  instead of thousands of tiny ones while the memory held between forward and backward stays the input's
+  (`unfold_conv2d_forward_chunked` / `unfold_conv2d_backward_chunked`).
+`auto` (the default) picks `stream` on the CPU and `chunk` elsewhere.
+
+Second derivatives are not implemented: a backward asked to build a graph of itself (`create_graph=True`:
+gradient penalties, double backward) raises `UnfoldConvError` in every mode rather than return
+derivatives that treat the columns as constants. Use `nn.Conv2d` for that.
 """
 
 from __future__ import annotations
@@ -46,10 +55,16 @@ from miniplaces.errors import MiniPlacesError
 
 MemoryMode = Literal["cache", "recompute"]
 MEMORY_MODES: tuple[str, ...] = ("cache", "recompute")
-# recompute: the memory held between forward and backward equals nn.Conv2d's, and streaming the columns
-# image by image is also the fastest (measured on SimpleNet, batch 64, idle 2-core CPU: 1.24× native time
-# for the whole model against cache's 1.47×, while cache holds 2.11× native's saved memory).
+# recompute: the memory held between forward and backward equals nn.Conv2d's, and on the CPU it is also
+# the faster mode (docs/benchmarks.md; benchmarks/gpu_check.py measures it on a GPU).
 DEFAULT_MEMORY: MemoryMode = "recompute"
+ColumnsMode = Literal["auto", "stream", "chunk"]
+COLUMNS_MODES: tuple[str, ...] = ("auto", "stream", "chunk")
+# Bytes of columns one chunk may hold (the `chunk` strategy): large enough that a chunk's product is one
+# big batched matrix product on a GPU (SimpleNet at batch 256, 128×128: 3–5 chunks of ≥ 50 images per
+# k×k layer), small against the activations a training step keeps anyway (the backward holds two such
+# buffers at once).
+CHUNK_BYTES = 128 * 2**20
 
 Pair = tuple[int, int]
 
@@ -75,7 +90,7 @@ def _unfold(x: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dil
     """The columns matrix (N, C·kh·kw, L), equal to `F.unfold`'s; for 1×1 kernels a view of the input.
 
     The windows are a strided view of the zero-padded input, copied once by a single vectorised copy:
-    5–9× faster here than `F.unfold`'s im2col kernel. The copy is laid out (C·kh·kw, N, L) and returned
+    faster on the CPU than `F.unfold`'s im2col kernel. The copy is laid out (C·kh·kw, N, L) and returned
     as a permuted (N, K, L) view, so the weight gradient is one matrix product over all N·L positions.
     `out`, a contiguous buffer of at least K·N·L elements, receives the copy instead of a new tensor.
     """
@@ -205,9 +220,10 @@ def unfold_conv2d_forward_streamed(x: torch.Tensor, weight: torch.Tensor, bias: 
                                    padding: Pair, dilation: Pair) -> torch.Tensor:
     """The same convolution one image at a time, through one reused (K, L) columns buffer.
 
-    The batch's columns matrix (kh·kw times the input, 151 MB for SimpleNet's 3×3 layer at batch 64)
-    is never built: each image's columns stay in the CPU caches between the copy and the product,
-    and the product writes straight into that image's slice of the output.
+    The batch's columns matrix (kh·kw times the input: 64·576·1024·4 bytes = 151 MB for SimpleNet's
+    3×3 layer at batch 64 and 128×128 images) is never built: each image's columns stay in the CPU
+    caches between the copy and the product, and the product writes straight into that image's slice
+    of the output.
     """
     kernel_size = (weight.shape[2], weight.shape[3])
     h_out, w_out = _check(x, weight, bias, kernel_size, stride, padding, dilation)
@@ -255,22 +271,101 @@ def unfold_conv2d_backward_streamed(grad_out: torch.Tensor, x: torch.Tensor | No
     return grad_x, None if grad_w is None else grad_w.view_as(weight), grad_b
 
 
-def _streams(memory: str, kernel_size: Pair, padding: Pair) -> bool:
-    """Recompute mode streams k×k kernels image by image; 1×1 kernels need no columns in any mode."""
+def _images_per_chunk(k: int, length: int, element_size: int, budget_bytes: int, n: int) -> int:
+    """How many images' columns (K·L elements each) fit `budget_bytes`: at least 1, at most the batch."""
+    return max(1, min(n, budget_bytes // max(1, k * length * element_size)))
+
+
+def unfold_conv2d_forward_chunked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair,
+                                  padding: Pair, dilation: Pair, budget_bytes: int | None = None) -> torch.Tensor:
+    """The same convolution in chunks of images whose columns fit `budget_bytes` (default `CHUNK_BYTES`).
+
+    Each chunk is unfolded into one reused (K, chunk·L) buffer and multiplied by one batched product
+    that writes straight into the chunk's slice of the output.
+    """
+    kernel_size = (weight.shape[2], weight.shape[3])
+    h_out, w_out = _check(x, weight, bias, kernel_size, stride, padding, dilation)
+    n, c_out = x.shape[0], weight.shape[0]
+    w2 = weight.reshape(c_out, -1)  # (C_out, K)
+    k, length = w2.shape[1], h_out * w_out
+    chunk = _images_per_chunk(k, length, x.element_size(), CHUNK_BYTES if budget_bytes is None else budget_bytes, n)
+    out = x.new_empty(n, c_out, h_out, w_out)
+    buffer = x.new_empty(k * chunk * length)
+    for start in range(0, n, chunk):
+        xs = x[start : start + chunk]
+        m = xs.shape[0]
+        cols = _unfold(xs, kernel_size, stride, padding, dilation, out=buffer)  # (m, K, L) view of (K, m, L)
+        torch.bmm(w2.expand(m, -1, -1), cols, out=out[start : start + m].view(m, c_out, length))  # (m, C_out, L)
+    if bias is not None:
+        out.add_(bias.view(1, c_out, 1, 1))
+    return out
+
+
+def unfold_conv2d_backward_chunked(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor,
+                                   input_shape: torch.Size, stride: Pair, padding: Pair, dilation: Pair,
+                                   needs_input_grad: tuple[bool, bool, bool] = (True, True, True),
+                                   budget_bytes: int | None = None,
+                                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (input, weight, bias) chunk by chunk, unfolding the saved input again for the weight's.
+
+    Only the weight gradient needs the columns; `x` may be None when it is not needed.
+    """
+    n, c_out = grad_out.shape[:2]
+    kernel_size = (weight.shape[2], weight.shape[3])
+    g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
+    w2 = weight.reshape(c_out, -1)  # (C_out, K)
+    k, length = w2.shape[1], g.shape[2]
+    chunk = _images_per_chunk(k, length, g.element_size(), CHUNK_BYTES if budget_bytes is None else budget_bytes, n)
+    grad_x = grad_w = grad_b = None
+    if needs_input_grad[0]:
+        grad_x = g.new_empty(input_shape) if chunk < n else None
+        grad_cols_buffer = g.new_empty(chunk, k, length)
+    if needs_input_grad[1]:
+        grad_w = g.new_zeros(c_out, k)
+        cols_buffer = g.new_empty(k * chunk * length)
+    for start in range(0, n, chunk):
+        gs = g[start : start + chunk]  # (m, C_out, L)
+        m = gs.shape[0]
+        if grad_w is not None:
+            cols = _unfold(x[start : start + m], kernel_size, stride, padding, dilation, out=cols_buffer)  # (m, K, L)
+            grad_w.add_(_weight_grad(gs, cols))
+        if needs_input_grad[0]:
+            grad_cols = torch.bmm(w2.t().expand(m, -1, -1), gs, out=grad_cols_buffer[:m])  # (m, K, L)
+            folded = _fold(grad_cols, (m, *input_shape[1:]), kernel_size, stride, padding, dilation)
+            if grad_x is None:  # one chunk holds the whole batch: the folded gradient is the input's
+                grad_x = folded
+            else:
+                grad_x[start : start + m] = folded
+    if needs_input_grad[2]:
+        grad_b = g.sum(dim=(0, 2))
+    return grad_x, None if grad_w is None else grad_w.view_as(weight), grad_b
+
+
+def resolve_columns(columns: str, device: torch.device) -> str:
+    """The columns strategy `auto` stands for on `device`: `stream` on the CPU, `chunk` elsewhere."""
+    if columns != "auto":
+        return columns
+    return "stream" if device.type == "cpu" else "chunk"
+
+
+def _recomputes(memory: str, kernel_size: Pair, padding: Pair) -> bool:
+    """Recompute mode builds k×k columns twice (stream or chunk); 1×1 kernels need no columns in any mode."""
     return memory == "recompute" and not _is_pointwise(kernel_size, padding)
 
 
 class UnfoldConv2dFunction(torch.autograd.Function):
-    """Autograd wrapper: `apply(x, weight, bias, stride, padding, dilation, memory)`."""
+    """Autograd wrapper: `apply(x, weight, bias, stride, padding, dilation, memory, columns="auto")`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
-                stride: Pair, padding: Pair, dilation: Pair, memory: str) -> torch.Tensor:
+                stride: Pair, padding: Pair, dilation: Pair, memory: str, columns: str = "auto") -> torch.Tensor:
         ctx.conv_args = (stride, padding, dilation)
         ctx.input_shape = x.shape
         ctx.memory = memory
-        if _streams(memory, (weight.shape[2], weight.shape[3]), padding):
-            out = unfold_conv2d_forward_streamed(x, weight, bias, stride, padding, dilation)
+        ctx.columns = resolve_columns(columns, x.device)
+        if _recomputes(memory, (weight.shape[2], weight.shape[3]), padding):
+            forward = unfold_conv2d_forward_streamed if ctx.columns == "stream" else unfold_conv2d_forward_chunked
+            out = forward(x, weight, bias, stride, padding, dilation)
             ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
             return out
         out, cols = unfold_conv2d_forward(x, weight, bias, stride, padding, dilation)
@@ -284,32 +379,44 @@ class UnfoldConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            # Grad mode is on inside a backward only under create_graph=True. The ops below (in-place,
+            # out=, cached columns) would give second derivatives that are silently wrong or fail obscurely:
+            # refuse at once (torch's once_differentiable would defer the error, or let allow_unused hide it).
+            raise UnfoldConvError(
+                "UnfoldConv2d has no second derivative: its backward cannot run with create_graph=True "
+                "(gradient penalties, double backward); use nn.Conv2d / F.conv2d for such models")
         saved, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
-        if _streams(ctx.memory, (weight.shape[2], weight.shape[3]), padding):
-            grad_x, grad_w, grad_b = unfold_conv2d_backward_streamed(
-                grad_out, saved, weight, ctx.input_shape, stride, padding, dilation, ctx.needs_input_grad[:3])
-            return grad_x, grad_w, grad_b, None, None, None, None
+        needs = ctx.needs_input_grad[:3]
+        if _recomputes(ctx.memory, (weight.shape[2], weight.shape[3]), padding):
+            backward = unfold_conv2d_backward_streamed if ctx.columns == "stream" else unfold_conv2d_backward_chunked
+            grad_x, grad_w, grad_b = backward(grad_out, saved, weight, ctx.input_shape, stride, padding, dilation,
+                                              needs)
+            return grad_x, grad_w, grad_b, None, None, None, None, None
         if saved is not None and ctx.memory == "recompute":
             saved = _unfold(saved, (weight.shape[2], weight.shape[3]), stride, padding, dilation)
         grad_x, grad_w, grad_b = unfold_conv2d_backward(
-            grad_out, saved, weight, ctx.input_shape, stride, padding, dilation, ctx.needs_input_grad[:3])
-        return grad_x, grad_w, grad_b, None, None, None, None
+            grad_out, saved, weight, ctx.input_shape, stride, padding, dilation, needs)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def _check_memory(memory: str) -> None:
+def _check_memory(memory: str, columns: str = "auto") -> None:
     if memory not in MEMORY_MODES:
         raise UnfoldConvError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    if columns not in COLUMNS_MODES:
+        raise UnfoldConvError(f"columns must be one of {COLUMNS_MODES}, got {columns!r}")
 
 
 def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   stride: int | Pair = 1, padding: int | Pair = 0, dilation: int | Pair = 1,
-                  memory: MemoryMode = DEFAULT_MEMORY) -> torch.Tensor:
-    """Functional form, like `F.conv2d` (groups=1), differentiable through `UnfoldConv2dFunction`."""
-    _check_memory(memory)
+                  memory: MemoryMode = DEFAULT_MEMORY, columns: ColumnsMode = "auto") -> torch.Tensor:
+    """Functional form, like `F.conv2d` (groups=1), differentiable (once) through `UnfoldConv2dFunction`."""
+    _check_memory(memory, columns)
     if weight.dim() != 4:
         raise UnfoldConvError(f"expected a 4-D weight (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
-    return UnfoldConv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), memory)
+    return UnfoldConv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), memory,
+                                      columns)
 
 
 class UnfoldConv2d(nn.Module):
@@ -322,15 +429,17 @@ class UnfoldConv2d(nn.Module):
         memory: "recompute" (default) saves only the input and weight for the backward, exactly what
             `nn.Conv2d` saves, and unfolds the input again in the backward. "cache" keeps the unfolded
             input (kh·kw/stride² times the input), as the study did. Recompute is the default: memory is
-            what bounds the batch size (the study's 2.1× GPU memory came from the cache), and streaming
-            each image's columns through the caches costs less than building the batch's columns once
-            (SimpleNet on this CPU: 1.24× native against 1.47×); 1×1 layers cost the same in both modes.
+            what bounds the batch size (the study's larger GPU memory came from the cache), and it was
+            also the faster mode where measured; 1×1 layers cost the same in both modes.
+        columns: how recompute builds the columns: "stream" (image by image, for CPU caches), "chunk"
+            (chunks of images within `CHUNK_BYTES`, for GPUs), or "auto" (default: by the input's device).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1,
                  padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, memory: MemoryMode = DEFAULT_MEMORY) -> None:
+                 dtype: torch.dtype | None = None, memory: MemoryMode = DEFAULT_MEMORY,
+                 columns: ColumnsMode = "auto") -> None:
         super().__init__()
         if groups != 1:
             raise UnfoldConvError(f"UnfoldConv2d supports groups=1 only, got groups={groups}; "
@@ -340,7 +449,7 @@ class UnfoldConv2d(nn.Module):
         if isinstance(padding, str):
             raise UnfoldConvError(f"UnfoldConv2d takes integer padding, got {padding!r}; "
                                   "compute it for 'same' as dilation·(kernel_size-1)//2")
-        _check_memory(memory)
+        _check_memory(memory, columns)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size: Pair = _pair(kernel_size)
@@ -349,6 +458,7 @@ class UnfoldConv2d(nn.Module):
         self.dilation: Pair = _pair(dilation)
         self.groups = 1
         self.memory = memory
+        self.columns = columns
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -370,8 +480,9 @@ class UnfoldConv2d(nn.Module):
             s += f", dilation={self.dilation}"
         if self.bias is None:
             s += ", bias=False"
-        return s + f", memory={self.memory}"
+        s += f", memory={self.memory}"
+        return s if self.columns == "auto" else s + f", columns={self.columns}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return UnfoldConv2dFunction.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                          self.memory)
+                                          self.memory, self.columns)
