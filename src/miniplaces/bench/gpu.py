@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from miniplaces.engine.device import synchronize
+
 # The study's experiments: model → epochs (the seed's settings; configs/*.yaml hold the same numbers).
 STUDY_EPOCHS: dict[str, int] = {"simplenet": 60, "simplenet_unfold": 10, "vit": 90, "msvit": 90, "resnet18": 60}
 STUDY_TRAIN_IMAGES = 100_000
@@ -134,11 +136,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
     return str(value)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_mb(device: torch.device) -> float | None:
@@ -281,10 +278,10 @@ def _median_times(steps: dict[str, Callable[[], None]], repeats: int, device: to
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             step()
-            _sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -335,7 +332,7 @@ def unfold_vs_native(device: torch.device, scale: Scale) -> dict[str, Any]:
     for n, m in models.items():
         _reset_peak(device)
         fwd_bwd(m)()
-        _sync(device)
+        synchronize(device)
         peak[n] = _peak_mb(device)
     details: dict[str, Any] = {
         "batch_size": scale.batch_size, "image_size": scale.image_size,
@@ -378,20 +375,20 @@ def loader_throughput(root: Path, device: torch.device, scale: Scale) -> dict[st
         t0 = time.perf_counter()
         loader = CachedLoader(cache.images, cache.labels, scale.batch_size, train=train, device=device,
                               image_size=scale.image_size, drop_last=False)
-        _sync(device)
+        synchronize(device)
         upload_s = time.perf_counter() - t0
         if device.type == "cuda" and loader.images.device != device:
             raise AssertionError(f"the uint8 array is on {loader.images.device}, not {device}")
         x, y = next(iter(loader))  # warm-up, and a look at one batch
         if x.device != device or x.dtype != torch.float32 or not (0 <= float(x.min()) and float(x.max()) <= 1):
             raise AssertionError(f"bad batch: {x.device} {x.dtype} range [{float(x.min())}, {float(x.max())}]")
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         images = 0
         for _ in range(scale.loader_epochs):
             for x, _y in loader:
                 images += x.shape[0]
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - t0
         out[split] = {"images_per_s": images / seconds, "upload_s": upload_s, "images": images}
     return {"images_per_s": out["train"]["images_per_s"], "val_images_per_s": out["val"]["images_per_s"],
@@ -441,7 +438,7 @@ def train_throughput(name: str, combo: str, device: torch.device, scale: Scale,
     for key in ("criterion", "scaler"):
         ev.pop(key)
     evaluate(model, [(x, y)], **ev)  # warm-up
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     ev_result = evaluate(model, [(x, y)] * scale.train_steps, **ev)
     eval_s = time.perf_counter() - t0
@@ -496,11 +493,11 @@ def attack_and_saliency(device: torch.device, scale: Scale, what: str) -> dict[s
     y = torch.randint(0, 100, (n,), generator=gen).to(device)
     t0 = time.perf_counter()
     if what == "attack":
-        from miniplaces.attacks.pgd import pgd
+        from miniplaces.attacks import pgd
 
         eps = 8 / 255
         adv = pgd(model, x, y, eps=eps, steps=5 if scale is QUICK else 10)
-        _sync(device)
+        synchronize(device)
         dist_inf = float((adv - x).abs().max())
         if adv.device != x.device or dist_inf > eps + 1e-6 or float(adv.min()) < 0 or float(adv.max()) > 1:
             raise AssertionError(f"adversarial batch off the ε-ball or [0, 1]: ‖δ‖∞={dist_inf}, {adv.device}")
@@ -512,7 +509,7 @@ def attack_and_saliency(device: torch.device, scale: Scale, what: str) -> dict[s
     out: dict[str, Any] = {}
     for method in ("vanilla", "smoothgrad", "gradcam"):
         maps = saliency(model, x, method=method, samples=4)
-        _sync(device)
+        synchronize(device)
         if maps.shape != (n, 1, scale.image_size, scale.image_size) or maps.device != x.device \
                 or not bool(torch.isfinite(maps).all()):
             raise AssertionError(f"{method}: bad map {tuple(maps.shape)} on {maps.device}")
