@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.bench_commands",
     "miniplaces.cli.cache_commands",
     "miniplaces.cli.analysis_commands",
+    "miniplaces.cli.serve_commands",
 )
 
 
