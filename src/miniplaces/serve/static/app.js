@@ -4,6 +4,7 @@
 const state = { info: null, source: "val", offset: 0, image: null, clean: {}, seq: { predict: 0, attack: 0 },
                 saliencySeq: {}, attackTimer: null };
 const PAGE = 60;
+const METHOD_NAMES = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", gradcam: "Grad-CAM" };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -80,8 +81,7 @@ async function loadGallery(reset) {
 // --- one image: prediction, saliency, attack ----------------------------------------------------------------
 function modelColumn(info) {
   const methods = el("select", { class: "method", "aria-label": `saliency method of ${info.key}` });
-  const labels = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", gradcam: "Grad-CAM" };
-  for (const method of info.methods) methods.append(el("option", { value: method, text: labels[method] || method }));
+  for (const method of info.methods) methods.append(el("option", { value: method, text: METHOD_NAMES[method] || method }));
   const target = el("select", { class: "target", "aria-label": `class to explain for ${info.key}` });
   const column = el("article", { class: "model", "data-model": info.key },
     el("h4", {}, `${info.key} · ${info.name} `, el("small", { text: `${info.checkpoint}, ${info.image_size}px` })),
@@ -149,7 +149,7 @@ async function runSaliency(key) {
     if (seq !== state.saliencySeq[key]) return;
     image.src = result.overlay;
     column.dataset.saliency = `${result.method}:${result.target}`;
-    column.querySelector(".saliency-caption").textContent = `${method} for “${result.target_name}”`;
+    column.querySelector(".saliency-caption").textContent = `${METHOD_NAMES[result.method]} for “${result.target_name}”`;
   } catch (err) { status(err.message, true); } finally { image.classList.remove("busy"); }
 }
 
@@ -222,6 +222,7 @@ async function start() {
   for (const m of info.models) $("attack-model").append(el("option", { value: m.key, text: `${m.key} · ${m.name}` }));
   $("attack-model-label").hidden = info.models.length < 2;
   const params = new URLSearchParams(location.search);
+  $("eps").max = String(info.max_eps);
   if (params.has("eps")) $("eps").value = params.get("eps");
   if (params.has("attack")) $("attack").value = params.get("attack");
   $("eps-value").textContent = `${epsValue()}/255`;
