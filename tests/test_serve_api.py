@@ -168,8 +168,10 @@ def test_uploads_of_any_mode_are_converted(client: Any, root: Path, mode: str) -
 
 def test_raw_body_upload(client: Any, root: Path) -> None:
     data = (root / "images" / "val" / "00000003.jpg").read_bytes()
-    response = client.post("/api/upload", data=data, headers={"X-Filename": "raw.jpg"})
-    assert response.status_code == 200 and response.get_json()["item"]["name"] == "raw.jpg"
+    for content_type in ("image/jpeg", "application/x-www-form-urlencoded"):  # the latter is curl's default
+        response = client.post("/api/upload", data=data, headers={"X-Filename": "raw.jpg"},
+                               content_type=content_type)
+        assert response.status_code == 200 and response.get_json()["item"]["name"] == "raw.jpg"
 
 
 def test_bad_uploads_are_refused_with_a_message(client: Any) -> None:

@@ -166,12 +166,12 @@ class ServeApp:
                         headers={"Cache-Control": "max-age=3600"})
 
     def on_upload(self, request: Request) -> Response:
-        upload = request.files.get("image")
-        if upload is not None:
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("image")
+            if upload is None:
+                raise ServeError("send the image as the multipart field 'image' (or as the raw request body)")
             data, name = upload.read(), upload.filename or "upload"
-        elif request.files:
-            raise ServeError("send the image as the multipart field 'image' (or as the raw request body)")
-        else:
+        else:  # the raw body, whatever its declared type (curl --data-binary says form-urlencoded)
             data, name = request.get_data(cache=False), request.headers.get("X-Filename", "upload")
         item = self.gallery.add_upload(data, name)
         return _json({"item": item.describe(self.categories)})
@@ -250,7 +250,9 @@ def build_app(checkpoints: Sequence[Path | str], root: Path | str | None = None,
     gallery = Gallery(root, folder)
     models = [ms.load_served_model(path, chr(ord("A") + i), gallery.categories, device=device)
               for i, path in enumerate(checkpoints)]
-    return ServeApp(models, gallery, InferenceWorker(threads=threads))
+    worker = InferenceWorker(threads=threads)
+    worker.submit(ms.warm_up, models)  # runs while the server starts listening
+    return ServeApp(models, gallery, worker)
 
 
 class Server:

@@ -24,7 +24,6 @@ from miniplaces.data.layout import images_dir, read_categories, read_split
 from miniplaces.engine.checkpoint import load_model
 from miniplaces.engine.predict import checkpoint_image_size, eval_transform, image_files
 from miniplaces.errors import MiniPlacesError
-from miniplaces.explain.overlay import overlay_heatmap, robust_scale
 from miniplaces.explain.saliency import SALIENCY_METHODS, default_gradcam_layer, saliency
 
 __all__ = [
@@ -42,6 +41,7 @@ __all__ = [
     "to_input",
     "top_k",
     "val_samples",
+    "warm_up",
 ]
 
 # The attacks the page offers: least-likely PGD, untargeted PGD, FGSM.
@@ -130,12 +130,25 @@ def saliency_heat(served: ServedModel, x: torch.Tensor, method: str, target: int
             target = int(served.model(x).argmax(dim=1))
     labels = torch.tensor([target], device=x.device)
     heat = saliency(served.model, x, labels, method=method, layer=served.gradcam_layer, samples=samples)
+    from miniplaces.explain.overlay import robust_scale  # matplotlib: imported by `warm_up`, off the start-up path
+
     return robust_scale(heat)[0], target  # (1, H, W)
 
 
 def overlay(x: torch.Tensor, heat: torch.Tensor) -> np.ndarray:
     """The heat map blended over the image: (H, W, 3) floats in [0, 1]."""
+    from miniplaces.explain.overlay import overlay_heatmap
+
     return overlay_heatmap(x[0].cpu(), heat.cpu())
+
+
+def warm_up(models: Sequence[ServedModel]) -> None:
+    """Import the plotting code and run each model once, so that the first request is not the slow one."""
+    import miniplaces.explain.overlay  # noqa: F401 (matplotlib, ~0.5 s)
+
+    for served in models:
+        top_k(served, torch.zeros(1, 3, served.image_size, served.image_size,
+                                  device=next(served.model.parameters()).device))
 
 
 def attack_image(served: ServedModel, x: torch.Tensor, attack: str, eps: float, steps: int,
