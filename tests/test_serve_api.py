@@ -199,6 +199,7 @@ def test_bad_uploads_are_refused_with_a_message(client: Any) -> None:
     ("/api/saliency", {"image": "val:0", "method": "occlusion"}, 400, "unknown saliency method"),
     ("/api/saliency", {"image": "val:0", "model": "B", "method": "gradcam"}, 400, "Grad-CAM"),
     ("/api/saliency", {"image": "val:0", "target": 6}, 400, "target must lie in 0..5"),
+    ("/api/saliency", {"image": "val:0", "target": 1.5}, 400, "whole number"),
     ("/api/attack", {"image": "val:0", "eps": 300}, 400, "1/255 units"),
     ("/api/attack", {"image": "val:0", "eps": "8"}, 400, "1/255 units"),
     ("/api/attack", {"image": "val:0", "attack": "cw"}, 400, "unknown attack"),

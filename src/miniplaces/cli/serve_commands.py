@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
                               "choose another --port, or 0 for a free one") from err
     names = ", ".join(f"{m.key}: {m.name} ({m.checkpoint})" for m in app.models.values())
     print(f"serving {names}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, so other machines can reach the page; it has no login")
     print(f"open {server.url}  (started in {time.perf_counter() - start:.1f} s; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -51,11 +51,12 @@ def _json(payload: Any, status: int = 200) -> Response:
 def _int(value: Any, name: str, low: int, high: int, default: int | None = None) -> int:
     if value is None and default is not None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or (
+            isinstance(value, float) and not value.is_integer()):
         raise ServeError(f"{name} must be a whole number in {low}..{high}; got {value!r}")
     try:
         number = int(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ServeError(f"{name} must be a whole number in {low}..{high}; got {value!r}") from None
     if not low <= number <= high:
         raise ServeError(f"{name} must lie in {low}..{high}; got {number}")
