@@ -17,8 +17,10 @@ from serve_models import TINY_VIT, train_checkpoint
 
 from miniplaces.cli import main
 from miniplaces.data.synth import synthesize
-from miniplaces.engine.checkpoint import load_model
+from miniplaces.engine.checkpoint import describe_model, load_model, save_checkpoint
 from miniplaces.engine.predict import eval_transform
+from miniplaces.errors import MiniPlacesError
+from miniplaces.models import create_model
 
 werkzeug_test = pytest.importorskip("werkzeug.test")
 
@@ -289,3 +291,12 @@ def test_cli_refuses_bad_arguments(tmp_path: Path, checkpoints: dict[str, Path],
     assert "no val.txt" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(tmp_path / "none.pt"), "--root", str(root)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_models_of_different_classes_are_not_served_together(tmp_path: Path, root: Path,
+                                                             checkpoints: dict[str, Path]) -> None:
+    model = create_model("simplenet", num_classes=3)
+    three = save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict(), "categories": []},
+                            tmp_path / "three.pt")
+    with pytest.raises(MiniPlacesError, match=r"different numbers of classes: .*simplenet.pt \(6\), .*three.pt \(3\)"):
+        build_app([checkpoints["simplenet"], three], root)

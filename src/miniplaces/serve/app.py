@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -33,7 +34,7 @@ from werkzeug.wrappers import Request, Response
 
 from miniplaces.errors import MiniPlacesError
 from miniplaces.serve import model_service as ms
-from miniplaces.serve.images import MAX_UPLOAD_BYTES, SOURCES, Gallery, ServeError, png_data_url
+from miniplaces.serve.images import MAX_UPLOAD_BYTES, SOURCES, Gallery, GalleryItem, ServeError, png_data_url
 from miniplaces.serve.worker import InferenceWorker
 
 MAX_EPS_255 = 64
@@ -69,6 +70,11 @@ class ServeApp:
     def __init__(self, models: Sequence[ms.ServedModel], gallery: Gallery, worker: InferenceWorker) -> None:
         if not models:
             raise MiniPlacesError("serve needs at least one checkpoint")
+        sizes = {len(m.categories) for m in models}
+        if len(sizes) > 1:  # side by side, and transfer, only mean something over the same classes
+            listing = ", ".join(f"{m.checkpoint} ({len(m.categories)})" for m in models)
+            raise MiniPlacesError(f"the checkpoints classify different numbers of classes: {listing}; "
+                                  "serve models trained on the same dataset together")
         self.models = {m.key: m for m in models}
         self.gallery = gallery
         self.worker = worker
@@ -183,7 +189,7 @@ class ServeApp:
         item, image = self.gallery.open(body.get("image", ""))
         return _json(self.worker.run(self._predict, item, image))
 
-    def _predict(self, item: Any, image: Any) -> dict[str, Any]:
+    def _predict(self, item: GalleryItem, image: Image.Image) -> dict[str, Any]:
         results = []
         for served in self.models.values():
             x = ms.to_input(image, served)
@@ -201,7 +207,8 @@ class ServeApp:
         _, image = self.gallery.open(body.get("image", ""))
         return _json(self.worker.run(self._saliency, served, image, method, target))
 
-    def _saliency(self, served: ms.ServedModel, image: Any, method: str, target: int | None) -> dict[str, Any]:
+    def _saliency(self, served: ms.ServedModel, image: Image.Image, method: str,
+                  target: int | None) -> dict[str, Any]:
         start = time.perf_counter()
         x = ms.to_input(image, served)
         heat, target = ms.saliency_heat(served, x, method, target)
@@ -223,7 +230,7 @@ class ServeApp:
         eps = ms.parse_eps(f"{eps_255}/255")
         return _json(self.worker.run(self._attack, served, item.label, image, attack, eps, steps))
 
-    def _attack(self, served: ms.ServedModel, label: int | None, image: Any, attack: str, eps: float,
+    def _attack(self, served: ms.ServedModel, label: int | None, image: Image.Image, attack: str, eps: float,
                 steps: int) -> dict[str, Any]:
         start = time.perf_counter()
         x = ms.to_input(image, served)
@@ -238,7 +245,7 @@ class ServeApp:
             adv = ms.top_k(other, ms.fit_to(adversarial, other))
             results.append({"model": other.key, "source": other is served, "clean": clean, "adversarial": adv,
                             "changed": clean[0]["label"] != adv[0]["label"]})
-        return {"model": served.key, "attack": attack, "eps": eps * 255, "steps": steps,
+        return {"model": served.key, "attack": attack, "eps": round(eps * 255, 6), "steps": steps,
                 "adversarial": png_data_url(adversarial[0]), "perturbation": png_data_url(shown[0]),
                 "amplification": 0.5 / amplitude if amplitude > 0 else 0.0, "linf": amplitude * 255,
                 "results": results, "seconds": seconds}
@@ -252,8 +259,13 @@ def build_app(checkpoints: Sequence[Path | str], root: Path | str | None = None,
     models = [ms.load_served_model(path, chr(ord("A") + i), gallery.categories, device=device)
               for i, path in enumerate(checkpoints)]
     worker = InferenceWorker(threads=threads)
+    try:
+        app = ServeApp(models, gallery, worker)
+    except MiniPlacesError:
+        worker.close()
+        raise
     worker.submit(ms.warm_up, models)  # runs while the server starts listening
-    return ServeApp(models, gallery, worker)
+    return app
 
 
 class Server:
