@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from serve_models import TINY_VIT, train_checkpoint
 
 from miniplaces.data.synth import synthesize
@@ -183,15 +184,29 @@ def test_pick_an_image_then_move_the_eps_slider(server: Server, page: Page, tmp_
         shutil.copyfile(tmp_path / "serve.png", Path(keep) / "serve_screenshot.png")
 
 
-def test_bad_upload_shows_the_servers_message(server: Server, page: Page, tmp_path: Path) -> None:
+def choose_file(page: Page, path: Path) -> None:
+    """What the file dialog of the Upload… button does."""
+    document = page.call("DOM.getDocument")
+    node = page.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#upload")
+    page.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
+
+
+def test_upload_a_photo_or_a_bad_file(server: Server, page: Page, tmp_path: Path) -> None:
     page.call("Page.navigate", url=server.url)
     page.wait_for("document.body.dataset.ready === 'true'")
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not an image, whatever its name says")
-    document = page.call("DOM.getDocument")
-    node = page.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#upload")
-    page.call("DOM.setFileInputFiles", files=[str(bad)], nodeId=node["nodeId"])
+    choose_file(page, bad)
     message = page.wait_for("document.getElementById('status').classList.contains('error') && "
                             "document.getElementById('status').textContent")
     assert "not an image" in message
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (90, 60), (200, 120, 40)).save(photo)
+    choose_file(page, photo)
+    page.wait_for("document.querySelectorAll('#models article ol.top5 li').length === 10")
+    assert page.evaluate("document.getElementById('source').value") == "upload"
+    assert page.evaluate("document.getElementById('image-name').textContent") == "photo.png"
+    assert page.evaluate("document.getElementById('true-label').textContent") == "no label"
+    page.wait_for("document.getElementById('adversarial').naturalWidth > 0")
     assert page.errors == []
