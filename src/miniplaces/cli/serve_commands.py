@@ -1,0 +1,65 @@
+"""`miniplaces serve`: explore trained models in the browser (a local web page)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from miniplaces.errors import MiniPlacesError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="explore checkpoints in a local web page: top-5, saliency, attacks, two models side by side",
+        description="Serve a local web page to browse images with a model's top-5, its saliency maps "
+        "(vanilla, SmoothGrad, Grad-CAM) and adversarial attacks (PGD, FGSM); with two checkpoints, "
+        "side by side, including whether an attack made on one model transfers to the other.",
+    )
+    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True, metavar="CKPT",
+                        help="one or two (or more) checkpoints written by `miniplaces train`")
+    parser.add_argument("--root", type=Path, help="a dataset folder whose val split the page browses")
+    parser.add_argument("--images", type=Path, help="also browse the images under this folder")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the inference worker")
+    parser.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if args.root is None and args.images is None:
+        raise MiniPlacesError("give --root DIR (a dataset whose val split to browse) or --images DIR, or both")
+    if args.root is not None and not (args.root / "val.txt").is_file():
+        raise MiniPlacesError(f"{args.root} has no val.txt; --root takes a MiniPlaces dataset folder")
+    if args.images is not None and not args.images.is_dir():
+        raise MiniPlacesError(f"{args.images} is not a folder; --images takes a folder of images")
+    if not 0 <= args.port <= 65535:
+        raise MiniPlacesError(f"--port {args.port} is not a port number (0..65535)")
+    try:
+        from miniplaces.serve.app import Server, build_app
+    except ModuleNotFoundError as err:
+        raise MiniPlacesError(f"serve needs the serve extra ({err.name} is missing): "
+                              "pip install 'miniplaces[serve]'") from err
+    app = build_app(args.checkpoint, args.root, args.images, threads=args.threads, device=args.device)
+    try:
+        server = Server(app, args.host, args.port)
+    except OSError as err:
+        app.worker.close()
+        raise MiniPlacesError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); "
+                              "choose another --port, or 0 for a free one") from err
+    names = ", ".join(f"{m.key}: {m.name} ({m.checkpoint})" for m in app.models.values())
+    print(f"serving {names}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, so other machines can reach the page; it has no login")
+    print(f"open {server.url}  (started in {time.perf_counter() - start:.1f} s; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.close()
+    return 0
