@@ -169,6 +169,15 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("seed", 0, "seed of the model and the batch"),
             ),
         ),
+        Benchmark(
+            "serve", "miniplaces.bench.serve",
+            "start-up of `miniplaces serve` and one image's predict, saliency and attack over HTTP",
+            (
+                Option("model", "simplenet", "registered model name", type=str),
+                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                Option("repeats", 5, "timed requests per endpoint (median)", quick=1, minimum=1),
+            ),
+        ),
     )
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
+from miniplaces.bench.result import BenchResult
 from miniplaces.data.synth import synthesize
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.errors import MiniPlacesError
@@ -60,9 +62,23 @@ def _post(url: str, payload: dict[str, Any]) -> dict[str, Any]:
         return json.load(response)
 
 
+def _import_torch_cost() -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh `python -c "import torch, torchvision"`: what any command pays first."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def measure_serve_latency(model_name: str = "simplenet", image_size: int = 128, repeats: int = 5,
                           threads: int | None = None, startup_timeout: float = 120.0) -> list[dict[str, Any]]:
-    """Rows of `name`, `ms` (median) and `ratio` to one forward+backward; the first two rows are the start-up."""
+    """Rows of `name`, `ms` (median) and `ratio`.
+
+    The first two rows are the start-up, as ratios to importing torch and torchvision in a fresh
+    interpreter; the requests are ratios to one forward+backward pass of the model on one image.
+    """
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -88,8 +104,9 @@ def measure_serve_latency(model_name: str = "simplenet", image_size: int = 128, 
                 startup = time.perf_counter() - start
             # CPU time is what start-up costs on an idle machine; wall time grows with whatever else runs.
             cpu = psutil.Process(process.pid).cpu_times()
+            server_cpu = cpu.user + cpu.system
             rows = [{"name": "start-up, wall (command → first answer)", "ms": 1000 * startup, "ratio": None},
-                    {"name": "start-up, CPU time of the server", "ms": 1000 * (cpu.user + cpu.system), "ratio": None}]
+                    {"name": "start-up, CPU time of the server", "ms": 1000 * server_cpu, "ratio": None}]
             for endpoint, extra in REQUESTS:
                 payload = {"image": "val:0", **extra}
                 _post(url + f"api/{endpoint}", payload)  # warm-up
@@ -101,11 +118,33 @@ def measure_serve_latency(model_name: str = "simplenet", image_size: int = 128, 
                 ms = 1000 * statistics.median(times)
                 name = " ".join([endpoint, *(str(v) for k, v in extra.items() if k != "eps")])
                 rows.append({"name": name, "ms": ms, "ratio": None})
-            baseline = _forward_backward_ms(model, image_size, 4 * repeats)  # the server idles meanwhile
+            import_wall, import_cpu = _import_torch_cost()  # the server idles meanwhile
+            rows[0]["ratio"], rows[1]["ratio"] = startup / import_wall, server_cpu / import_cpu
+            baseline = _forward_backward_ms(model, image_size, 4 * repeats)
             for row in rows[2:]:
                 row["ratio"] = row["ms"] / baseline
+            rows.append({"name": "baseline: import torch, torchvision (wall)", "ms": 1000 * import_wall, "ratio": 1.0})
             rows.append({"name": "baseline: forward+backward", "ms": baseline, "ratio": 1.0})
             return rows
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def run(*, device: torch.device, model: str = "simplenet", image_size: int = 128, repeats: int = 5) -> BenchResult:
+    """`measure_serve_latency` as a `BenchResult` (the server runs on the CPU with this process's threads)."""
+    if device.type != "cpu":
+        raise MiniPlacesError(f"the serve benchmark runs the server on the CPU; got device {device}")
+    rows = measure_serve_latency(model, image_size, repeats, torch.get_num_threads())
+    settings: dict[str, Any] = {"device": device, "model": model, "image_size": image_size, "repeats": repeats}
+    return BenchResult("serve", settings, "start-up: importing torch and torchvision in a fresh interpreter; "
+                       "requests: one forward+backward pass of the model on one image, in this process", rows)
+
+
+def table(result: BenchResult) -> str:
+    """Markdown: milliseconds of each request (median, over HTTP) and its ratio to one forward+backward."""
+    lines = ["| Request | ms | Ratio |", "|---|---:|---:|"]
+    for r in result.rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.1f}"
+        lines.append(f"| {r['name']} | {r['ms']:.1f} | {ratio} |")
+    return "\n".join(lines) + "\n"
