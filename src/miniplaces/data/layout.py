@@ -56,6 +56,27 @@ def short_category_name(entry: str) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def read_label_lines(path: Path) -> tuple[list[str], list[str]]:
+    """The lines of a label file as UTF-8 text (a leading BOM dropped), plus a list of problems.
+
+    A file that is not UTF-8 gives no lines and one problem naming the first bad line,
+    so that `verify` can list it with the others instead of stopping.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return [], [f"{path}: cannot read ({err.strerror or err})"]
+    try:
+        # utf-8-sig drops a BOM: editors on Windows add one, and it would otherwise rename class 0
+        # and prefix the first image path.
+        return data.decode("utf-8-sig").splitlines(), []
+    except UnicodeDecodeError as err:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        byte = data[err.start : err.start + 1].hex()
+        return [], [f"{path}:{lineno}: not UTF-8 text (byte 0x{byte} at column {column}); save the file as UTF-8"]
+
+
 def parse_categories(path: Path) -> tuple[list[str], list[str]]:
     """Parse `categories.txt` into names ordered by index, plus a list of problems.
 
@@ -65,7 +86,8 @@ def parse_categories(path: Path) -> tuple[list[str], list[str]]:
     by_index: dict[int, str] = {}
     if not path.is_file():
         return [], [f"{path}: missing; it lists the classes as '/a/abbey 0' lines"]
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines, problems = read_label_lines(path)
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split(" ")
@@ -91,7 +113,8 @@ def parse_labels(path: Path, split: str, num_classes: int) -> tuple[list[Sample]
     if not path.is_file():
         return [], [f"{path}: missing; it lists '{split}/… <label>' lines of the {split} split"]
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines, problems = read_label_lines(path)
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split(" ")
