@@ -71,15 +71,15 @@ def test_reused_when_current_and_rebuilt_when_labels_change(data_copy: Path) -> 
     lines = (data_copy / "train.txt").read_text().splitlines(keepends=True)
     (data_copy / "train.txt").write_text("".join(lines[:-1]))
     assert cache_state(data_copy, "train", 32) == "stale"
-    with pytest.raises(CacheError, match=f"miniplaces cache --root {data_copy} --split train --image-size 32"):
+    with pytest.raises(CacheError, match=r"out of date; build it with build_cache\(root, 'train', image_size=32\)"):
         open_cache(data_copy, "train", image_size=32)
     build_cache(data_copy, "train", image_size=32, workers=1)
     assert paths.images.stat().st_ino != inode
     assert len(open_cache(data_copy, "train", image_size=32)) == len(lines) - 1
 
 
-def test_missing_cache_names_the_command(synth_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="no decoded cache .* build it with `miniplaces cache --root"):
+def test_missing_cache_names_the_function(synth_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match=r"decoded cache of the val split .* is missing; build it with build_cache\("):
         open_cache(synth_root, "val", cache_dir=tmp_path)
 
 

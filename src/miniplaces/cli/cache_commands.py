@@ -7,7 +7,31 @@ import sys
 import time
 from pathlib import Path
 
+from miniplaces.errors import MiniPlacesError
+
 SPLIT_CHOICES = ("train", "val", "test", "all")
+MAX_IMAGE_SIZE = 1024  # as miniplaces.data.cache.MAX_IMAGE_SIZE, without importing numpy for --help
+
+
+def image_size(text: str) -> int:
+    """An argparse type: a whole number of pixels from 1 to MAX_IMAGE_SIZE."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_IMAGE_SIZE} pixels, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
                         help="split to cache; 'all' caches train, val and test (those present)")
-    parser.add_argument("--image-size", type=int, default=128,
-                        help="side S of the cached images; others are resized and centre-cropped (default 128)")
+    parser.add_argument("--image-size", type=image_size, default=128,
+                        help=f"side S of the cached images, at most {MAX_IMAGE_SIZE}; others are resized and "
+                        "centre-cropped (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    parser.add_argument("--workers", type=_positive, default=2, help="decoding processes (default 2)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--force", "--rebuild", action="store_true",
+                        help="rebuild even when the cache is up to date")
+    action.add_argument("--verify", action="store_true",
+                        help="check a built cache fully: hash of the whole file, and every image decoded again "
+                        "and compared with its cached pixels (catches images edited in place); exit 1 on a problem")
     parser.set_defaults(func=run_cache)
 
 
@@ -41,7 +71,18 @@ def _splits(root: Path, split: str) -> list[str]:
     return present or ["train"]  # lets the library say what is missing
 
 
+def _command(args: argparse.Namespace, split: str) -> str:
+    command = f"miniplaces cache --root {args.root} --split {split}"
+    if args.image_size != 128:
+        command += f" --image-size {args.image_size}"
+    if args.cache_dir is not None:
+        command += f" --cache-dir {args.cache_dir}"
+    return command
+
+
 def run_cache(args: argparse.Namespace) -> int:
+    if args.verify:
+        return run_verify(args)
     from tqdm import tqdm
 
     from miniplaces.data.cache import build_cache, cache_paths, cache_state, open_cache
@@ -54,6 +95,8 @@ def run_cache(args: argparse.Namespace) -> int:
             folder = build_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers)
             verb = "reused"
         else:
+            if state == "corrupt":
+                print(f"{split}: the cache is corrupt; rebuilding it", file=sys.stderr)
             total = len(read_split(args.root, split))
             with tqdm(total=total, desc=f"cache {split}", unit="img", disable=not sys.stderr.isatty(),
                       leave=False) as bar:
@@ -67,3 +110,31 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"{split}: {verb} {len(cache)} images of {args.image_size}×{args.image_size}{took} → "
               f"{folder}/{images.name} ({size_mb:.0f} MiB)")
     return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`--verify`: every problem of every split's cache; 0 when all are sound, else 1."""
+    from tqdm import tqdm
+
+    from miniplaces.data.cache import CacheError, verify_cache
+    from miniplaces.data.layout import read_split
+
+    failed = 0
+    for split in _splits(args.root, args.split):
+        total = len(read_split(args.root, split))
+        try:
+            with tqdm(total=total, desc=f"verify {split}", unit="img", disable=not sys.stderr.isatty(),
+                      leave=False) as bar:
+                problems = verify_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers,
+                                        progress=bar.update)
+        except CacheError as err:
+            raise MiniPlacesError(f"{err.problem}; build it with `{_command(args, split)}`") from err
+        if not problems:
+            print(f"{split}: OK, {total} cached images match the dataset")
+            continue
+        failed += 1
+        print(f"{split}: FAILED, {len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  {problem}")
+        print(f"  rebuild it with `{_command(args, split)} --force`")
+    return 1 if failed else 0
