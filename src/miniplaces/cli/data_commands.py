@@ -24,6 +24,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _sha256(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"must be 64 hexadecimal digits, got {text!r}")
+    return value
+
+
 def print_report(report: Any) -> int:
     """Print a `VerifyReport`: summary, notes, every problem; 0 when sound, else 1."""
     for line in report.summary():
@@ -100,6 +107,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             keep_archive=args.keep_archive,
             verify=not args.no_verify,
             workers=args.workers,
+            sha256=args.sha256,
         )
     finally:
         for bar in bars.values():
@@ -126,6 +134,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--url",
         help="mirror of data.tar.gz; the label files are then taken from the archive if it holds them, "
         "else from the same base URL as the archive, else from the development kit on GitHub",
+    )
+    download.add_argument(
+        "--sha256", type=_sha256, metavar="HEX",
+        help="expected SHA-256 of data.tar.gz (from a source you trust); checked before anything is extracted",
     )
     download.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout in seconds (default 10)")
     download.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after extraction")
