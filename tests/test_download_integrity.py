@@ -165,12 +165,13 @@ def test_sha256_flag(archive_bytes: bytes, tmp_path: Path, capsys: pytest.Captur
 
 def test_resume_never_mixes_two_versions_of_the_file(archive_bytes: bytes, synth_root: Path,
                                                      tmp_path: Path) -> None:
-    newer = make_archive(synth_root)  # another archive of another size at the same URL
-    assert len(newer) != len(archive_bytes)
+    newer = make_archive(synth_root, prefix="data/")  # another archive of another size at the same URL
+    assert len(newer) != len(archive_bytes) and newer[:700] != archive_bytes[:700]
     with FileServer({"/a": archive_bytes}, cut_after=700) as server, pytest.raises(DownloadError, match="resume"):
         fetch(f"{server.base}/a", tmp_path / "a")
     with FileServer({"/a": newer}) as server:
         fetch(f"{server.base}/a", tmp_path / "a")
+    assert server.requests == [("/a", "bytes=700-"), ("/a", None)]  # the announced total differs: restart
     assert (tmp_path / "a").read_bytes() == newer
     assert not (tmp_path / "a.part").exists() and not (tmp_path / "a.part.json").exists()
 
