@@ -4,6 +4,7 @@ UTF-8 (or carry a BOM), unreadable images inside DataLoader workers, decompressi
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,30 @@ def test_open_image_checked_accepts_ordinary_images_lazily(tmp_path: Path) -> No
         assert image.size == (40, 30)
     with pytest.raises(ImageReadError, match="1,200 pixels, more than the limit of 1,199"):
         open_image_checked(path, max_pixels=1199)
+
+
+# --- malformed label lines: every one named by file and line, never a traceback ----------------
+
+@pytest.mark.parametrize(
+    ("file", "index", "line", "expected"),
+    [
+        ("train.txt", 0, "train/s/scene_000/00000001.jpg ³", "train.txt:1: label '³' is not an integer"),
+        ("train.txt", 1, "train/s/scene_000/00000002.jpg --1", "train.txt:2: label '--1' is not an integer"),
+        ("val.txt", 0, "val/00000001.jpg 1.0", "val.txt:1: label '1.0' is not an integer"),
+        ("categories.txt", 0, "/s/scene_000 ²", "categories.txt:1: expected '<name> <index>'"),
+        ("categories.txt", 0, "/s/scene_000 --0", "categories.txt:1: expected '<name> <index>'"),
+        ("categories.txt", 0, f"/s/scene_000 {10**11}", "out of range [100000000000]"),
+    ],
+    ids=["superscript", "double-minus", "float", "category-superscript", "category-double-minus", "huge-index"],
+)
+def test_malformed_label_lines_are_named(synth_root: Path, tmp_path: Path, file: str, index: int, line: str,
+                                         expected: str) -> None:
+    root = copy_of(synth_root, tmp_path)
+    path = root / file
+    lines = path.read_text().splitlines()
+    lines[index] = line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LayoutError, match=re.escape(expected)):
+        read_split(root, "val" if file == "val.txt" else "train")
+    report = verify_dataset(root, decode=False)
+    assert any(expected in problem for problem in report.problems), report.problems

@@ -15,6 +15,7 @@ so that `verify` can list them all; `read_split` raises them together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def short_category_name(entry: str) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def _integer(text: str) -> int | None:
+    """An ASCII decimal integer such as `3` or `-1`, else None (`³`, `--1` and `1.0` included)."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+
+
 def read_label_lines(path: Path) -> tuple[list[str], list[str]]:
     """The lines of a label file as UTF-8 text (a leading BOM dropped), plus a list of problems.
 
@@ -91,18 +98,21 @@ def parse_categories(path: Path) -> tuple[list[str], list[str]]:
         if not line.strip():
             continue
         parts = line.split(" ")
-        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+        index = _integer(parts[1]) if len(parts) == 2 else None
+        if index is None:
             problems.append(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
             continue
-        index = int(parts[1])
         if index in by_index:
             problems.append(f"{path}:{lineno}: index {index} appears twice")
             continue
         by_index[index] = short_category_name(parts[0])
     count = len(by_index)
     if by_index and sorted(by_index) != list(range(count)):
-        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
-        problems.append(f"{path}: indices must be 0..{count - 1} without gaps; missing {missing[:10]}")
+        # Only range(count) is walked: an index of 10**11 must not build a set of that size.
+        missing = [i for i in range(count) if i not in by_index][:10]
+        stray = sorted(i for i in by_index if not 0 <= i < count)[:10]
+        problems.append(f"{path}: indices must be 0..{count - 1} without gaps; missing {missing}, "
+                        f"out of range {stray}")
     return [by_index[i] for i in sorted(by_index)], problems
 
 
@@ -123,10 +133,10 @@ def parse_labels(path: Path, split: str, num_classes: int) -> tuple[list[Sample]
             problems.append(f"{where}: expected '<image path> <label>', got {line!r}")
             continue
         relpath, label_text = parts
-        if not label_text.strip().lstrip("-").isdigit():
+        label = _integer(label_text)
+        if label is None:
             problems.append(f"{where}: label {label_text!r} is not an integer")
             continue
-        label = int(label_text)
         if not 0 <= label < num_classes:
             problems.append(f"{where}: label {label} out of range 0..{num_classes - 1}")
             continue
