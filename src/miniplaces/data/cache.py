@@ -235,7 +235,10 @@ def _rebuild_hint(split: str, image_size: int) -> str:
 def _integrity_problem(paths: CachePaths, meta: dict[str, Any], samples: list[Sample],
                        num_classes: int | None) -> str | None:
     """What is wrong with the cache files against their metadata and the label file, or None."""
-    count, size = meta["count"], meta["image_size"]
+    count, size, rows = meta["count"], meta["image_size"], meta.get("sampled_rows")
+    valid_rows = isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0
+    if not valid_rows or not isinstance(meta.get("sample_sha256"), str):
+        return f"{paths.meta} lacks a valid sampled hash"
     try:
         images = np.load(paths.images, mmap_mode="r")
         labels = np.load(paths.labels)
@@ -256,7 +259,7 @@ def _integrity_problem(paths: CachePaths, meta: dict[str, Any], samples: list[Sa
     if not np.array_equal(labels, expected):
         where = int(np.flatnonzero(labels != expected)[0])
         return f"{paths.labels} row {where} holds label {labels[where]}, the label file says {expected[where]}"
-    if sampled_hash(images, labels, meta.get("sampled_rows")) != meta.get("sample_sha256"):
+    if sampled_hash(images, labels, rows) != meta["sample_sha256"]:
         return f"{paths.images}: the sampled pixels differ from those written at build time"
     return None
 
