@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 from miniplaces.cli import main
 from miniplaces.data.dataset import ImageReadError, MiniPlaces, load_rgb, open_image_checked
 from miniplaces.data.layout import LayoutError, read_categories, read_split
+from miniplaces.data.synth import synthesize
 from miniplaces.data.transforms import val_transform
 from miniplaces.data.verify import verify_dataset
+from miniplaces.errors import MiniPlacesError
 
 
 def _insert_byte(path: Path, line_index: int, byte: bytes = b"\xe9") -> None:
@@ -188,3 +190,45 @@ def test_malformed_label_lines_are_named(synth_root: Path, tmp_path: Path, file:
         read_split(root, "val" if file == "val.txt" else "train")
     report = verify_dataset(root, decode=False)
     assert any(expected in problem for problem in report.problems), report.problems
+
+
+# --- command-line values of the data commands ------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("command", "culprit"),
+    [
+        (["download", "--root", "{file}", "--quiet"], "cannot create the dataset folder {file}"),
+        (["download", "--root", "{file}/sub", "--quiet"], "cannot create the dataset folder {file}/sub"),
+        (["synth", "--root", "{file}"], "{file} is a file, not a folder"),
+    ],
+)
+def test_a_file_where_a_folder_is_expected(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           command: list[str], culprit: str) -> None:
+    file = tmp_path / "afile"
+    file.write_text("hi")
+    assert main([part.format(file=file) for part in command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and culprit.format(file=file) in err and "Traceback" not in err
+    assert file.read_text() == "hi"
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["download", "--timeout", "-1"], "must be a positive number of seconds, got -1"),
+        (["download", "--timeout", "nan"], "must be a positive number of seconds, got nan"),
+        (["synth", "--image-size", "100000"], "must be from 1 to 1024 pixels, got 100000"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_created(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           command: list[str], message: str) -> None:
+    root = tmp_path / "new"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command[0], "--root", str(root), *command[1:]])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and not root.exists()
+
+
+def test_synthesize_bounds_the_image_size(tmp_path: Path) -> None:
+    with pytest.raises(MiniPlacesError, match="from 1 to 1024 pixels, got 100000"):
+        synthesize(tmp_path / "s", classes=1, per_class=1, image_size=100_000)
+    assert not (tmp_path / "s").exists()

@@ -524,7 +524,11 @@ def download_dataset(
     if sha256 is not None:
         sha256 = check_sha256(sha256)
     created = [p for p in (root, *root.parents) if not p.exists()]
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the dataset folder {root} ({err.strerror or err}); "
+                            f"choose another folder") from err
     try:
         return _download(root, url=url, progress=progress, log=log, timeout=timeout, keep_archive=keep_archive,
                          verify=verify, workers=workers, sha256=sha256)

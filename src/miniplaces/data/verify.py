@@ -191,6 +191,9 @@ def verify_dataset(root: Path | str, decode: bool = True, workers: int = 2) -> V
     """
     root = Path(root)
     report = VerifyReport(root=root)
+    if root.exists() and not root.is_dir():
+        report.problems.append(f"{root}: a file, not a dataset folder")
+        return report
     if not root.is_dir():
         report.problems.append(
             f"{root}: no such folder; run `miniplaces download --root {root}` or `miniplaces synth --root {root}`"
