@@ -36,6 +36,7 @@ import re
 import shutil
 import ssl
 import tarfile
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -434,9 +435,9 @@ class _Destination:
         self._refuse_link(target)
         if target.is_dir():
             raise DownloadError(f"cannot extract {target}: a folder of that name is in the way; move it and rerun")
-        tmp = folder / f".{relative[-1]}.extracting"
-        # O_EXCL | O_NOFOLLOW: a link or file planted at the temporary name is never written through.
-        tmp.unlink(missing_ok=True)
+        # A fresh name (so no member of the archive can share it), opened with O_EXCL | O_NOFOLLOW:
+        # nothing planted at that name is ever written through.
+        tmp = folder / f".{relative[-1]}.{uuid.uuid4().hex[:12]}.extracting"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             with os.fdopen(fd, "wb") as out:
