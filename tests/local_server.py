@@ -11,23 +11,36 @@ from pathlib import Path
 
 
 class FileServer:
-    """A local HTTP server over a dict of path → bytes, with Range support and a request log."""
+    """A local HTTP server over a dict of path → bytes, with Range support and a request log.
 
-    def __init__(self, files: dict[str, bytes], honour_range: bool = True) -> None:
+    `etags` (path → tag) adds an ETag header and honours If-Range: a range request whose
+    If-Range names another tag gets the whole file (200), as HTTP says. `cut_after` makes
+    the next response stop after that many body bytes (then it is reset).
+    """
+
+    def __init__(self, files: dict[str, bytes], honour_range: bool = True,
+                 etags: dict[str, str] | None = None, cut_after: int | None = None) -> None:
         self.files = files
         self.honour_range = honour_range
+        self.etags = etags or {}
+        self.cut_after = cut_after
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.if_range: list[str | None] = []  # the If-Range header of each request
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 server.requests.append((self.path, self.headers.get("Range")))
+                server.if_range.append(self.headers.get("If-Range"))
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404)
                     return
                 start = 0
                 wanted = self.headers.get("Range")
+                etag = server.etags.get(self.path)
+                if wanted and self.headers.get("If-Range") not in (None, etag):
+                    wanted = None  # the file changed since the client's copy: send it whole
                 if wanted and server.honour_range:
                     start = int(wanted.removeprefix("bytes=").split("-")[0])
                     if start >= len(body):
@@ -41,8 +54,11 @@ class FileServer:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
+                if etag is not None:
+                    self.send_header("ETag", etag)
                 self.end_headers()
-                self.wfile.write(body[start:])
+                cut, server.cut_after = server.cut_after, None
+                self.wfile.write(body[start:] if cut is None else body[start : start + cut])
 
             def log_message(self, *args: object) -> None:
                 pass

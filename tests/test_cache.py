@@ -72,7 +72,8 @@ def test_reused_when_current_and_rebuilt_when_labels_change(data_copy: Path) -> 
     lines = (data_copy / "train.txt").read_text().splitlines(keepends=True)
     (data_copy / "train.txt").write_text("".join(lines[:-1]))
     assert cache_state(data_copy, "train", 32) == "stale"
-    with pytest.raises(CacheError, match="out of date") as stale:
+    stale_message = r"out of date; build it with build_cache\(root, 'train', image_size=32\)"
+    with pytest.raises(CacheError, match=stale_message) as stale:
         open_cache(data_copy, "train", image_size=32)
     assert cache_command(stale.value.build) == f"miniplaces cache --root {data_copy} --split train --image-size 32"
     build_cache(data_copy, "train", image_size=32, workers=1)
@@ -80,12 +81,12 @@ def test_reused_when_current_and_rebuilt_when_labels_change(data_copy: Path) -> 
     assert len(open_cache(data_copy, "train", image_size=32)) == len(lines) - 1
 
 
-def test_missing_cache_names_the_command(synth_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="no decoded cache .* build it first") as missing:
+def test_missing_cache_names_the_function(synth_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match=r"val split .* is missing; build it with build_cache\(") as missing:
         open_cache(synth_root, "val", cache_dir=tmp_path)
     # The library names the fix as a call; the command line shows it as the command to run.
     assert for_the_command_line(missing.value).endswith(
-        f"build it first with `miniplaces cache --root {synth_root} --split val --cache-dir {tmp_path}`")
+        f"is missing; build it with `miniplaces cache --root {synth_root} --split val --cache-dir {tmp_path}`")
 
 
 def test_failed_build_leaves_no_files(data_copy: Path, tmp_path: Path) -> None:

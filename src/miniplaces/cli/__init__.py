@@ -50,7 +50,8 @@ def for_the_command_line(err: MiniPlacesError) -> str:
     if build is not None:
         from miniplaces.cli.cache_commands import cache_command
 
-        return f"{err} with `{cache_command(build)}`"
+        fix = "rebuild" if build.force else "build"
+        return f"{getattr(err, 'problem', err)}; {fix} it with `{cache_command(build)}`"
     return str(err)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.cli.command import add_command
+from miniplaces.errors import MiniPlacesError
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 DEFAULT_IMAGE_SIZE = 128
@@ -23,6 +24,29 @@ def cache_command(build: Any) -> str:
         command += f" --cache-dir {build.cache_dir}"
     return command + (" --force" if build.force else "")
 
+
+MAX_IMAGE_SIZE = 1024  # as miniplaces.data.cache.MAX_IMAGE_SIZE, without importing numpy for --help
+
+
+def image_size(text: str) -> int:
+    """An argparse type: a whole number of pixels from 1 to MAX_IMAGE_SIZE."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_IMAGE_SIZE} pixels, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,11 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
                         help="split to cache; 'all' caches train, val and test (those present)")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help="side S of the cached images; others are resized and centre-cropped (default 128)")
+    parser.add_argument("--image-size", type=image_size, default=DEFAULT_IMAGE_SIZE,
+                        help=f"side S of the cached images, at most {MAX_IMAGE_SIZE}; others are resized and "
+                        "centre-cropped (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    parser.add_argument("--workers", type=_positive, default=2, help="decoding processes (default 2)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--force", "--rebuild", action="store_true",
+                        help="rebuild even when the cache is up to date")
+    action.add_argument("--verify", action="store_true",
+                        help="check a built cache fully: hash of the whole file, and every image decoded again "
+                        "and compared with its cached pixels (catches images edited in place); exit 1 on a problem")
+    parser.set_defaults(func=run_cache)
 
 
 def _splits(root: Path, split: str) -> list[str]:
@@ -55,7 +86,14 @@ def _splits(root: Path, split: str) -> list[str]:
     return present or ["train"]  # lets the library say what is missing
 
 
+def _command(args: argparse.Namespace, split: str) -> str:
+    return cache_command(argparse.Namespace(root=args.root, split=split, image_size=args.image_size,
+                                            cache_dir=args.cache_dir, force=False))
+
+
 def run_cache(args: argparse.Namespace) -> int:
+    if args.verify:
+        return run_verify(args)
     from tqdm import tqdm
 
     from miniplaces.data.cache import build_cache, cache_paths, cache_state, open_cache
@@ -68,6 +106,8 @@ def run_cache(args: argparse.Namespace) -> int:
             folder = build_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers)
             verb = "reused"
         else:
+            if state == "corrupt":
+                print(f"{split}: the cache is corrupt; rebuilding it", file=sys.stderr)
             total = len(read_split(args.root, split))
             with tqdm(total=total, desc=f"cache {split}", unit="img", disable=not sys.stderr.isatty(),
                       leave=False) as bar:
@@ -81,3 +121,31 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"{split}: {verb} {len(cache)} images of {args.image_size}×{args.image_size}{took} → "
               f"{folder}/{images.name} ({size_mb:.0f} MiB)")
     return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`--verify`: every problem of every split's cache; 0 when all are sound, else 1."""
+    from tqdm import tqdm
+
+    from miniplaces.data.cache import CacheError, verify_cache
+    from miniplaces.data.layout import read_split
+
+    failed = 0
+    for split in _splits(args.root, args.split):
+        total = len(read_split(args.root, split))
+        try:
+            with tqdm(total=total, desc=f"verify {split}", unit="img", disable=not sys.stderr.isatty(),
+                      leave=False) as bar:
+                problems = verify_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers,
+                                        progress=bar.update)
+        except CacheError as err:
+            raise MiniPlacesError(f"{err.problem}; build it with `{_command(args, split)}`") from err
+        if not problems:
+            print(f"{split}: OK, {total} cached images match the dataset")
+            continue
+        failed += 1
+        print(f"{split}: FAILED, {len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  {problem}")
+        print(f"  rebuild it with `{_command(args, split)} --force`")
+    return 1 if failed else 0

@@ -25,6 +25,30 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = _positive(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1024 pixels, got {value}")
+    return value
+
+
+def _sha256(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"must be 64 hexadecimal digits, got {text!r}")
+    return value
+
+
 def print_report(report: Any) -> int:
     """Print a `VerifyReport`: summary, notes, every problem; 0 when sound, else 1."""
     for line in report.summary():
@@ -51,6 +75,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from miniplaces.data.synth import synthesize
 
     root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise MiniPlacesError(f"{root} is a file, not a folder; choose another --root")
     if root.exists() and any(root.iterdir()) and not args.force:
         raise MiniPlacesError(f"{root} is not empty; choose another --root or pass --force to write over it")
     synthesize(
@@ -101,6 +127,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             keep_archive=args.keep_archive,
             verify=not args.no_verify,
             workers=args.workers,
+            sha256=args.sha256,
         )
     finally:
         for bar in bars.values():
@@ -129,7 +156,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mirror of data.tar.gz; the label files are then taken from the archive if it holds them, "
         "else from the same base URL as the archive, else from the development kit on GitHub",
     )
-    download.add_argument("--timeout", type=float, default=10.0, help="connect/read timeout in seconds (default 10)")
+    download.add_argument(
+        "--sha256", type=_sha256, metavar="HEX",
+        help="expected SHA-256 of data.tar.gz (from a source you trust); checked before anything is extracted",
+    )
+    download.add_argument("--timeout", type=_timeout, default=10.0, help="connect/read timeout in seconds (default 10)")
     download.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after extraction")
     download.add_argument("--no-verify", action="store_true", help="skip the verification after extraction")
     download.add_argument("--workers", type=_positive, default=2, help="decoding threads for verify (default 2)")
@@ -161,6 +192,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--per-class", type=_positive, default=50, help="train images per class (default 50)")
     synth.add_argument("--val-per-class", type=_non_negative, default=10, help="val images per class (default 10)")
     synth.add_argument("--test", type=_non_negative, default=0, help="unlabelled test images (default 0)")
-    synth.add_argument("--image-size", type=_positive, default=128, help="image side in pixels (default 128)")
+    synth.add_argument("--image-size", type=_image_size, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--force", action="store_true", help="write into a non-empty folder")

@@ -1,6 +1,6 @@
 """MiniPlaces data: layout, dataset, transforms (plus synth, verify, download, cache, loader)."""
 
-from miniplaces.data.dataset import UNLABELLED, ImageReadError, MiniPlaces, load_rgb
+from miniplaces.data.dataset import UNLABELLED, ImageReadError, MiniPlaces, load_rgb, open_image_checked
 from miniplaces.data.layout import LayoutError, Sample, read_categories, read_split
 from miniplaces.data.transforms import resize_for, train_transform, val_transform
 
@@ -11,6 +11,7 @@ __all__ = [
     "MiniPlaces",
     "Sample",
     "load_rgb",
+    "open_image_checked",
     "read_categories",
     "read_split",
     "resize_for",

@@ -15,6 +15,7 @@ so that `verify` can list them all; `read_split` raises them together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,33 @@ def short_category_name(entry: str) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def _integer(text: str) -> int | None:
+    """An ASCII decimal integer such as `3` or `-1`, else None (`³`, `--1` and `1.0` included)."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+
+
+def read_label_lines(path: Path) -> tuple[list[str], list[str]]:
+    """The lines of a label file as UTF-8 text (a leading BOM dropped), plus a list of problems.
+
+    A file that is not UTF-8 gives no lines and one problem naming the first bad line,
+    so that `verify` can list it with the others instead of stopping.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return [], [f"{path}: cannot read ({err.strerror or err})"]
+    try:
+        # utf-8-sig drops a BOM: editors on Windows add one, and it would otherwise rename class 0
+        # and prefix the first image path.
+        return data.decode("utf-8-sig").splitlines(), []
+    except UnicodeDecodeError as err:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        byte = data[err.start : err.start + 1].hex()
+        return [], [f"{path}:{lineno}: not UTF-8 text (byte 0x{byte} at column {column}); save the file as UTF-8"]
+
+
 def parse_categories(path: Path) -> tuple[list[str], list[str]]:
     """Parse `categories.txt` into names ordered by index, plus a list of problems.
 
@@ -65,22 +93,26 @@ def parse_categories(path: Path) -> tuple[list[str], list[str]]:
     by_index: dict[int, str] = {}
     if not path.is_file():
         return [], [f"{path}: missing; it lists the classes as '/a/abbey 0' lines"]
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines, problems = read_label_lines(path)
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split(" ")
-        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+        index = _integer(parts[1]) if len(parts) == 2 else None
+        if index is None:
             problems.append(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
             continue
-        index = int(parts[1])
         if index in by_index:
             problems.append(f"{path}:{lineno}: index {index} appears twice")
             continue
         by_index[index] = short_category_name(parts[0])
     count = len(by_index)
     if by_index and sorted(by_index) != list(range(count)):
-        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
-        problems.append(f"{path}: indices must be 0..{count - 1} without gaps; missing {missing[:10]}")
+        # Only range(count) is walked: an index of 10**11 must not build a set of that size.
+        missing = [i for i in range(count) if i not in by_index][:10]
+        stray = sorted(i for i in by_index if not 0 <= i < count)[:10]
+        problems.append(f"{path}: indices must be 0..{count - 1} without gaps; missing {missing}, "
+                        f"out of range {stray}")
     return [by_index[i] for i in sorted(by_index)], problems
 
 
@@ -91,7 +123,8 @@ def parse_labels(path: Path, split: str, num_classes: int) -> tuple[list[Sample]
     if not path.is_file():
         return [], [f"{path}: missing; it lists '{split}/… <label>' lines of the {split} split"]
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines, problems = read_label_lines(path)
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split(" ")
@@ -100,10 +133,10 @@ def parse_labels(path: Path, split: str, num_classes: int) -> tuple[list[Sample]
             problems.append(f"{where}: expected '<image path> <label>', got {line!r}")
             continue
         relpath, label_text = parts
-        if not label_text.strip().lstrip("-").isdigit():
+        label = _integer(label_text)
+        if label is None:
             problems.append(f"{where}: label {label_text!r} is not an integer")
             continue
-        label = int(label_text)
         if not 0 <= label < num_classes:
             problems.append(f"{where}: label {label} out of range 0..{num_classes - 1}")
             continue

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from miniplaces.errors import MiniPlacesError
+
+MAX_IMAGE_SIZE = 1024  # as the decoded cache's bound
+
 SHAPES = ("disc", "square", "triangle", "bar", "ring")
 
 
@@ -93,6 +97,9 @@ def synthesize(
     """
     if classes < 1 or per_class < 1 or val_per_class < 0 or test_count < 0:
         raise ValueError("classes and per_class must be ≥ 1; val_per_class and test_count ≥ 0")
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        # Each image is drawn in float64 arrays of image_size² elements: 100000 would need 149 GiB.
+        raise MiniPlacesError(f"image size must be from 1 to {MAX_IMAGE_SIZE} pixels, got {image_size}")
     root = Path(root)
     images = root / "images"
     styles = [_style(np.random.default_rng([seed, 0, k]), k) for k in range(classes)]

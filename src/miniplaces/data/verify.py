@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from miniplaces.data.dataset import ImageReadError, open_image_checked
 from miniplaces.data.layout import (
     IMAGE_SUFFIXES,
     LABELLED_SPLITS,
@@ -29,6 +30,7 @@ from miniplaces.data.layout import (
     list_test_images,
     parse_categories,
     parse_labels,
+    read_label_lines,
 )
 
 FULL_SIZES = {"train": 100_000, "val": 10_000, "test": 10_000}
@@ -130,11 +132,17 @@ class VerifyReport:
 def _decode(path: str) -> tuple[int, int] | str:
     """Fully decode one image: its (width, height), or the reason it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_image_checked(path) as image:
             image.load()
             return image.size
+    except ImageReadError as err:
+        # The error names the path; the report names it already, with the line that lists it.
+        text = str(err).removeprefix(f"{path}: ").removesuffix("; replace or remove it")
+        return text.replace("cannot decode image (", "cannot decode (", 1)
     except FileNotFoundError:
         return "file not found"
+    except Image.DecompressionBombError as err:
+        return f"refused, too many pixels to decode safely ({err})"
     except (OSError, SyntaxError, ValueError) as err:
         return f"cannot decode ({err})"
 
@@ -157,7 +165,7 @@ def decode_all(paths: list[str], workers: int = 2) -> list[tuple[int, int] | str
 def _line_numbers(path: Path) -> dict[str, int]:
     """relpath → line number in a label file (parse_labels drops bad lines, so it cannot say)."""
     numbers: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_label_lines(path)[0], 1):
         relpath = line.split(" ", 1)[0]
         numbers.setdefault(relpath, lineno)
     return numbers
@@ -183,6 +191,9 @@ def verify_dataset(root: Path | str, decode: bool = True, workers: int = 2) -> V
     """
     root = Path(root)
     report = VerifyReport(root=root)
+    if root.exists() and not root.is_dir():
+        report.problems.append(f"{root}: a file, not a dataset folder")
+        return report
     if not root.is_dir():
         report.problems.append(
             f"{root}: no such folder; run `miniplaces download --root {root}` or `miniplaces synth --root {root}`"
