@@ -44,6 +44,11 @@ def command_lines(text: str) -> list[str]:
     return found
 
 
+def _placeholder(word: str) -> bool:
+    """`<command>`, `NAME`: a word standing for any command."""
+    return bool(re.fullmatch(r"<[\w -]+>|[A-Z_]+", word))
+
+
 def check_command(parser: argparse.ArgumentParser, line: str) -> list[str]:
     """Problems of one command line: an unknown subcommand or a flag its parser does not have."""
     words = shlex.split(line)
@@ -52,15 +57,19 @@ def check_command(parser: argparse.ArgumentParser, line: str) -> list[str]:
     if not words or words[0].startswith("-"):
         return [f"{line!r}: unknown option {words[0]!r}"] if words and words[0] not in _flags(parser) else []
     commands = _subparsers(parser)
+    if _placeholder(words[0]):
+        return []
     if words[0] not in commands:
         return [f"{line!r}: no command {words[0]!r}"]
     sub, rest = commands[words[0]], words[1:]
     nested = _subparsers(sub)
     if nested:  # `miniplaces bench NAME`
-        if not rest or rest[0] not in nested:
+        if not rest or _placeholder(rest[0]):
+            return []
+        if rest[0] not in nested:
             if rest and rest[0] in _flags(sub):
                 return []
-            return [f"{line!r}: no {words[0]} {rest[0] if rest else '(missing)'!r}; known: {sorted(nested)}"]
+            return [f"{line!r}: no {words[0]} {rest[0]!r}; known: {sorted(nested)}"]
         sub, rest = nested[rest[0]], rest[1:]
     known = _flags(sub)
     return [f"{line!r}: no flag {w.split('=')[0]!r}" for w in rest
@@ -75,6 +84,7 @@ def test_command_extraction_finds_flags_and_continuations() -> None:
     assert check_command(build_parser(), "miniplaces bench conv --quick") == []
     assert check_command(build_parser(), "miniplaces bench nope")
     assert check_command(build_parser(), "miniplaces nope")
+    assert check_command(build_parser(), "miniplaces bench NAME --quick") == []
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
