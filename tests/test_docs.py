@@ -46,7 +46,7 @@ def command_lines(text: str) -> list[str]:
 
 def _placeholder(word: str) -> bool:
     """`<command>`, `NAME`: a word standing for any command."""
-    return bool(re.fullmatch(r"<[\w -]+>|[A-Z_]+", word))
+    return bool(re.fullmatch(r"<[\w -]+>|[A-Z_]+|…|\.\.\.", word))
 
 
 def check_command(parser: argparse.ArgumentParser, line: str) -> list[str]:
