@@ -27,49 +27,58 @@ class ConfigError(MiniPlacesError):
     """A configuration key is unknown or its value has the wrong type."""
 
 
+def _key(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
+    """A config field with its documentation beside it (read by `config_reference_markdown`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; the defaults are the study's."""
 
-    model: str = "simplenet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    root: str = ""
-    name: str | None = None  # run directory name under out_dir; default <model>-<date>-<time>
-    out_dir: str = "runs"
-    epochs: int = 60
-    batch_size: int = 256  # global: split evenly across DDP processes
-    # Optimiser; None → the model card's: SGD for CNNs (lr 0.1, wd 1e-4), AdamW for ViTs (lr 0.01, wd 0.05).
-    optimizer: Literal["sgd", "adamw"] | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    warmup_epochs: float = 5.0
-    min_lr: float = 0.0
-    clip_grad: float | None = None  # max gradient norm; None disables clipping
-    label_smoothing: float = 0.0
-    no_wd_norm_bias: bool = False
-    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    loader: Literal["dataloader", "cache"] = "dataloader"
-    workers: int = 4
-    image_size: int = 128  # training crop side; a ViT's position embedding and windows are built for it
-    tta: Literal["flip"] | None = None  # test-time augmentation of the per-epoch validation
-    sync_bn: bool = False
-    limit_train_batches: int | None = None  # for tests and quick runs
-    limit_val_batches: int | None = None
-    log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
+    model: str = _key("simplenet", "registered model name (`miniplaces models`)")
+    model_kwargs: dict[str, Any] = _key(
+        factory=dict, help="builder arguments of the model, e.g. `{depth: 6}`; `--set model_kwargs.depth=6` sets one")
+    root: str = _key("", "dataset folder in the MiniPlaces layout (required)")
+    name: str | None = _key(None, "run directory name under `out_dir`; null → `<model>-<date>-<time>`")
+    out_dir: str = _key("runs", "folder that holds the run directories")
+    epochs: int = _key(60, "training epochs")
+    batch_size: int = _key(256, "global batch: split evenly across DDP processes")
+    optimizer: Literal["sgd", "adamw"] | None = _key(None, "null → the model card's (SGD for CNNs, AdamW for ViTs)")
+    lr: float | None = _key(None, "peak learning rate; null → the optimiser's default (SGD 0.1, AdamW 0.01)")
+    momentum: float = _key(0.9, "SGD momentum")
+    weight_decay: float | None = _key(None, "null → the optimiser's default (SGD 1e-4, AdamW 0.05)")
+    warmup_epochs: float = _key(5.0, "linear warm-up length, then cosine decay to `min_lr` (stepped per iteration)")
+    min_lr: float = _key(0.0, "learning rate at the end of the cosine decay")
+    clip_grad: float | None = _key(None, "max gradient norm; null disables clipping")
+    label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy")
+    no_wd_norm_bias: bool = _key(False, "keep norms, biases and position embeddings out of weight decay")
+    device: str = _key("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    amp: Literal["none", "bf16", "fp16"] = _key("none", "autocast precision; fp16 adds a grad scaler on CUDA")
+    channels_last: bool = _key(False, "channels-last memory format for model and batches")
+    compile: bool = _key(False, "`torch.compile` the model")
+    seed: int = _key(0, "seed of weights, shuffling and augmentation")
+    loader: Literal["dataloader", "cache"] = _key(
+        "dataloader", "per-sample DataLoader, or the decoded uint8 cache with batched augmentation")
+    workers: int = _key(4, "loader worker processes (at most the number of CPU cores)")
+    image_size: int = _key(128, "training crop side; a ViT's position embedding and windows are built for it")
+    tta: Literal["flip"] | None = _key(None, "test-time augmentation of the per-epoch validation")
+    sync_bn: bool = _key(False, "convert BatchNorm to SyncBatchNorm under DDP")
+    limit_train_batches: int | None = _key(None, "at most this many training batches per epoch (tests, quick runs)")
+    limit_val_batches: int | None = _key(None, "at most this many validation batches per epoch")
+    log_every: int = _key(20, "steps between progress updates (each one synchronises with the device)")
     # Adversarial training: every training batch is replaced by an attack on the current model
     # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
     # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
-    adv_train: Literal[("none", *ATTACK_KINDS)] = "none"  # type: ignore[valid-type]
-    adv_eps: float | str = "6/255"  # budget in pixel units: 6/255 or 0.0235
-    adv_steps: int = 10  # PGD steps, each one more forward + backward per training step
-    adv_step_size: float | str | None = None  # PGD step in pixel units; None → ε/10
-    # PGD: away from the true label, or towards the least likely class (the study's attack)
-    adv_mode: Literal[TARGET_MODES] = "untargeted"  # type: ignore[valid-type]
+    adv_train: Literal[("none", *ATTACK_KINDS)] = _key(  # type: ignore[valid-type]
+        "none", "adversarial training: each training batch replaced by this attack on the current model")
+    adv_eps: float | str = _key("6/255", "L∞ budget in pixel units: `6/255` or `0.0235`")
+    adv_steps: int = _key(10, "PGD steps, each one more forward + backward per training step")
+    adv_step_size: float | str | None = _key(None, "PGD step in pixel units; null → ε/10")
+    adv_mode: Literal[TARGET_MODES] = _key(  # type: ignore[valid-type]
+        "untargeted", "PGD away from the true label, or towards the least likely class (the study's attack)")
 
 
 def config_keys() -> list[str]:
@@ -272,3 +281,28 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def save_config(config: TrainConfig, path: Path | str) -> Path:
     return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        value = f.default
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "" or value == {}:
+        return "`" + ("{}" if value == {} else '""') + "`"
+    return f"`{value}`"
+
+
+def config_reference_markdown() -> str:
+    """The table of every `TrainConfig` key (type, default, help) that docs/training.md embeds."""
+    types_ = _field_types()
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(TrainConfig):
+        type_text = _type_name(types_[f.name]).replace("|", "\\|")
+        help_text = f.metadata.get("help", "").replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {type_text} | {_default_text(f)} | {help_text} |")
+    return "\n".join(lines) + "\n"
