@@ -52,6 +52,15 @@ def for_the_command_line(err: MiniPlacesError) -> str:
 
         fix = "rebuild" if build.force else "build"
         return f"{getattr(err, 'problem', err)}; {fix} it with `{cache_command(build)}`"
+    dataset_fix = getattr(err, "fix", None)  # a LayoutError's or DownloadError's DatasetFix
+    if dataset_fix is not None:
+        root = dataset_fix.root
+        return f"{err}\n" + {
+            "get": f"Run `miniplaces download --root {root}` or `miniplaces synth --root {root}`.",
+            "verify": f"`miniplaces verify --root {root}` lists every problem.",
+            "download": f"`miniplaces download --root {root}` then uses the files in place; "
+                        f"`miniplaces verify --root {root}` checks the result.",
+        }[dataset_fix.action]
     return str(err)
 
 

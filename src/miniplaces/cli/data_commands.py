@@ -68,7 +68,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from miniplaces.data.verify import verify_dataset
 
     report = verify_dataset(args.root, decode=not args.no_decode, workers=args.workers)
-    return print_report(report)
+    code = print_report(report)
+    if not Path(args.root).exists():
+        print(f"  run `miniplaces download --root {args.root}` or `miniplaces synth --root {args.root}`")
+    return code
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

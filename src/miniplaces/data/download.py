@@ -46,7 +46,7 @@ from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from miniplaces import __version__
-from miniplaces.data.layout import images_dir
+from miniplaces.data.layout import DatasetFix, images_dir
 from miniplaces.data.verify import VerifyReport, verify_dataset
 from miniplaces.errors import MiniPlacesError
 from miniplaces.rundir import atomic_write_json
@@ -70,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 class DownloadError(MiniPlacesError):
     """A download failed (server error, incomplete transfer, corrupt archive)."""
+
+    def __init__(self, message: str, fix: DatasetFix | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class OfflineError(DownloadError):
@@ -100,10 +104,10 @@ def manual_instructions(root: Path) -> str:
     """How to set the dataset up by hand, for error messages."""
     return (
         f"To set it up by hand: put the archive at {root / ARCHIVE_NAME} and train.txt, val.txt, categories.txt "
-        f"(from the development kit, {DEVKIT_PAGE}) in {root}/, then rerun `miniplaces download --root {root}`, "
+        f"(from the development kit, {DEVKIT_PAGE}) in {root}/, then rerun the download, "
         f"which uses the files already there and only extracts; or extract the archive yourself so that "
         f"{root}/images/train, images/val (and images/test) exist. "
-        f"`miniplaces verify --root {root}` checks the result."
+        f"A full check (verify_dataset) checks the result."
     )
 
 
@@ -251,7 +255,8 @@ def fetch_first(urls: list[str], dest: Path, root: Path, *, progress: Progress |
             failures.append(f"{url}: {reason}")
             logger.info("cannot fetch %s: %s", url, reason)
     cls, what = (OfflineError, "cannot reach") if unreachable else (DownloadError, "cannot download")
-    raise cls(f"{what} {dest.name}:\n  " + "\n  ".join(failures) + f"\n{manual_instructions(root)}")
+    raise cls(f"{what} {dest.name}:\n  " + "\n  ".join(failures) + f"\n{manual_instructions(root)}",
+              DatasetFix(Path(root), "download"))
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:

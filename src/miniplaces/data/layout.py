@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from miniplaces.errors import MiniPlacesError
 
@@ -35,8 +36,25 @@ class Sample:
     label: int | None
 
 
+@dataclass(frozen=True)
+class DatasetFix:
+    """What fixes a dataset problem, for the command line to spell as commands.
+
+    `get`: the folder is missing (download it, or make a synthetic one); `verify`: a full check
+    lists every problem of the folder; `download`: files placed by hand are used by a second
+    download, and a full check confirms the result.
+    """
+
+    root: Path
+    action: Literal["get", "verify", "download"]
+
+
 class LayoutError(MiniPlacesError):
-    """The dataset folder or one of its label files is malformed."""
+    """The dataset folder or one of its label files is malformed; `fix` says what helps, when something does."""
+
+    def __init__(self, message: str, fix: DatasetFix | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 def categories_path(root: Path | str) -> Path:
@@ -172,7 +190,7 @@ def read_categories(root: Path | str) -> list[str]:
     if problems:
         raise LayoutError(
             f"cannot read the categories of {root}:{format_problems(problems)}\n"
-            f"Run `miniplaces verify --root {root}` for a full check."
+            "A full check (verify_dataset) lists every problem of the folder.", DatasetFix(Path(root), "verify"),
         )
     return names
 
@@ -183,10 +201,8 @@ def read_split(root: Path | str, split: str) -> list[Sample]:
         raise LayoutError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(root)
     if not root.is_dir():
-        raise LayoutError(
-            f"dataset folder {root} does not exist; run `miniplaces download --root {root}` "
-            f"or `miniplaces synth --root {root}`"
-        )
+        raise LayoutError(f"dataset folder {root} does not exist; download it (download_dataset) or make a "
+                          "synthetic one (synthesize)", DatasetFix(root, "get"))
     if split == "test":
         samples = list_test_images(root)
         if not samples:
@@ -197,7 +213,8 @@ def read_split(root: Path | str, split: str) -> list[Sample]:
     if problems:
         raise LayoutError(
             f"bad {split} label file in {root}:{format_problems(problems)}\n"
-            f"Fix or remove these lines; `miniplaces verify --root {root}` lists every problem."
+            "Fix or remove these lines; a full check (verify_dataset) lists every problem.",
+            DatasetFix(root, "verify"),
         )
     if not samples:
         raise LayoutError(f"{labels_path(root, split)} lists no images")
