@@ -28,7 +28,6 @@ import importlib.util
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from miniplaces.bench.conv import saved_bytes
+from miniplaces.bench.timing import medians, time_interleaved
 from miniplaces.engine.device import synchronize
 
 # The study's experiments: model → epochs (the seed's settings; configs/*.yaml hold the same numbers).
@@ -255,35 +256,9 @@ def unfold_correctness(device: torch.device) -> dict[str, Any]:
             "columns_auto": uc.resolve_columns("auto", device)}
 
 
-def saved_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves while `step()` builds its graph (a storage saved
-    twice, or with a view of it, counts once): what a layer holds between forward and backward."""
-    storages: dict[tuple[str, int], int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[(str(t.device), storage.data_ptr())] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = step()
-    del out
-    return sum(storages.values())
-
-
 def _median_times(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each step, measured round-robin so that a load change hits all alike."""
-    for step in steps.values():  # warm-up (cuDNN autotuning, allocator)
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    """Median seconds of each step, interleaved so that a load change hits all alike."""
+    return medians(time_interleaved(steps, device, repeats=repeats, warmup=1))
 
 
 def unfold_vs_native(device: torch.device, scale: Scale) -> dict[str, Any]:

@@ -141,41 +141,25 @@ class VisionTransformer(Classifier, nn.Module):
 
     Args:
         num_classes: output classes (0: no head, `forward` returns pooled features).
-        img_size: training image side, a multiple of `patch_size`; other sides work at inference
-            (the position embedding is resampled).
-        patch_size: side of the square patches.
-        embed_dim, depth, num_heads, mlp_ratio: width, number of blocks, heads, MLP expansion.
-        window_size: side of the attention windows, in tokens; default half the token grid's side.
-        window_blocks: 0-based indices of the blocks that use window attention; the others are global.
-        pos_embed: add a learnable absolute position embedding.
         drop_rate: dropout after the position embedding, in attention/MLP outputs and before the head.
         drop_path_rate: stochastic depth of the last block (linear from 0 at the first).
+        encoder_args: the trunk's (`TokenEncoder`): img_size (training image side, a multiple of
+            patch_size; other sides work at inference, the position embedding is resampled), patch_size,
+            embed_dim, depth, num_heads, mlp_ratio, window_size (in tokens; default half the token grid's
+            side), window_blocks (0-based indices of the window-attention blocks; the others are global),
+            pos_embed, qkv_bias.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 100,
-        img_size: int = 128,
-        patch_size: int = 16,
-        embed_dim: int = 192,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        window_size: int | None = None,
-        window_blocks: Sequence[int] = (0, 2),
-        pos_embed: bool = True,
-        qkv_bias: bool = True,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
-    ) -> None:
+    def __init__(self, num_classes: int = 100, *, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 **encoder_args: Any) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = embed_dim
         self.normalize = Normalize()
-        self.encoder = TokenEncoder(img_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio, window_size,
-                                    window_blocks, pos_embed, qkv_bias, drop_rate, drop_path_rate)
+        # The trunk's arguments (img_size, patch_size, embed_dim, …) are `TokenEncoder`'s, written once there.
+        self.encoder = TokenEncoder(drop_rate=drop_rate, drop_path_rate=drop_path_rate, **encoder_args)
+        self.num_features = self.encoder.embed_dim
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_transformer_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

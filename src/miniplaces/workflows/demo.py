@@ -56,8 +56,7 @@ class DemoOptions:
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     seed: int = 0
     # Torch intra-op threads during the demo; None keeps torch's setting. 1 helps on a busy machine: there,
-    # OpenMP threads waiting for each other made every step 20-60× slower (measured: the demo's training
-    # took 292 s with 2 threads, 16 s with 1).
+    # OpenMP threads waiting for each other made every step many times slower (docs/benchmarks.md, the demo).
     threads: int | None = None
     # Also train simplenet_unfold (SimpleNet on UnfoldConv2d) with the same settings, so the report's
     # time and memory figure compares the two convolutions.
