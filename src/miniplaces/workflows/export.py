@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import io
 import json
 import math
@@ -250,8 +251,10 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, 
         # onnxscript and specialises the unfold convolution's batch; this one works offline and keeps it dynamic.
         # Tracer warnings concern the image side, which the export fixes.
         warnings.simplefilter("ignore")
+        # torch < 2.5 has only this exporter and no `dynamo` switch; later releases default to the other one.
+        choice = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         try:
-            torch.onnx.export(traceable(model), (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+            torch.onnx.export(traceable(model), (example,), buffer, **choice, opset_version=ONNX_OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
         except Exception as err:  # noqa: BLE001  (any exporter failure is a refusal with its reason)
