@@ -58,8 +58,10 @@ def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
 
 def embedded_image(path: Path, max_width: int = EMBED_MAX_WIDTH) -> tuple[str, bytes]:
     """(MIME type, bytes) of the copy of an image the page embeds: at most `max_width` pixels wide,
-    transparency flattened onto white, as JPEG where that is under half the PNG's size, PNG otherwise."""
+    transparency flattened onto white, as JPEG where that is under half the PNG's size, PNG otherwise;
+    the file's own bytes when it needs no downscaling and they are fewer."""
     with Image.open(path) as opened:
+        original = Image.MIME.get(opened.format or "")
         image = opened.convert("RGBA")
     if image.width > max_width:
         image = image.resize((max_width, max(1, round(image.height * max_width / image.width))),
@@ -69,7 +71,12 @@ def embedded_image(path: Path, max_width: int = EMBED_MAX_WIDTH) -> tuple[str, b
     png = _encode(flat, "PNG")
     jpeg = _encode(flat, "JPEG", quality=JPEG_QUALITY, optimize=True)
     # Plots keep PNG's sharp lines, where JPEG saves little; photographs (grids) shrink several-fold as JPEG.
-    return ("image/jpeg", jpeg) if len(jpeg) < JPEG_WHEN_UNDER * len(png) else ("image/png", png)
+    chosen = ("image/jpeg", jpeg) if len(jpeg) < JPEG_WHEN_UNDER * len(png) else ("image/png", png)
+    if original in ("image/png", "image/jpeg") and image.width <= max_width:
+        data = path.read_bytes()  # already small enough: its own bytes when they are fewer
+        if len(data) <= len(chosen[1]):
+            return original, data
+    return chosen
 
 
 def data_uri(path: Path) -> str:
