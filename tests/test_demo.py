@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert (report / name).is_file(), name
     assert sorted(p.name for p in (report / "grids" / "simplenet").iterdir()) == [
         "attack_grid.png", "saliency_vanilla.png", "sweep.png"]
+    # The page embeds small copies and links each full-size image, which sits beside it.
+    page = (report / "report.html").read_text()
+    links = set(re.findall(r'<a href="([^"]+)">', page))
+    assert "confusion/simplenet_val.png" in links and len(links) == 8
+    assert all((report / link).is_file() for link in links)
+    assert (report / "report.html").stat().st_size < 3_000_000
     with (report / "results.csv").open() as handle:
         native, unfold = list(csv.DictReader(handle))
     assert float(native["val_top1"]) == pytest.approx(metrics[0]["val_top1"])

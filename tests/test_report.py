@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ from miniplaces.report import RunError, build_report, find_run_dirs, load_run
 from miniplaces.rundir import AttackResult, EvalResult, RunDir, Sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def metrics_of(run: Path) -> list[dict]:
@@ -72,10 +74,15 @@ def test_report_on_two_runs_writes_everything_and_numbers_match(produced_runs: P
 
     page = (out / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == len(report.figures) + len(report.grids) == 7
+    assert len(sources) == len(report.figures) + len(report.grids) + len(report.confusion) == 8
     for source in sources:
-        assert source.startswith("data:image/png;base64,")
-        assert base64.b64decode(source.split(",", 1)[1]).startswith(PNG_MAGIC)
+        mime, payload = re.fullmatch(r"data:(image/png|image/jpeg);base64,(.+)", source).groups()  # type: ignore[union-attr]
+        assert base64.b64decode(payload).startswith(PNG_MAGIC if mime == "image/png" else JPEG_MAGIC)
+    # Each embedded image links to its full-size file beside the page.
+    links = set(re.findall(r'<a href="([^"]+)">', page))
+    assert links == {p.relative_to(out).as_posix() for p in report.figures + report.grids + report.confusion}
+    for link in links:
+        assert (out / link).read_bytes().startswith(PNG_MAGIC)
 
 
 def test_the_report_reads_each_record_as_its_command_wrote_it(produced_runs: Path) -> None:
@@ -174,3 +181,111 @@ def test_glob_of_runs_skips_non_runs_with_a_note(produced_runs: Path, tmp_path: 
     assert main(["report", *map(str, sorted(runs.iterdir())), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "note: " in printed and "scratch" in printed and "report.html" in printed
+
+
+def _settings_after(page: str, heading: str) -> dict[str, dict[str, str]]:
+    """run → setting → cell text, from the first table after `heading` (one row per setting, a column per run)."""
+    table = re.search(re.escape(heading) + r".*?<table>(.*?)</table>", page, re.S).group(1)  # type: ignore[union-attr]
+    runs = re.findall(r"<th>(.*?)</th>", table.split("</thead>")[0])[1:]
+    settings: dict[str, dict[str, str]] = {run: {} for run in runs}
+    for name, cells in re.findall(r"<tr><th>(.*?)</th>(.*?)</tr>", table.split("</thead>")[1]):
+        for run, cell in zip(runs, re.findall(r"<td[^>]*>(.*?)</td>", cells), strict=True):
+            settings[run][name] = cell
+    return settings
+
+
+def test_each_run_shows_its_data_and_hyper_parameters(produced_runs: Path, tmp_path: Path) -> None:
+    import yaml
+
+    report = build_report([produced_runs], tmp_path / "out")
+    rows = _settings_after(report.html.read_text(), "data and hyper-parameters")
+    assert set(rows) == {"native", "unfold"}
+    for name, model in (("native", "simplenet"), ("unfold", "simplenet_unfold")):
+        config = yaml.safe_load((produced_runs / name / "config.yaml").read_text())
+        row = rows[name]
+        root = Path(config["root"])
+        assert row["Dataset"] == f"{root.parent.name}/{root.name}"
+        assert row["Image size"] == "32×32" and row["Model"] == model
+        assert row["Epochs planned"] == str(config["epochs"]) and row["Batch"] == "16"
+        assert row["Optimizer"] == config["optimizer"] == "sgd"  # resolved from the model card
+        assert float(row["LR"]) == config["lr"] == 0.05
+        assert float(row["Weight decay"]) == config["weight_decay"] > 0
+        assert float(row["Warm-up epochs"]) == 1 and float(row["Label smoothing"]) == 0
+        assert row["Loader"] == "dataloader, 0 workers" and row["AMP"] == "none"
+        assert "momentum 0.9" in row["Other"] and "seed 0" in row["Other"]
+    assert rows["unfold"]["Epochs planned"] == "3"
+    # Only the evaluated run knows its classes and images: 4 classes × 4 val images.
+    assert rows["native"]["Classes"] == "4" and rows["native"]["Eval images"] == "val 16"
+    assert rows["unfold"]["Classes"] == "—" and rows["unfold"]["Eval images"] == "—"
+
+
+def test_confusion_matrix_only_for_evaluated_runs(produced_runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = build_report([produced_runs], out)
+    assert report.confusion == [out / "confusion" / "native_val.png"]
+    with Image.open(report.confusion[0]) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert not any("unfold" in p.name for p in (out / "confusion").iterdir())
+    assert any(note.startswith("unfold: no confusion matrix") for note in report.notes)
+    assert "Confusion matrices" in report.html.read_text()
+
+
+def _eval_result(classes: int, confusion: list[list[int]]) -> EvalResult:
+    from miniplaces.rundir import ClassAccuracy
+
+    per_class = [ClassAccuracy(f"/x/class{i}", 0.0, sum(confusion[i])) for i in range(classes)]
+    return EvalResult("best.pt", {"name": "simplenet", "kwargs": {}}, 1, "val", None, 128,
+                      sum(map(sum, confusion)), 50.0, 90.0, 1.0, per_class, confusion)
+
+
+def test_confusion_figure_of_100_classes_is_a_row_normalised_image(tmp_path: Path) -> None:
+    """Rows are normalised (a class with 3× the images is as bright), no text in the cells, a colour bar."""
+    import numpy as np
+
+    from miniplaces.report.figures import confusion_figure, confusion_matrix
+
+    classes = 100
+    confusion = [[(3 if i % 2 else 1) * (i == j) + (i == 6 and j == 7) for j in range(classes)] for i in range(classes)]
+    figure = confusion_figure(_eval_result(classes, confusion), "run")
+    matrix_axes, colorbar_axes = figure.axes  # the matrix and its colour bar
+    shown = np.asarray(matrix_axes.images[0].get_array())
+    assert shown.shape == (classes, classes)
+    assert shown[1, 1] == shown[2, 2] == 100 and shown[6, 6] == shown[6, 7] == 50 and shown[7, 6] == 0
+    assert len(matrix_axes.texts) == 0
+    assert [t.get_text() for t in matrix_axes.get_xticklabels()] == [str(i) for i in range(0, classes, 10)]
+    assert colorbar_axes.get_ylabel() == "% of the true class"
+    with Image.open(confusion_matrix(_eval_result(classes, confusion), "run", tmp_path / "cm.png")) as image:
+        assert image.format == "PNG"
+
+
+def test_confusion_figure_of_few_classes_names_them() -> None:
+    from miniplaces.report.figures import confusion_figure
+
+    figure = confusion_figure(_eval_result(4, [[2, 1, 0, 0], [0, 3, 0, 0], [0, 0, 0, 0], [1, 0, 0, 2]]), "run")
+    axes = figure.axes[0]
+    names = ["class0", "class1", "class2", "class3"]
+    assert [t.get_text() for t in axes.get_xticklabels()] == names
+    assert [t.get_text() for t in axes.get_yticklabels()] == names
+    assert list(axes.images[0].get_array()[2]) == [0, 0, 0, 0]  # a class without images: an empty row, no NaN
+
+
+def test_embedded_copies_are_small_and_full_size_files_are_linked(produced_runs: Path, tmp_path: Path) -> None:
+    """A demo-sized photographic grid (1600 px of noise, the worst case for PNG) is embedded downscaled as JPEG."""
+    import numpy as np
+
+    from miniplaces.report.html import EMBED_MAX_WIDTH
+
+    (run,) = copy_runs(produced_runs, tmp_path, "native")
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(run / "saliency" / "saliency_big.png")
+    full = (run / "saliency" / "saliency_big.png").stat().st_size
+    out = tmp_path / "out"
+    report = build_report([run], out)
+    page = report.html.read_text()
+    big = next(p for p in report.grids if p.name == "saliency_big.png")
+    assert big.stat().st_size == full  # the full-size file beside the report is the run's own
+    link = big.relative_to(out).as_posix()
+    source = re.search(rf'<a href="{re.escape(link)}"><img src="data:image/jpeg;base64,([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    with Image.open(io.BytesIO(base64.b64decode(source))) as embedded:
+        assert embedded.format == "JPEG" and embedded.size == (EMBED_MAX_WIDTH, 675)
+    assert len(page) < full / 2

@@ -61,7 +61,7 @@ def test_report_html_renders_in_chromium(produced_runs: Path, tmp_path: Path) ->
     probe = json.loads(match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert probe["errors"] == []
     assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line] == []
-    assert len(probe["images"]) == len(report.figures) + len(report.grids) == 7
+    assert len(probe["images"]) == len(report.figures) + len(report.grids) + len(report.confusion) == 8
     for image in probe["images"]:
         assert image["width"] > 0 and image["height"] > 0, image
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from miniplaces.report import figures
 from miniplaces.report.html import Picture, render_html
 from miniplaces.report.runs import Run, load_runs
-from miniplaces.report.tables import results_rows, to_markdown, write_csv
+from miniplaces.report.tables import results_rows, settings_rows, to_markdown, write_csv
 from miniplaces.rundir import atomic_write_bytes, atomic_write_text
 
 FIGURES = (
@@ -34,10 +34,30 @@ class Report:
     grids: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     table: str = ""
+    confusion: list[Path] = field(default_factory=list)
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def _link(path: Path, out: Path) -> str:
+    """The page's relative link to a file written under `out` (the full-size image beside the report)."""
+    return path.relative_to(out).as_posix()
+
+
+def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list[Picture]:
+    """One confusion-matrix figure per eval file of each run; a note for each run that has none."""
+    pictures = []
+    for run in runs:
+        if not run.evals:
+            notes.append(f"{run.name}: no confusion matrix, the run has no checkpoints/eval_<split>.json "
+                         "(`miniplaces eval` writes it)")
+        for split, result in run.evals.items():
+            path = figures.confusion_matrix(result, run.name, out / "confusion" / f"{_safe(run.name)}_{split}.png")
+            pictures.append(Picture(path, f"{run.name}: confusion matrix on {split} ({Path(result.checkpoint).name}); "
+                                          "rows are true classes, each normalised to 100%", _link(path, out)))
+    return pictures
 
 
 def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report") -> Report:
@@ -58,7 +78,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     for filename, draw, caption in FIGURES:
         path = draw(runs, out / filename)
         if path is not None:
-            written.append(Picture(path, caption))
+            written.append(Picture(path, caption, _link(path, out)))
 
     # The runs' own grids are copied beside the report, so it stays whole when the runs move.
     grids: list[Picture] = []
@@ -66,9 +86,11 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
         for image in run.images:
             target = out / "grids" / _safe(run.name) / image.name
             atomic_write_bytes(target, image.read_bytes())
-            grids.append(Picture(target, f"{run.name}: {image.parent.name}/{image.name}"))
+            grids.append(Picture(target, f"{run.name}: {image.parent.name}/{image.name}", _link(target, out)))
+    confusion = _confusion_figures(runs, out, notes)
 
     html = out / "report.html"
-    atomic_write_text(html, render_html(rows, written, grids, notes, [r.path for r in runs], title))
+    atomic_write_text(html, render_html(rows, written, grids, notes, [r.path for r in runs], title,
+                                        settings=settings_rows(runs), confusion=confusion))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
-                  table)
+                  table, [p.path for p in confusion])

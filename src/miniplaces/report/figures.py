@@ -10,11 +10,13 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from miniplaces.report.runs import Run
-from miniplaces.rundir import atomic_write_bytes
+from miniplaces.rundir import EvalResult, atomic_write_bytes
 
 DPI = 110
 
@@ -132,3 +134,46 @@ def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
         axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+# Up to this many classes the axes name every class; beyond it they show every tenth index.
+LABELLED_CLASSES = 20
+
+
+def confusion_matrix(result: EvalResult, title: str, path: Path) -> Path:
+    """Write `confusion_figure(result, title)` to `path`."""
+    return _save(confusion_figure(result, title), path)
+
+
+def confusion_figure(result: EvalResult, title: str) -> Figure:
+    """The eval's confusion matrix as an image: rows true class, columns predicted, in class-index order.
+
+    Each row is normalised to the percentage of its true class's images (so classes with fewer images
+    are not paler), drawn on a square-root colour scale with its colour bar. Up to `LABELLED_CLASSES`
+    classes the ticks carry the class names; above it, every tenth class index. No numbers in the
+    cells: they would not be legible at 100 classes.
+    """
+    counts = np.asarray(result.confusion, dtype=np.float64)  # (true, predicted)
+    totals = counts.sum(axis=1, keepdims=True)
+    percent = np.divide(100.0 * counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    classes = len(percent)
+    labelled = classes <= LABELLED_CLASSES
+    side = 5.0 if labelled and classes <= 10 else 6.5
+    figure = Figure(figsize=(side + 1.6, side))
+    axes = figure.add_subplot(1, 1, 1)
+    # A square-root scale, so the confusions of a few percent that matter among 100 classes stay visible.
+    image = axes.imshow(percent, cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=100), interpolation="nearest")
+    colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    colorbar.set_label("% of the true class")
+    if labelled:
+        names = [c.name.rsplit("/", 1)[-1] for c in result.per_class] or [str(i) for i in range(classes)]
+        axes.set_xticks(range(classes), names, rotation=90, fontsize=7)
+        axes.set_yticks(range(classes), names, fontsize=7)
+    else:
+        ticks = list(range(0, classes, 10))
+        axes.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        axes.set_yticks(ticks, [str(t) for t in ticks], fontsize=7)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"{title}: top-1 {result.top1:.1f}% on {result.count} {result.split} images", fontsize=10)
+    return figure

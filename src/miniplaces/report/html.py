@@ -1,19 +1,28 @@
-"""`report.html`: the table, the figures and the runs' grids in one self-contained page.
+"""`report.html`: the tables, the figures and the runs' grids in one self-contained page.
 
 Images are embedded as base64 `data:` URIs, so the file can be mailed or opened from
-anywhere; no script, no external resource.
+anywhere; no script, no external resource. To keep the page small, each embedded copy is at
+most `EMBED_MAX_WIDTH` pixels wide, and JPEG where that is under half the PNG's size (photo
+grids become JPEG, plots stay PNG); each image links to its full-size file beside the report.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from miniplaces.report.tables import format_cell, visible_columns
+from PIL import Image
+
+from miniplaces.report.tables import SETTING_COLUMNS, format_cell, visible_columns
+
+EMBED_MAX_WIDTH = 1200
+JPEG_QUALITY = 85
+JPEG_WHEN_UNDER = 0.5  # of the PNG's size
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
@@ -26,6 +35,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; }
+figcaption a { margin-left: 0.5rem; }
 .notes { font-size: 0.85rem; color: #8a5a00; }
 code { background: #f6f6f6; padding: 0 0.2rem; }
 """
@@ -33,21 +43,56 @@ code { background: #f6f6f6; padding: 0 0.2rem; }
 
 @dataclass(frozen=True)
 class Picture:
-    """An image of the report: the PNG file and its caption."""
+    """An image of the report: the PNG file, its caption and the link to the full-size file (relative to the page)."""
 
     path: Path
     caption: str
+    link: str | None = None
+
+
+def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def embedded_image(path: Path, max_width: int = EMBED_MAX_WIDTH) -> tuple[str, bytes]:
+    """(MIME type, bytes) of the copy of an image the page embeds: at most `max_width` pixels wide,
+    transparency flattened onto white, as JPEG where that is under half the PNG's size, PNG otherwise;
+    the file's own bytes when it needs no downscaling and they are fewer."""
+    with Image.open(path) as opened:
+        original = Image.MIME.get(opened.format or "")
+        image = opened.convert("RGBA")
+    if image.width > max_width:
+        image = image.resize((max_width, max(1, round(image.height * max_width / image.width))),
+                             Image.Resampling.LANCZOS)
+    flat = Image.new("RGB", image.size, "white")
+    flat.paste(image, mask=image.getchannel("A"))
+    png = _encode(flat, "PNG")
+    jpeg = _encode(flat, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    # Plots keep PNG's sharp lines, where JPEG saves little; photographs (grids) shrink several-fold as JPEG.
+    chosen = ("image/jpeg", jpeg) if len(jpeg) < JPEG_WHEN_UNDER * len(png) else ("image/png", png)
+    if original in ("image/png", "image/jpeg") and image.width <= max_width:
+        data = path.read_bytes()  # already small enough: its own bytes when they are fewer
+        if len(data) <= len(chosen[1]):
+            return original, data
+    return chosen
 
 
 def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    """The embedded copy of an image (see `embedded_image`) as a `data:` URI."""
+    mime, data = embedded_image(path)
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _figure(picture: Picture) -> str:
-    return (
-        f'<figure><img src="{data_uri(picture.path)}" alt="{escape(picture.caption)}">'
-        f"<figcaption>{escape(picture.caption)}</figcaption></figure>"
-    )
+    caption = escape(picture.caption)
+    image = f'<img src="{data_uri(picture.path)}" alt="{caption}">'
+    if picture.link is None:
+        return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
+    link = escape(picture.link)
+    return (f'<figure><a href="{link}">{image}</a>'
+            f'<figcaption>{caption}<a href="{link}">full size</a></figcaption></figure>')
 
 
 def _table(rows: Sequence[dict[str, Any]]) -> str:
@@ -62,6 +107,17 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
+def _settings_table(settings: Sequence[dict[str, Any]]) -> str:
+    """One row per setting, one column per run: a few runs side by side read better than a row each."""
+    head = "<th>Setting</th>" + "".join(f"<th>{escape(str(row['run']))}</th>" for row in settings)
+    body = []
+    for column in SETTING_COLUMNS[1:]:
+        cells = "".join(f'<td class="{"num" if column.fmt else "text"}">{escape(format_cell(row[column.key], column))}'
+                        "</td>" for row in settings)
+        body.append(f"<tr><th>{escape(column.header)}</th>{cells}</tr>")
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
 def render_html(
     rows: Sequence[dict[str, Any]],
     figures: Sequence[Picture],
@@ -69,8 +125,10 @@ def render_html(
     notes: Sequence[str],
     sources: Sequence[Path],
     title: str = "miniplaces report",
+    settings: Sequence[dict[str, Any]] = (),
+    confusion: Sequence[Picture] = (),
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; `settings` are `tables.settings_rows`, `confusion` the runs' matrices."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -83,12 +141,20 @@ def render_html(
         "<p>Final = last epoch; best = the epoch of the highest val top-1; time per epoch is the mean over "
         "epochs, peak memory the maximum. — marks a value the run does not have.</p>",
     ]
+    if settings:
+        parts.append("<h2>Runs: data and hyper-parameters</h2>")
+        parts.append(_settings_table(settings))
+        parts.append("<p>From each run's resolved <code>config.yaml</code>; image counts from its eval files. "
+                     "— marks a value the run does not record.</p>")
     if notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in notes)
         parts.append(f'<ul class="notes">{items}</ul>')
     if figures:
         parts.append("<h2>Figures</h2>")
         parts.extend(_figure(p) for p in figures)
+    if confusion:
+        parts.append("<h2>Confusion matrices</h2>")
+        parts.extend(_figure(p) for p in confusion)
     if grids:
         parts.append("<h2>Saliency and attack grids</h2>")
         parts.extend(_figure(p) for p in grids)

@@ -135,3 +135,98 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for row in rows:
         writer.writerow(["" if row[c.key] is None else row[c.key] for c in COLUMNS])
     return atomic_write_text(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- what each run was trained on, and how
+
+SETTING_COLUMNS: tuple[Column, ...] = (
+    Column("run", "Run", ""),
+    Column("dataset", "Dataset", ""),
+    Column("classes", "Classes", "d"),
+    Column("eval_images", "Eval images", ""),
+    Column("image_size", "Image size", ""),
+    Column("model", "Model", ""),
+    Column("epochs", "Epochs planned", "g"),
+    Column("batch_size", "Batch", "g"),
+    Column("optimizer", "Optimizer", ""),
+    Column("lr", "LR", "g"),
+    Column("weight_decay", "Weight decay", "g"),
+    Column("warmup_epochs", "Warm-up epochs", "g"),
+    Column("label_smoothing", "Label smoothing", "g"),
+    Column("loader", "Loader", ""),
+    Column("amp", "AMP", ""),
+    Column("other", "Other", ""),
+)
+
+
+def _short_root(root: Any) -> str | None:
+    """The dataset folder's last two parts (`shared/miniplaces`, `demo/data`): enough to tell runs apart."""
+    if not root:
+        return None
+    parts = Path(str(root)).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else str(root)
+
+
+def _other_settings(config: dict[str, Any]) -> str | None:
+    """The settings that change training but are usually left alone, only where they are set."""
+    parts = []
+    if config.get("optimizer") == "sgd" and config.get("momentum") is not None:
+        parts.append(f"momentum {config['momentum']:g}")
+    if number(config.get("min_lr")):
+        parts.append(f"min lr {config['min_lr']:g}")
+    if config.get("clip_grad") is not None:
+        parts.append(f"clip grad {config['clip_grad']}")
+    for key, label in (("no_wd_norm_bias", "no wd on norm/bias"), ("channels_last", "channels-last"),
+                       ("compile", "compiled"), ("sync_bn", "sync BN")):
+        if config.get(key):
+            parts.append(label)
+    if config.get("tta"):
+        parts.append(f"val TTA {config['tta']}")
+    if config.get("adv_train") not in (None, "none"):
+        parts.append(f"adversarial training {config['adv_train']} {config.get('adv_mode', '')} "
+                     f"ε={config.get('adv_eps')} × {config.get('adv_steps')} steps")
+    for key, label in (("limit_train_batches", "train batches ≤"), ("limit_val_batches", "val batches ≤")):
+        if config.get(key) is not None:
+            parts.append(f"{label} {config[key]}")
+    if "seed" in config:
+        parts.append(f"seed {config['seed']}")
+    return ", ".join(parts) or None
+
+
+def settings_row(run: Run) -> dict[str, Any]:
+    """One run's dataset, image size and hyper-parameters, from its resolved `config.yaml` (None: not recorded).
+
+    The image counts are those of its eval JSON files (`split: count`); training does not record them.
+    """
+    config = run.config
+    model = run.model
+    kwargs = config.get("model_kwargs")
+    if model and isinstance(kwargs, dict) and kwargs:
+        model += " (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+    size = config.get("image_size")
+    loader = config.get("loader")
+    if loader and config.get("workers") is not None:
+        loader = f"{loader}, {config['workers']} workers"
+    classes = {len(result.per_class) for result in run.evals.values()}
+    return {
+        "run": run.name,
+        "dataset": _short_root(config.get("root")),
+        "classes": classes.pop() if len(classes) == 1 else None,
+        "eval_images": ", ".join(f"{split} {result.count}" for split, result in run.evals.items()) or None,
+        "image_size": f"{size}×{size}" if size else None,
+        "model": model,
+        "epochs": config.get("epochs"),
+        "batch_size": config.get("batch_size"),
+        "optimizer": config.get("optimizer"),
+        "lr": number(config.get("lr")),
+        "weight_decay": number(config.get("weight_decay")),
+        "warmup_epochs": number(config.get("warmup_epochs")),
+        "label_smoothing": number(config.get("label_smoothing")),
+        "loader": loader,
+        "amp": config.get("amp"),
+        "other": _other_settings(config),
+    }
+
+
+def settings_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    return [settings_row(run) for run in runs]
