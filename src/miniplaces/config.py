@@ -70,6 +70,28 @@ class TrainConfig:
     adv_step_size: float | str | None = None  # PGD step in pixel units; None → ε/10
     # PGD: away from the true label, or towards the least likely class (the study's attack)
     adv_mode: Literal[TARGET_MODES] = "untargeted"  # type: ignore[valid-type]
+    # Training features beyond the study (issue 13); every default leaves the study's recipe unchanged.
+    # EMA of the weights (timm's ModelEmaV3): updated after every optimiser step, validated beside the raw
+    # model (val_*_ema in metrics.jsonl), and when on, best.pt is chosen by the EMA's val top-1 and the
+    # weights a checkpoint is evaluated, exported or attacked with are the EMA's.
+    ema: bool = False
+    ema_decay: float = 0.9998  # in [0, 1); 0.9998 averages over ~5,000 steps
+    ema_warmup: bool = True  # ramp the decay up from 0 as 1 - (1 + updates)^(-2/3)
+    # MixUp / CutMix on whole batches (timm's Mixup in batch mode): soft targets, mixed with the batch reversed.
+    mixup_alpha: float = 0.0  # Beta(α, α) of the MixUp weight; 0 disables MixUp
+    cutmix_alpha: float = 0.0  # Beta(α, α) of the CutMix area; 0 disables CutMix
+    mix_prob: float = 1.0  # chance that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: chance of CutMix rather than MixUp
+    # Automatic augmentation after the study's augmentation: per image on the dataloader path, on groups
+    # of images on the cache loader (see miniplaces.data.batch_augment).
+    auto_augment: Literal["none", "trivialaugment", "randaugment"] = "none"
+    random_erasing: float = 0.0  # chance per image of erasing a random rectangle (torchvision's RandomErasing)
+    # Progressive resizing (FFCV): the training side rises linearly from progressive_start_size at
+    # progressive_start_epoch to image_size at progressive_end_epoch (0-based; null: the last epoch),
+    # in steps of 8 pixels. Validation always runs at image_size. null disables it.
+    progressive_start_size: int | None = None
+    progressive_start_epoch: int = 0
+    progressive_end_epoch: int | None = None
 
 
 def config_keys() -> list[str]:
@@ -221,9 +243,42 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.clip_grad is not None and config.clip_grad <= 0:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
     adversarial_spec(config)
+    _check_features(config, card.size_argument)
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
     return config
+
+
+def _check_features(config: TrainConfig, size_argument: str | None) -> None:
+    """Ranges of the issue-13 feature keys (EMA, MixUp/CutMix, augmentation, progressive resizing).
+
+    `size_argument`: the model card's builder argument for the image side; such a model (a ViT, whose
+    position embedding is built for image_size) cannot train at other sides.
+    """
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f"key 'ema_decay' must be in [0, 1), got {config.ema_decay!r}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"key {key!r} must be ≥ 0 (0 disables it), got {getattr(config, key)!r}")
+    for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise ConfigError(f"key {key!r} must be a probability in [0, 1], got {getattr(config, key)!r}")
+    if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) and config.adv_train != "none":
+        raise ConfigError("keys mixup_alpha/cutmix_alpha: MixUp and CutMix cannot be combined with adversarial "
+                          "training (its attacks need hard labels); set them to 0 or adv_train to none")
+    start = config.progressive_start_size
+    if start is not None and not 8 <= start <= config.image_size:
+        raise ConfigError(f"key 'progressive_start_size' must be between 8 and image_size "
+                          f"({config.image_size}) or null, got {start!r}")
+    if start is not None and start < config.image_size and size_argument is not None:
+        raise ConfigError(f"key 'progressive_start_size': model {config.model!r} is built for one image side "
+                          f"(its {size_argument!r}), so it cannot train at smaller sides; set it to null")
+    end_epoch = config.progressive_end_epoch
+    if config.progressive_start_epoch < 0:
+        raise ConfigError(f"key 'progressive_start_epoch' must be ≥ 0, got {config.progressive_start_epoch!r}")
+    if end_epoch is not None and end_epoch < config.progressive_start_epoch:
+        raise ConfigError(f"key 'progressive_end_epoch' ({end_epoch}) must be ≥ progressive_start_epoch "
+                          f"({config.progressive_start_epoch}) or null")
 
 
 def _budget(config: TrainConfig, key: str) -> float | None:

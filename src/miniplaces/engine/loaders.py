@@ -111,9 +111,10 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
             raise failure
         if outcome is not None:
             raise CacheError(f"rank 0 could not build the {split} cache of {root}: {outcome}")
+    extra = {"auto_augment": config.auto_augment, "random_erasing": config.random_erasing} if train else {}
     return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
                          image_size=config.image_size, rank=info.rank, world_size=info.world_size,
-                         build=not info.enabled)
+                         build=not info.enabled, **extra)
 
 
 @dataclass
@@ -141,7 +142,9 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
         sampler = None
     else:
         dataset = MiniPlaces(config.root, "train",
-                             transform=train_transform(config.image_size, resize_for(config.image_size)))
+                             transform=train_transform(config.image_size, resize_for(config.image_size),
+                                                       auto_augment=config.auto_augment,
+                                                       random_erasing=config.random_erasing))
         sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
         loader = DataLoader(
             SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,

@@ -19,10 +19,13 @@ from tqdm import tqdm
 from miniplaces.attacks.training import Adversary
 from miniplaces.engine.device import synchronize
 from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum, unwrap_model
+from miniplaces.engine.ema import ModelEma
 from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.errors import MiniPlacesError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# (images, labels, step in the epoch) → (images, targets): labels (B,) or probabilities (B, classes).
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLossError(MiniPlacesError):
@@ -65,8 +68,11 @@ def train_one_epoch(
     clip_grad: float | None = None,
     channels_last: bool = False,
     adversary: Adversary | None = None,
+    ema: ModelEma | None = None,
+    batch_transform: BatchTransform | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
     check_every: int = 20,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -75,9 +81,17 @@ def train_one_epoch(
     Args:
         steps: the epoch's length in steps (a limit on the loader); None = the whole loader.
         start_step: steps of this epoch already done before (a resumed epoch); `sums` holds their totals.
+        ema: updated from the plain module after every optimiser step.
+        batch_transform: applied to each batch on the device, before the adversary and the model
+            (`step` is the epoch's step index): progressive resizing, MixUp / CutMix. When it returns
+            probabilities, the loss takes them as they are and the train top-1/top-5 count the label
+            with the largest share (the dominant image's label).
         should_stop: polled after every step (at check points under DDP, where processes must agree);
             True ends the epoch early and the result has `completed=False`.
         on_step: called with the epoch's step index after each step (hooks, tests).
+        on_log: at each check point (every `check_every` steps), called with the epoch's step index and
+            this process's `loss` (mean since the last check point), `lr` and `images_per_s` (since then).
+            It costs no extra synchronisation: the check point synchronises anyway.
         adversary: adversarial training: `adversary(module, x, y)` replaces each batch before the step.
             It gets the plain module (not the DDP or `torch.compile` wrapper: its input-gradient passes
             must not start DDP's gradient synchronisation), runs in float32 outside autocast, and must
@@ -95,8 +109,9 @@ def train_one_epoch(
     total = steps if steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
     bar = _progress(total, start_step, f"epoch {epoch + 1} train", progress)
     step, images, lr, stopped = start_step, 0, optimizer.param_groups[0]["lr"], False
-    attacked = unwrap_model(model) if adversary is not None else None
-    start = time.perf_counter()
+    plain = unwrap_model(model)
+    start = last_time = time.perf_counter()
+    last_sums, last_images = sums.state(), 0
 
     def check(final: bool) -> bool:
         """Synchronise: raise on a non-finite loss; whether all processes should stop."""
@@ -108,6 +123,13 @@ def train_one_epoch(
                 "lower the learning rate, enable clip_grad or use amp=bf16 instead of fp16; "
                 "the last checkpoint written before it is kept"
             )
+        nonlocal last_time, last_sums, last_images
+        if not final and on_log is not None:
+            now, state = time.perf_counter(), sums.state()
+            seen = max(state[3] - last_sums[3], 1.0)
+            on_log(step, {"loss": (state[0] - last_sums[0]) / seen, "lr": lr,
+                          "images_per_s": (images - last_images) / max(now - last_time, 1e-9)})
+            last_time, last_sums, last_images = now, state, images
         if not final and bar.n < step:
             avg = sums.averages()
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -118,14 +140,21 @@ def train_one_epoch(
     for x, y in loader:
         if total is not None and step >= total:
             break
-        x, y = _to_device(x, y, device, channels_last)
+        x, y = _to_device(x, y, device, channels_last and batch_transform is None)
+        target = y
+        if batch_transform is not None:
+            x, target = batch_transform(x, y, step)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        # Soft targets (MixUp/CutMix) score against the label with the largest share.
+        y = target.argmax(1) if target.ndim == 2 else target
         # Cleared before the attack: were it to touch the parameters' .grad, the step would show it.
         optimizer.zero_grad(set_to_none=True)
         if adversary is not None:
-            x = adversary(attacked, x, y)
+            x = adversary(plain, x, y)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
-            loss = criterion(logits, y)
+            loss = criterion(logits, target)
         if scaler is not None:
             scaler.scale(loss).backward()
             if clip_grad is not None:
@@ -138,6 +167,8 @@ def train_one_epoch(
             if clip_grad is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
+        if ema is not None:
+            ema.update(plain)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         bad |= ~torch.isfinite(loss.detach())
