@@ -60,7 +60,8 @@ class TrainConfig:
     sync_bn: bool = False
     limit_train_batches: int | None = None  # for tests and quick runs
     limit_val_batches: int | None = None
-    log_every: int = 20  # steps between progress-bar updates (each one synchronises with the device)
+    # Steps between progress-bar updates and per-step TensorBoard scalars (each one synchronises with the device).
+    log_every: int = 20
     # Adversarial training: every training batch is replaced by an attack on the current model
     # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
     # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
