@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -222,3 +223,19 @@ def test_metrics_csv_equals_jsonl_and_tensorboard_has_step_scalars(data: Path, t
     assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert all(e.value > 0 for e in events.Scalars("step/images_per_s"))
+
+
+def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path, tmp_path: Path) -> None:
+    from miniplaces.report import load_run
+    from miniplaces.report.tables import results_rows, to_markdown
+
+    run = Path(shutil.copytree(ema_run, tmp_path / "run"))
+    report, _ = evaluate_checkpoint(run / "checkpoints" / "best.pt", data, tta="five-crop", workers=0,
+                                    progress=False)
+    row = results_rows([load_run(run)])[0]
+    assert row["best_val_top1_ema"] == max(r["val_top1_ema"] for r in rows(run))
+    assert row["eval_top1"] == report.top1 and row["eval_tta"] == "five-crop"
+    header = to_markdown([row]).splitlines()[0]
+    assert "Best EMA val top-1 %" in header and "Eval TTA" in header
+    plain = {**row, "best_val_top1_ema": None, "eval_top1": None, "eval_tta": None}
+    assert "EMA" not in to_markdown([plain]) and "Eval" not in to_markdown([plain])

@@ -22,6 +22,9 @@ from miniplaces.errors import MiniPlacesError
 from miniplaces.pixels import parse_eps
 from miniplaces.rundir import atomic_write_text
 
+# Test-time augmentations of `miniplaces eval`; the per-epoch validation (key `tta`) takes flip only.
+TTA_MODES = ("flip", "five-crop", "ten-crop")
+
 
 class ConfigError(MiniPlacesError):
     """A configuration key is unknown or its value has the wrong type."""

@@ -228,6 +228,8 @@ class CachedLoader:
         auto_augment: "none", "trivialaugment" or "randaugment", on training batches after the
             study's augmentation (`batch_augment.auto_augment_groups`).
         random_erasing: chance per training image of an erased rectangle (`batch_augment.random_erasing`).
+        val_crop: validation batches are centre-cropped to image_size (default); without it they are the
+            whole images resized to `resize_for(image_size)`, for multi-crop test-time augmentation.
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class CachedLoader:
         num_threads: int | None = None,
         auto_augment: str = "none",
         random_erasing: float = 0.0,
+        val_crop: bool = True,
     ) -> None:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype not in (np.uint8, torch.uint8):
             raise ValueError(f"images must be uint8 (N, S, S, 3), got {tuple(images.shape)} {images.dtype}")
@@ -266,6 +269,7 @@ class CachedLoader:
         self.num_threads = num_threads
         self.auto_augment = auto_augment_transform(auto_augment)
         self.random_erasing = random_erasing
+        self.val_crop = val_crop
         self.epoch = 0
         self.num_images = len(images)
         self.pad = train if pad is None else pad
@@ -322,6 +326,8 @@ class CachedLoader:
             pixels = self.images.index_select(0, idx.to(self.device))
         labels = self.labels[idx.to(self.labels.device)]
         if not self.train:
+            if not self.val_crop:
+                return to_float(pixels, resize_for(self.image_size)), labels
             return val_batch(pixels, self.image_size), labels
         theta, colour = sample_augmentation(len(idx), generator)
         x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.image_size, None)
@@ -376,7 +382,7 @@ def cached_loader(
     """A `CachedLoader` over `split` of `root`, building (or reusing) its cache first when `build`.
 
     Extra keyword arguments (`shuffle`, `drop_last`, `seed`, `rank`, `world_size`, `auto_augment`,
-    `random_erasing`) go to `CachedLoader`.
+    `random_erasing`, `val_crop`) go to `CachedLoader`.
     """
     if build:
         build_cache(root, split, image_size=image_size, cache_dir=cache_dir)

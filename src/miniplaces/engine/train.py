@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from miniplaces.attacks.training import Adversary
+from miniplaces.config import TTA_MODES
 from miniplaces.engine.device import synchronize
 from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum, unwrap_model
 from miniplaces.engine.ema import ModelEma
@@ -204,13 +205,43 @@ def train_one_epoch(
     }
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
-    """Logits of `x`, or with `tta="flip"` the mean of the logits of `x` and its mirror image."""
+# Multi-crop modes take crops of `crop` pixels from images resized to `resize_for(crop)`, as torchvision's
+# FiveCrop / TenCrop do: the four corners and the centre (ten-crop: and their mirror images).
+MULTI_CROP = ("five-crop", "ten-crop")
+
+
+def five_crops(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    """The corners (top-left, top-right, bottom-left, bottom-right) and centre crops of side `crop` of
+    `x` (B, C, H, W), each (B, C, crop, crop), with torchvision's centre offset round((H − crop) / 2)."""
+    h, w = x.shape[-2:]
+    if crop > min(h, w):
+        raise ValueError(f"crop {crop} is larger than the images ({h}×{w})")
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (top, left)]
+    return [x[..., i : i + crop, j : j + crop] for i, j in corners]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str | None, crop: int | None = None) -> torch.Tensor:
+    """Logits of `x`, or the mean of the logits of its test-time views.
+
+    `flip`: `x` and its mirror image. `five-crop` / `ten-crop`: `x` holds images resized to
+    `resize_for(crop)` (larger than the model's side `crop`), and the views are their five crops
+    (and the mirror images of those); `crop` is required.
+    """
     if tta is None:
         return model(x)
     if tta == "flip":
         return (model(x) + model(x.flip(-1))) / 2
-    raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use flip or none")
+    if tta in MULTI_CROP:
+        if crop is None:
+            raise ValueError(f"test-time augmentation {tta} needs the crop side")
+        views = five_crops(x, crop)
+        if tta == "ten-crop":
+            views += [v.flip(-1) for v in views]
+        b = x.shape[0]
+        logits = model(torch.cat(views))  # (V·B, classes): one forward for all views
+        return logits.view(len(views), b, -1).mean(0)
+    raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use {', '.join(TTA_MODES)} or none")
 
 
 @torch.no_grad()
@@ -220,6 +251,7 @@ def evaluate(
     *,
     device: torch.device,
     tta: str | None = None,
+    tta_crop: int | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     steps: int | None = None,
@@ -229,6 +261,7 @@ def evaluate(
     """Loss (cross-entropy), top-1 and top-5 in percent over `loader` (summed over all processes).
 
     With `num_classes`, also `confusion`: an int64 (C, C) tensor, rows true class, columns predicted.
+    `tta`, `tta_crop`: see `tta_logits` (multi-crop modes want a loader of uncropped, resized images).
     """
     model.eval()
     sums = RunningSums(device)
@@ -240,7 +273,7 @@ def evaluate(
             break
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = tta_logits(model, x, tta)
+            logits = tta_logits(model, x, tta, tta_crop)
         logits = logits.float()
         loss = nn.functional.cross_entropy(logits, y)
         correct1, correct5 = correct_topk(logits, y)
