@@ -216,13 +216,33 @@ def test_metrics_csv_equals_jsonl_and_tensorboard_has_step_scalars(data: Path, t
     assert list(table[0]) == list(METRIC_KEYS)
     assert table == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows(run)]
 
-    events = EventAccumulator(str(run / "tb"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"step/loss", "step/lr", "step/images_per_s", "train/loss", "val/top1"} <= tags
-    assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
-    assert all(e.value > 0 for e in events.Scalars("step/images_per_s"))
+    epochs, steps = EventAccumulator(str(run / "tb")), EventAccumulator(str(run / "tb" / "steps"))
+    epochs.Reload()
+    steps.Reload()
+    assert {"train/loss", "val/top1"} <= set(epochs.Tags()["scalars"])
+    assert {"step/loss", "step/lr", "step/images_per_s"} <= set(steps.Tags()["scalars"])
+    assert [e.step for e in steps.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in epochs.Scalars("train/loss")] == [1, 2]
+    assert all(e.value > 0 for e in steps.Scalars("step/images_per_s"))
+    assert steps.Scalars("step/lr")[0].value == pytest.approx(0.05 / 3)  # the first warm-up step of three
+
+
+def test_resumed_run_keeps_one_step_scalar_per_step(data: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def crash_in_epoch_two(step: int) -> None:
+        crash_in_epoch_two.calls += 1  # type: ignore[attr-defined]
+        if crash_in_epoch_two.calls == 5:  # type: ignore[attr-defined]  # in epoch 2, after step 4 was logged
+            raise RuntimeError("crash")
+
+    crash_in_epoch_two.calls = 0  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="crash"):
+        train(config(data, tmp_path, log_every=1), on_step=crash_in_epoch_two, progress=False)
+    run = train(config(data, tmp_path, log_every=1), resume=tmp_path / "run", progress=False)
+    steps = EventAccumulator(str(run / "tb" / "steps"))
+    steps.Reload()
+    # Step 4 was logged before the crash and again after the resume from epoch 1: the first is purged.
+    assert [e.step for e in steps.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path, tmp_path: Path) -> None:

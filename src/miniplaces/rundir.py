@@ -113,7 +113,7 @@ class RunDir:
     metrics.csv                    the same rows as CSV (a header of `METRIC_KEYS`; empty cell = null)
     checkpoints/last.pt, best.pt   training state (every epoch / best val top-1)
     checkpoints/eval_<split>.json  an `EvalResult` (`miniplaces eval`)
-    tb/                            TensorBoard scalars
+    tb/                            TensorBoard scalars per epoch; tb/steps/ per step
     saliency/saliency_<method>.png (`miniplaces saliency`)
     attack/attack.json             an `AttackResult`, with attack_grid.png (`miniplaces attack`)
     attack/sweep.json              a `Sweep`, with sweep.png
@@ -130,6 +130,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
         self.tensorboard = self.path / "tb"
+        self.tensorboard_steps = self.tensorboard / "steps"  # per-step scalars, at the global step
         self.saliency = self.path / "saliency"
         self.attack = AttackFiles(self.path / "attack")
 

@@ -3,8 +3,8 @@
 The run's files are those of `miniplaces.rundir.RunDir`: `config.yaml`, `metrics.jsonl`
 and `metrics.csv` (one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on
 Ctrl-C mid-epoch), `checkpoints/best.pt` (best val top-1: the EMA's when the run keeps one)
-and `tb/` (per-epoch scalars, and per-step `step/loss`, `step/lr`, `step/images_per_s` every
-`log_every` steps). Only rank 0 writes. A checkpoint is a
+and `tb/` (per-epoch scalars; per-step `step/loss`, `step/lr`, `step/images_per_s` every
+`log_every` steps in `tb/steps/`). Only rank 0 writes. A checkpoint is a
 `TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`.
 
 Read top to bottom: `train` → `_name_run` → `_build` → `_open_run` → `_train_epochs` (one
@@ -230,16 +230,18 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
     state, config = parts.state, parts.state.config
     rows = read_metrics(run.metrics) if info.is_main else []
     steps = parts.batches.steps_per_epoch
+    resumed_at = state.epoch * steps + state.step_in_epoch  # global steps already done
 
-    def on_log(step: int, values: dict[str, float]) -> None:
-        # Per-step scalars at the global step; this process's own window (rank 0's, the one that writes).
-        for key, value in values.items():
-            writer.add_scalar(f"step/{key}", value, state.epoch * steps + step)
+    with _stop_on_signals() as should_stop, _step_writer(run, writer is not None, resumed_at) as step_writer:
 
-    with _stop_on_signals() as should_stop:
+        def on_log(step: int, values: dict[str, float]) -> None:
+            # Per-step scalars at the global step; this process's own window (rank 0's, the one that writes).
+            for key, value in values.items():
+                step_writer.add_scalar(f"step/{key}", value, state.epoch * steps + step)
+
         while state.epoch < config.epochs:
             row = _train_epoch(run, parts, info, on_step, progress and info.is_main, should_stop,
-                               on_log if writer is not None else None)
+                               on_log if step_writer is not None else None)
             # best.pt holds the weights that a checkpoint is used with: the EMA's when the run keeps one.
             score = row.val_top1_ema if row.val_top1_ema is not None else row.val_top1
             improved = score > state.best_top1
@@ -251,6 +253,8 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
                 write_metrics(run.metrics, rows)
                 write_metrics_csv(run.metrics_csv, rows)
                 _log_scalars(writer, row)
+                if step_writer is not None:
+                    step_writer.flush()
                 save_checkpoint(payload, run.last)
                 if improved:
                     save_checkpoint(payload, run.best)
@@ -367,6 +371,20 @@ def _stop_on_signals() -> Iterator[Callable[[], bool]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def _step_writer(run: RunDir, enabled: bool, resumed_at: int) -> Iterator[Any]:
+    """The writer of the per-step scalars (rank 0), or None. Its own event folder (`tb/steps`): a resumed
+    run purges the events past its checkpoint by step, where the per-epoch writer purges by epoch."""
+    if not enabled:
+        yield None
+        return
+    writer = _tensorboard(run.tensorboard_steps, purge_step=resumed_at + 1)
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 def _adversarial_note(config: TrainConfig) -> str:
