@@ -125,11 +125,18 @@ def test_resumed_run_with_every_feature_is_bit_identical(data: Path, reference_f
     assert without_timing(rows(run)) == without_timing(rows(reference_features))
 
 
-def test_resume_after_crash_between_epochs_is_bit_identical_on_the_cache_loader(data: Path, tmp_path: Path) -> None:
+def test_resume_in_epoch_two_is_bit_identical_on_the_cache_loader(data: Path, tmp_path: Path) -> None:
     changes = {**FEATURES, "loader": "cache"}
     reference = train(config(data, tmp_path / "a", **changes), progress=False)
-    with pytest.raises(TrainingInterrupted, match="after epoch 1"):
-        train(config(data, tmp_path / "b", **changes), on_step=interrupt_at(3), progress=False)
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_two(step: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 2 of epoch 2 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 2/3"):
+        train(config(data, tmp_path / "b", **changes), on_step=interrupt_in_epoch_two, progress=False)
     run = train(config(data, tmp_path / "b", **changes), resume=tmp_path / "b" / "run", progress=False)
     assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
     assert without_timing(rows(run)) == without_timing(rows(reference))
