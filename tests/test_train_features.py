@@ -252,7 +252,8 @@ def test_resumed_run_keeps_one_step_scalar_per_step(data: Path, tmp_path: Path) 
     assert [e.step for e in steps.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path, tmp_path: Path) -> None:
+def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from miniplaces.report import load_run
     from miniplaces.report.tables import results_rows, to_markdown
 
@@ -264,5 +265,13 @@ def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path,
     assert row["eval_top1"] == report.top1 and row["eval_tta"] == "five-crop"
     header = to_markdown([row]).splitlines()[0]
     assert "Best EMA val top-1 %" in header and "Eval TTA" in header
+    from miniplaces.report import figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda figure, path: (drawn.append(figure), save(figure, path))[1])
+    assert figures.accuracy_curves([load_run(run)], tmp_path / "accuracy.png") is not None
+    labels = [line.get_label() for line in drawn[0].axes[0].get_lines()]
+    assert labels == ["run train", "run val", "run val EMA"]
     plain = {**row, "best_val_top1_ema": None, "eval_top1": None, "eval_tta": None}
     assert "EMA" not in to_markdown([plain]) and "Eval" not in to_markdown([plain])
