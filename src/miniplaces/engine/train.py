@@ -116,6 +116,7 @@ def train_one_epoch(
 
     def check(final: bool) -> bool:
         """Synchronise: raise on a non-finite loss; whether all processes should stop."""
+        nonlocal last_time, last_sums, last_images
         stop = bool(should_stop()) if should_stop is not None else False
         flags = all_reduce_max(float(bad.item()) + 2.0 * stop, device) if distributed else float(bad.item())
         if flags % 2 >= 1:
@@ -124,13 +125,12 @@ def train_one_epoch(
                 "lower the learning rate, enable clip_grad or use amp=bf16 instead of fp16; "
                 "the last checkpoint written before it is kept"
             )
-        nonlocal last_time, last_sums, last_images
         if not final and on_log is not None:
-            now, state = time.perf_counter(), sums.state()
-            seen = max(state[3] - last_sums[3], 1.0)
-            on_log(step, {"loss": (state[0] - last_sums[0]) / seen, "lr": lr,
+            now, current = time.perf_counter(), sums.state()  # [loss sum, top-1, top-5, count]
+            seen = max(current[3] - last_sums[3], 1.0)
+            on_log(step, {"loss": (current[0] - last_sums[0]) / seen, "lr": lr,
                           "images_per_s": (images - last_images) / max(now - last_time, 1e-9)})
-            last_time, last_sums, last_images = now, state, images
+            last_time, last_sums, last_images = now, current, images
         if not final and bar.n < step:
             avg = sums.averages()
             elapsed = max(time.perf_counter() - start, 1e-9)
