@@ -114,8 +114,9 @@ def test_flip_tta_averages_an_image_and_its_mirror() -> None:
 def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     """Two gloo processes with 8 images each take the same first step as one process with all 16."""
     root = synthesize(tmp_path / "data", classes=4, per_class=8, val_per_class=2, image_size=32, seed=2)
+    # With an EMA (of the unwrapped module under DDP), which must match as well.
     settings = dict(epochs=1, batch_size=16, lr=0.05, workers=0, image_size=32, device="cpu",
-                    limit_train_batches=1, warmup_epochs=0.0)
+                    limit_train_batches=1, warmup_epochs=0.0, ema=True, ema_decay=0.5, ema_warmup=False)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "miniplaces", "train", "--model", "simplenet", "--root", str(root), "--name", "ddp",
@@ -138,6 +139,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(ddp["state_dict"][key], value, rtol=1e-5, atol=1e-6)
         moved += not torch.equal(value, initial.state_dict()[key])
     assert moved > 0  # the step changed the weights, so the comparison means something
+    assert ddp["ema"]["updates"] == single["ema"]["updates"] == 1
+    for key, value in single["ema"]["state_dict"].items():
+        torch.testing.assert_close(ddp["ema"]["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+        if value.is_floating_point():  # halfway between the initial and the trained weights
+            torch.testing.assert_close(value, (initial.state_dict()[key] + single["state_dict"][key]) / 2)
     ddp_rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(ddp_rows) == 1  # written once, by rank 0
     assert len(ddp["rng"]) == 2  # each process's RNG state

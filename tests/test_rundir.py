@@ -3,6 +3,7 @@ that read back what they write."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 
@@ -23,6 +24,7 @@ from miniplaces.rundir import (
     atomic_write_text,
     read_metrics,
     write_metrics,
+    write_metrics_csv,
 )
 
 
@@ -108,3 +110,21 @@ def test_a_file_that_is_not_the_record_is_named(tmp_path):
     (tmp_path / "sweep.json").write_text('{"eps": [0.1]}')
     with pytest.raises(RunFileError, match="sweep.json: no list of rows"):
         Sweep.read(tmp_path / "sweep.json")
+
+
+def test_metrics_csv_holds_the_rows_of_the_jsonl(tmp_path):
+    rows = [MetricsRow(epoch=1, train_loss=2.0, train_top1=10.0, train_top5=50.0, val_loss=2.1, val_top1=12.5,
+                       val_top5=55.0, lr=0.1, epoch_time_s=3.0, images_per_s=100.0, peak_memory_mb=500.0,
+                       peak_memory_kind="cpu_max_rss"),
+            MetricsRow(epoch=2, train_loss=1 / 3, train_top1=10.0, train_top5=50.0, val_loss=2.1, val_top1=12.5,
+                       val_top5=55.0, lr=0.1, epoch_time_s=3.0, images_per_s=100.0, peak_memory_mb=500.0,
+                       peak_memory_kind="cpu_max_rss", val_loss_ema=2.0, val_top1_ema=25.0, val_top5_ema=75.0)]
+    run = RunDir(tmp_path)
+    assert run.metrics_csv == tmp_path / "metrics.csv"
+    write_metrics_csv(run.metrics_csv, rows)
+    with run.metrics_csv.open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == list(METRIC_KEYS)
+    assert table[0]["val_top1_ema"] == "" and float(table[1]["val_top1_ema"]) == 25.0
+    assert float(table[1]["train_loss"]) == 1 / 3  # floats read back exactly
+    assert [int(r["epoch"]) for r in table] == [1, 2]

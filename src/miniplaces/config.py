@@ -22,6 +22,9 @@ from miniplaces.errors import MiniPlacesError
 from miniplaces.pixels import parse_eps
 from miniplaces.rundir import atomic_write_text
 
+# Test-time augmentations of `miniplaces eval`; the per-epoch validation (key `tta`) takes flip only.
+TTA_MODES = ("flip", "five-crop", "ten-crop")
+
 
 class ConfigError(MiniPlacesError):
     """A configuration key is unknown or its value has the wrong type."""
@@ -64,11 +67,13 @@ class TrainConfig:
         "dataloader", "per-sample DataLoader, or the decoded uint8 cache with batched augmentation")
     workers: int = _key(4, "loader worker processes (at most the number of CPU cores)")
     image_size: int = _key(128, "training crop side; a ViT's position embedding and windows are built for it")
-    tta: Literal["flip"] | None = _key(None, "test-time augmentation of the per-epoch validation")
+    tta: Literal["flip"] | None = _key(None, "test-time augmentation of the per-epoch validation (`eval --tta` also "
+                                               "takes five-crop and ten-crop)")
     sync_bn: bool = _key(False, "convert BatchNorm to SyncBatchNorm under DDP")
     limit_train_batches: int | None = _key(None, "at most this many training batches per epoch (tests, quick runs)")
     limit_val_batches: int | None = _key(None, "at most this many validation batches per epoch")
-    log_every: int = _key(20, "steps between progress updates (each one synchronises with the device)")
+    log_every: int = _key(20, "steps between progress updates and per-step TensorBoard scalars (each one "
+                          "synchronises with the device)")
     # Adversarial training: every training batch is replaced by an attack on the current model
     # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
     # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
@@ -79,6 +84,25 @@ class TrainConfig:
     adv_step_size: float | str | None = _key(None, "PGD step in pixel units; null → ε/10")
     adv_mode: Literal[TARGET_MODES] = _key(  # type: ignore[valid-type]
         "untargeted", "PGD away from the true label, or towards the least likely class (the study's attack)")
+    # Training features beyond the study (issue 13); every default leaves the study's recipe unchanged.
+    ema: bool = _key(False, "EMA of the weights (timm's ModelEmaV3), updated after every optimiser step and validated "
+                     "beside the raw model (val_*_ema); when on, best.pt is chosen by the EMA's val top-1 and "
+                     "checkpoints are evaluated, exported and attacked with the EMA's weights")
+    ema_decay: float = _key(0.9998, "EMA decay in [0, 1); 0.9998 averages over ~5,000 steps")
+    ema_warmup: bool = _key(True, "ramp the EMA decay up from 0 as 1 - (1 + updates)^(-2/3)")
+    mixup_alpha: float = _key(0.0, "MixUp on whole batches: Beta(α, α) of the mixing weight; 0 disables MixUp")
+    cutmix_alpha: float = _key(0.0, "CutMix on whole batches: Beta(α, α) of the pasted area; 0 disables CutMix")
+    mix_prob: float = _key(1.0, "chance that a batch is mixed at all (MixUp/CutMix targets are soft)")
+    mix_switch_prob: float = _key(0.5, "with MixUp and CutMix both on: chance of CutMix rather than MixUp")
+    auto_augment: Literal["none", "trivialaugment", "randaugment"] = _key(
+        "none", "automatic augmentation after the study's: per image on the dataloader path, per group of images "
+        "on the cache loader (miniplaces.data.batch_augment)")
+    random_erasing: float = _key(0.0, "chance per image of erasing a random rectangle (torchvision's RandomErasing)")
+    progressive_start_size: int | None = _key(
+        None, "progressive resizing (FFCV): training side at `progressive_start_epoch`, rising linearly in steps of "
+        "8 px to `image_size` at `progressive_end_epoch`; validation stays at `image_size`; null disables it")
+    progressive_start_epoch: int = _key(0, "0-based epoch where progressive resizing starts")
+    progressive_end_epoch: int | None = _key(None, "0-based epoch where it reaches `image_size`; null → the last epoch")
 
 
 def config_keys() -> list[str]:
@@ -230,9 +254,42 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.clip_grad is not None and config.clip_grad <= 0:
         raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
     adversarial_spec(config)
+    _check_features(config, card.size_argument)
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
     return config
+
+
+def _check_features(config: TrainConfig, size_argument: str | None) -> None:
+    """Ranges of the issue-13 feature keys (EMA, MixUp/CutMix, augmentation, progressive resizing).
+
+    `size_argument`: the model card's builder argument for the image side; such a model (a ViT, whose
+    position embedding is built for image_size) cannot train at other sides.
+    """
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f"key 'ema_decay' must be in [0, 1), got {config.ema_decay!r}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"key {key!r} must be ≥ 0 (0 disables it), got {getattr(config, key)!r}")
+    for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise ConfigError(f"key {key!r} must be a probability in [0, 1], got {getattr(config, key)!r}")
+    if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) and config.adv_train != "none":
+        raise ConfigError("keys mixup_alpha/cutmix_alpha: MixUp and CutMix cannot be combined with adversarial "
+                          "training (its attacks need hard labels); set them to 0 or adv_train to none")
+    start = config.progressive_start_size
+    if start is not None and not 8 <= start <= config.image_size:
+        raise ConfigError(f"key 'progressive_start_size' must be between 8 and image_size "
+                          f"({config.image_size}) or null, got {start!r}")
+    if start is not None and start < config.image_size and size_argument is not None:
+        raise ConfigError(f"key 'progressive_start_size': model {config.model!r} is built for one image side "
+                          f"(its {size_argument!r}), so it cannot train at smaller sides; set it to null")
+    end_epoch = config.progressive_end_epoch
+    if config.progressive_start_epoch < 0:
+        raise ConfigError(f"key 'progressive_start_epoch' must be ≥ 0, got {config.progressive_start_epoch!r}")
+    if end_epoch is not None and end_epoch < config.progressive_start_epoch:
+        raise ConfigError(f"key 'progressive_end_epoch' ({end_epoch}) must be ≥ progressive_start_epoch "
+                          f"({config.progressive_start_epoch}) or null")
 
 
 def _budget(config: TrainConfig, key: str) -> float | None:

@@ -13,6 +13,8 @@ This module imports only the standard library (and the project's error base), so
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -78,6 +80,7 @@ def atomic_write_json(path: Path | str, obj: Any, indent: int | None = 1) -> Pat
 # ---------------------------------------------------------------- the paths of a run
 
 METRICS_FILE = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
 
 
 class RunFileError(MiniPlacesError):
@@ -107,9 +110,10 @@ class RunDir:
     ```
     config.yaml                    the resolved config (`miniplaces train`)
     metrics.jsonl                  one `MetricsRow` per epoch
+    metrics.csv                    the same rows as CSV (a header of `METRIC_KEYS`; empty cell = null)
     checkpoints/last.pt, best.pt   training state (every epoch / best val top-1)
     checkpoints/eval_<split>.json  an `EvalResult` (`miniplaces eval`)
-    tb/                            TensorBoard scalars
+    tb/                            TensorBoard scalars per epoch; tb/steps/ per step
     saliency/saliency_<method>.png (`miniplaces saliency`)
     attack/attack.json             an `AttackResult`, with attack_grid.png (`miniplaces attack`)
     attack/sweep.json              a `Sweep`, with sweep.png
@@ -122,9 +126,11 @@ class RunDir:
         self.name = self.path.name
         self.config = self.path / "config.yaml"
         self.metrics = self.path / METRICS_FILE
+        self.metrics_csv = self.path / METRICS_CSV
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
         self.tensorboard = self.path / "tb"
+        self.tensorboard_steps = self.tensorboard / "steps"  # per-step scalars, at the global step
         self.saliency = self.path / "saliency"
         self.attack = AttackFiles(self.path / "attack")
 
@@ -214,6 +220,10 @@ class MetricsRow:
     images_per_s: float
     peak_memory_mb: float
     peak_memory_kind: str
+    # The EMA's validation (config key `ema`); null when the run keeps no EMA.
+    val_loss_ema: float | None = None
+    val_top1_ema: float | None = None
+    val_top5_ema: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +265,17 @@ def read_metrics(path: Path | str) -> list[MetricsRow]:
 def write_metrics(path: Path | str, rows: Sequence[MetricsRow]) -> Path:
     """The whole `metrics.jsonl` at once (atomically), so a reader never sees half a row."""
     return atomic_write_text(path, "".join(json.dumps(row.to_dict()) + "\n" for row in rows))
+
+
+def write_metrics_csv(path: Path | str, rows: Sequence[MetricsRow]) -> Path:
+    """The same rows as `write_metrics`, as CSV (atomically): a header of `METRIC_KEYS`, floats as
+    Python writes them (they read back exactly), null as an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRIC_KEYS)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row.to_dict().values()])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 class JsonRecord:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from miniplaces.cli.command import add_command
+from miniplaces.config import TTA_MODES
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +45,9 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--checkpoint", required=True, help="a .pt file written by `miniplaces train`")
     ev.add_argument("--root", required=True, help="dataset folder in the MiniPlaces layout")
     ev.add_argument("--split", default="val", choices=("val", "train"), help="labelled split (default val)")
-    ev.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    ev.add_argument("--tta", choices=("none", *TTA_MODES), default="none",
+                    help="test-time augmentation: the mirror image (flip), or the corner and centre crops of the "
+                    "image resized to 144/128 of the model's side (five-crop; ten-crop adds their mirror images)")
     ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--device", default="auto",

@@ -11,6 +11,10 @@ nearest/bilinear/bicubic), and the jitter applies brightness → contrast → sa
 a fixed order with one clamp at the end. Validation batches follow `val_transform()`: the
 whole batch is resized to 144/128 of the output side, then centre-cropped.
 
+Optionally (`auto_augment`, `random_erasing`) training batches then go through the batch
+operations of `miniplaces.data.batch_augment`: TrivialAugmentWide / RandAugment on a few
+slices of the batch, each with its own draw, and per-image random erasing.
+
 On CUDA the whole uint8 array is uploaded once and everything runs on the GPU; on the CPU
 the array stays memory-mapped and each batch is gathered, then augmented in chunks that
 fit the caches.
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from miniplaces.data.batch_augment import auto_augment_groups, auto_augment_transform, batch_rng, random_erasing
 from miniplaces.data.cache import DEFAULT_IMAGE_SIZE, build_cache, open_cache
 from miniplaces.data.transforms import resize_for
 
@@ -219,6 +224,11 @@ class CachedLoader:
         num_threads: torch threads while a batch is made on the CPU; `None` (default) keeps torch's
             setting, the faster one on an idle machine. On a CPU shared with other jobs, 1 avoids
             waiting for a descheduled thread, by a large factor (docs/benchmarks.md).
+        auto_augment: "none", "trivialaugment" or "randaugment", on training batches after the
+            study's augmentation (`batch_augment.auto_augment_groups`).
+        random_erasing: chance per training image of an erased rectangle (`batch_augment.random_erasing`).
+        val_crop: validation batches are centre-cropped to image_size (default); without it they are the
+            whole images resized to `resize_for(image_size)`, for multi-crop test-time augmentation.
     """
 
     def __init__(
@@ -237,6 +247,9 @@ class CachedLoader:
         world_size: int = 1,
         pad: bool | None = None,
         num_threads: int | None = None,
+        auto_augment: str = "none",
+        random_erasing: float = 0.0,
+        val_crop: bool = True,
     ) -> None:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype not in (np.uint8, torch.uint8):
             raise ValueError(f"images must be uint8 (N, S, S, 3), got {tuple(images.shape)} {images.dtype}")
@@ -253,6 +266,9 @@ class CachedLoader:
         self.image_size = image_size
         self.rank, self.world_size = rank, world_size
         self.num_threads = num_threads
+        self.auto_augment = auto_augment_transform(auto_augment)
+        self.random_erasing = random_erasing
+        self.val_crop = val_crop
         self.epoch = 0
         self.num_images = len(images)
         self.pad = train if pad is None else pad
@@ -298,6 +314,8 @@ class CachedLoader:
             batch_idx = order[i * self.batch_size : (i + 1) * self.batch_size].sort().values
             with _torch_threads(self.num_threads if self.device.type == "cpu" else None):
                 batch = self._make_batch(batch_idx, generator)
+                if self.train and (self.auto_augment is not None or self.random_erasing > 0):
+                    batch = (self._extra(batch[0], batch_rng(self.seed, epoch, self.rank, i, 2)), batch[1])
             yield batch
 
     def _make_batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,10 +325,21 @@ class CachedLoader:
             pixels = self.images.index_select(0, idx.to(self.device))
         labels = self.labels[idx.to(self.labels.device)]
         if not self.train:
+            if not self.val_crop:
+                return to_float(pixels, resize_for(self.image_size)), labels
             return val_batch(pixels, self.image_size), labels
         theta, colour = sample_augmentation(len(idx), generator)
         x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.image_size, None)
         return x, labels
+
+
+    def _extra(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The optional batch augmentations, after the study's: automatic augmentation, then erasing."""
+        if self.auto_augment is not None:
+            x = auto_augment_groups(x, self.auto_augment, rng)
+        if self.random_erasing > 0:
+            x = random_erasing(x, self.random_erasing, rng)
+        return x
 
 
 @contextmanager
@@ -347,11 +376,12 @@ def cached_loader(
     image_size: int = DEFAULT_IMAGE_SIZE,
     cache_dir: Path | str | None = None,
     build: bool = True,
-    **kwargs: int | bool | None,
+    **kwargs: int | bool | str | float | None,
 ) -> CachedLoader:
     """A `CachedLoader` over `split` of `root`, building (or reusing) its cache first when `build`.
 
-    Extra keyword arguments (`shuffle`, `drop_last`, `seed`, `rank`, `world_size`) go to `CachedLoader`.
+    Extra keyword arguments (`shuffle`, `drop_last`, `seed`, `rank`, `world_size`, `auto_augment`,
+    `random_erasing`, `val_crop`) go to `CachedLoader`.
     """
     if build:
         build_cache(root, split, image_size=image_size, cache_dir=cache_dir)

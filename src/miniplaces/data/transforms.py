@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from miniplaces.data.batch_augment import auto_augment_transform
+
 RESIZE = 144
 CROP = 128
 
@@ -17,8 +19,11 @@ def resize_for(image_size: int) -> int:
     return round(image_size * RESIZE / CROP)
 
 
-def train_transform(image_size: int = CROP, resize: int = RESIZE) -> v2.Compose:
-    """Resize with a random interpolation, flip, colour jitter, rotate ±15°, random resized crop."""
+def train_transform(image_size: int = CROP, resize: int = RESIZE, *, auto_augment: str = "none",
+                    random_erasing: float = 0.0) -> v2.Compose:
+    """Resize with a random interpolation, flip, colour jitter, rotate ±15°, random resized crop;
+    then optionally TrivialAugmentWide / RandAugment (`auto_augment`) and `v2.RandomErasing(p=random_erasing)`."""
+    extra = auto_augment_transform(auto_augment)
     random_resize = v2.RandomChoice(
         [
             v2.Resize(resize, interpolation=mode, antialias=True)
@@ -33,7 +38,9 @@ def train_transform(image_size: int = CROP, resize: int = RESIZE) -> v2.Compose:
             v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15),
             v2.RandomRotation(15),
             v2.RandomResizedCrop(image_size, scale=(0.25, 1.0), ratio=(0.8, 1.2), antialias=True),
+            *([extra] if extra is not None else []),
             v2.ToDtype(torch.float32, scale=True),
+            *([v2.RandomErasing(p=random_erasing)] if random_erasing > 0 else []),
         ]
     )
 

@@ -6,6 +6,8 @@ A checkpoint is a dict:
 format_version  int, CHECKPOINT_FORMAT
 model           {"name": str, "kwargs": dict}  enough to rebuild it with create_model
 state_dict      the model's weights
+ema             None, or {"state_dict", "updates"}: the EMA of the weights, which `build_model`
+                loads instead of `state_dict` (they are the weights the run validated and chose best.pt by)
 categories      class names, index order (may be empty)
 ...             what `miniplaces.engine.state.TrainState` adds: optimizer, scheduler,
                 scaler, epoch, step, best_top1, rng, config
@@ -76,8 +78,9 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     return {"name": name, "kwargs": dict(getattr(model, "model_kwargs", {}))}
 
 
-def build_model(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
+def build_model(checkpoint: dict[str, Any], *, ema: bool = True) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights: the EMA's when the run kept one
+    (unless `ema=False`), else the trained weights."""
     from miniplaces.models import create_model, model_card
 
     spec = checkpoint["model"]
@@ -86,10 +89,18 @@ def build_model(checkpoint: dict[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in dict(spec.get("kwargs", {})).items() if k not in fetching}
     model = create_model(spec["name"], **kwargs)
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(weights_of(checkpoint, ema=ema))
     except RuntimeError as err:
         raise CheckpointError(f"weights do not fit model {spec['name']!r}: {err}") from err
     return model
+
+
+def weights_of(checkpoint: dict[str, Any], *, ema: bool = True) -> dict[str, Any]:
+    """The state dict a checkpoint is used with: its EMA's when it has one and `ema`, else `state_dict`."""
+    averaged = checkpoint.get("ema")
+    if ema and isinstance(averaged, dict) and isinstance(averaged.get("state_dict"), dict):
+        return averaged["state_dict"]
+    return checkpoint["state_dict"]
 
 
 def checkpoint_image_size(checkpoint: dict[str, Any]) -> int:

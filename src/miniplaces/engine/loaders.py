@@ -92,7 +92,7 @@ def per_process_batch(config: TrainConfig, info: DistInfo) -> int:
 
 
 def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConfig, info: DistInfo,
-            device: torch.device) -> Any:
+            device: torch.device, val_crop: bool = True) -> Any:
     """A `CachedLoader` of this process's shard; under DDP rank 0 alone builds the cache, the others wait."""
     from miniplaces.data.cache import CacheError
     from miniplaces.data.loader import build_cache, cached_loader
@@ -111,9 +111,11 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
             raise failure
         if outcome is not None:
             raise CacheError(f"rank 0 could not build the {split} cache of {root}: {outcome}")
+    extra: dict[str, Any] = ({"auto_augment": config.auto_augment, "random_erasing": config.random_erasing}
+                             if train else {"val_crop": val_crop})
     return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
                          image_size=config.image_size, rank=info.rank, world_size=info.world_size,
-                         build=not info.enabled)
+                         build=not info.enabled, **extra)
 
 
 @dataclass
@@ -141,7 +143,9 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
         sampler = None
     else:
         dataset = MiniPlaces(config.root, "train",
-                             transform=train_transform(config.image_size, resize_for(config.image_size)))
+                             transform=train_transform(config.image_size, resize_for(config.image_size),
+                                                       auto_augment=config.auto_augment,
+                                                       random_erasing=config.random_erasing))
         sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
         loader = DataLoader(
             SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,
@@ -161,11 +165,18 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
 
 
 def build_val_batches(root: str, config: TrainConfig, info: DistInfo, device: torch.device,
-                      split: str = "val", batch_size: int | None = None) -> Any:
-    """Validation batches; each process takes every world_size-th image (no padding, so no image counts twice)."""
+                      split: str = "val", batch_size: int | None = None, uncropped: bool = False) -> Any:
+    """Validation batches; each process takes every world_size-th image (no padding, so no image counts twice).
+
+    `uncropped`: images resized to `resize_for(image_size)` without the centre crop, for multi-crop
+    test-time augmentation (`engine.train.tta_logits`).
+    """
     batch = batch_size if batch_size is not None else per_process_batch(config, info)
     if config.loader == "cache":
-        return _cached(root, split, batch, train=False, config=config, info=info, device=device)
-    dataset = MiniPlaces(root, split, transform=val_transform(config.image_size, resize_for(config.image_size)))
+        return _cached(root, split, batch, train=False, config=config, info=info, device=device,
+                       val_crop=not uncropped)
+    side = resize_for(config.image_size)
+    transform = val_transform(side, side) if uncropped else val_transform(config.image_size, side)
+    dataset = MiniPlaces(root, split, transform=transform)
     return DataLoader(dataset, batch_size=batch, sampler=list(range(info.rank, len(dataset), info.world_size)),
                       num_workers=workers(config), pin_memory=device.type == "cuda")

@@ -3,7 +3,8 @@
 `state_dict()` gives the checkpoint payload (see `miniplaces.engine.checkpoint` for its
 frame); `load_state_dict()` takes it back. Together they cover the model, optimiser,
 scheduler, grad scaler, epoch, step within the epoch and its running sums, best val top-1,
-every process's RNG states, and the config the run was trained with.
+every process's RNG states, the config the run was trained with, and the EMA of the weights
+(`ema`: its weights and update count) when the run keeps one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from miniplaces.config import TrainConfig, to_dict
 from miniplaces.engine.checkpoint import describe_model
 from miniplaces.engine.distributed import DistInfo, all_gather_objects
+from miniplaces.engine.ema import ModelEma
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -57,7 +59,8 @@ class TrainState:
     """A run's training state. `epoch` counts finished epochs; `step_in_epoch` > 0 means stopped mid-epoch,
     with that epoch's running sums in `epoch_sums`.
 
-    `model` is the unwrapped model (not DDP, not compiled), so its weights load anywhere.
+    `model` is the unwrapped model (not DDP, not compiled), so its weights load anywhere. `best_top1`
+    is the EMA's best val top-1 when the run keeps an `ema` (the weights best.pt is used with).
     """
 
     model: nn.Module
@@ -72,6 +75,7 @@ class TrainState:
     step_in_epoch: int = 0
     epoch_sums: list[float] | None = None
     best_top1: float = -math.inf
+    ema: ModelEma | None = None
 
     def state_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint payload. A collective under DDP (it gathers every process's RNG state)."""
@@ -90,6 +94,7 @@ class TrainState:
             "rng": all_gather_objects(rng_state(self.device), self.info),
             "config": to_dict(self.config),
             "metrics": metrics,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -107,5 +112,10 @@ class TrainState:
         self.best_top1 = float(payload["best_top1"])
         # Only rank 0's sums are saved (they are all-reduced first); the others start from zero.
         self.epoch_sums = payload.get("epoch_sums") if self.info.is_main else None
+        if self.ema is not None:
+            if payload.get("ema"):
+                self.ema.load_state_dict(payload["ema"])
+            else:  # EMA turned on at resume: the average starts from the checkpoint's weights
+                self.ema.set(self.model)
         states = payload["rng"]
         set_rng_state(states[self.info.rank] if len(states) == self.info.world_size else states[0], self.device)

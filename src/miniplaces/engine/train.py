@@ -17,12 +17,16 @@ from torch import nn
 from tqdm import tqdm
 
 from miniplaces.attacks.training import Adversary
+from miniplaces.config import TTA_MODES
 from miniplaces.engine.device import synchronize
 from miniplaces.engine.distributed import all_reduce_max, all_reduce_sum, unwrap_model
+from miniplaces.engine.ema import ModelEma
 from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.errors import MiniPlacesError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# (images, labels, step in the epoch) → (images, targets): labels (B,) or probabilities (B, classes).
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLossError(MiniPlacesError):
@@ -65,8 +69,11 @@ def train_one_epoch(
     clip_grad: float | None = None,
     channels_last: bool = False,
     adversary: Adversary | None = None,
+    ema: ModelEma | None = None,
+    batch_transform: BatchTransform | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
     check_every: int = 20,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -75,9 +82,17 @@ def train_one_epoch(
     Args:
         steps: the epoch's length in steps (a limit on the loader); None = the whole loader.
         start_step: steps of this epoch already done before (a resumed epoch); `sums` holds their totals.
+        ema: updated from the plain module after every optimiser step.
+        batch_transform: applied to each batch on the device, before the adversary and the model
+            (`step` is the epoch's step index): progressive resizing, MixUp / CutMix. When it returns
+            probabilities, the loss takes them as they are and the train top-1/top-5 count the label
+            with the largest share (the dominant image's label).
         should_stop: polled after every step (at check points under DDP, where processes must agree);
             True ends the epoch early and the result has `completed=False`.
         on_step: called with the epoch's step index after each step (hooks, tests).
+        on_log: at each check point (every `check_every` steps), called with the epoch's step index and
+            this process's `loss` (mean since the last check point), `lr` and `images_per_s` (since then).
+            It costs no extra synchronisation: the check point synchronises anyway.
         adversary: adversarial training: `adversary(module, x, y)` replaces each batch before the step.
             It gets the plain module (not the DDP or `torch.compile` wrapper: its input-gradient passes
             must not start DDP's gradient synchronisation), runs in float32 outside autocast, and must
@@ -95,11 +110,13 @@ def train_one_epoch(
     total = steps if steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
     bar = _progress(total, start_step, f"epoch {epoch + 1} train", progress)
     step, images, lr, stopped = start_step, 0, optimizer.param_groups[0]["lr"], False
-    attacked = unwrap_model(model) if adversary is not None else None
-    start = time.perf_counter()
+    plain = unwrap_model(model)
+    start = last_time = time.perf_counter()
+    last_sums, last_images = sums.state(), 0
 
     def check(final: bool) -> bool:
         """Synchronise: raise on a non-finite loss; whether all processes should stop."""
+        nonlocal last_time, last_sums, last_images
         stop = bool(should_stop()) if should_stop is not None else False
         flags = all_reduce_max(float(bad.item()) + 2.0 * stop, device) if distributed else float(bad.item())
         if flags % 2 >= 1:
@@ -108,6 +125,12 @@ def train_one_epoch(
                 "lower the learning rate, enable clip_grad or use amp=bf16 instead of fp16; "
                 "the last checkpoint written before it is kept"
             )
+        if not final and on_log is not None:
+            now, current = time.perf_counter(), sums.state()  # [loss sum, top-1, top-5, count]
+            seen = max(current[3] - last_sums[3], 1.0)
+            on_log(step, {"loss": (current[0] - last_sums[0]) / seen, "lr": lr,
+                          "images_per_s": (images - last_images) / max(now - last_time, 1e-9)})
+            last_time, last_sums, last_images = now, current, images
         if not final and bar.n < step:
             avg = sums.averages()
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -118,14 +141,21 @@ def train_one_epoch(
     for x, y in loader:
         if total is not None and step >= total:
             break
-        x, y = _to_device(x, y, device, channels_last)
+        x, y = _to_device(x, y, device, channels_last and batch_transform is None)
+        target = y
+        if batch_transform is not None:
+            x, target = batch_transform(x, y, step)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        # Soft targets (MixUp/CutMix) score against the label with the largest share.
+        y = target.argmax(1) if target.ndim == 2 else target
         # Cleared before the attack: were it to touch the parameters' .grad, the step would show it.
         optimizer.zero_grad(set_to_none=True)
         if adversary is not None:
-            x = adversary(attacked, x, y)
+            x = adversary(plain, x, y)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
-            loss = criterion(logits, y)
+            loss = criterion(logits, target)
         if scaler is not None:
             scaler.scale(loss).backward()
             if clip_grad is not None:
@@ -138,6 +168,8 @@ def train_one_epoch(
             if clip_grad is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
+        if ema is not None:
+            ema.update(plain)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         bad |= ~torch.isfinite(loss.detach())
@@ -173,13 +205,43 @@ def train_one_epoch(
     }
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
-    """Logits of `x`, or with `tta="flip"` the mean of the logits of `x` and its mirror image."""
+# Multi-crop modes take crops of `crop` pixels from images resized to `resize_for(crop)`, as torchvision's
+# FiveCrop / TenCrop do: the four corners and the centre (ten-crop: and their mirror images).
+MULTI_CROP = ("five-crop", "ten-crop")
+
+
+def five_crops(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    """The corners (top-left, top-right, bottom-left, bottom-right) and centre crops of side `crop` of
+    `x` (B, C, H, W), each (B, C, crop, crop), with torchvision's centre offset round((H − crop) / 2)."""
+    h, w = x.shape[-2:]
+    if crop > min(h, w):
+        raise ValueError(f"crop {crop} is larger than the images ({h}×{w})")
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (top, left)]
+    return [x[..., i : i + crop, j : j + crop] for i, j in corners]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str | None, crop: int | None = None) -> torch.Tensor:
+    """Logits of `x`, or the mean of the logits of its test-time views.
+
+    `flip`: `x` and its mirror image. `five-crop` / `ten-crop`: `x` holds images resized to
+    `resize_for(crop)` (larger than the model's side `crop`), and the views are their five crops
+    (and the mirror images of those); `crop` is required.
+    """
     if tta is None:
         return model(x)
     if tta == "flip":
         return (model(x) + model(x.flip(-1))) / 2
-    raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use flip or none")
+    if tta in MULTI_CROP:
+        if crop is None:
+            raise ValueError(f"test-time augmentation {tta} needs the crop side")
+        views = five_crops(x, crop)
+        if tta == "ten-crop":
+            views += [v.flip(-1) for v in views]
+        b = x.shape[0]
+        logits = model(torch.cat(views))  # (V·B, classes): one forward for all views
+        return logits.view(len(views), b, -1).mean(0)
+    raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use {', '.join(TTA_MODES)} or none")
 
 
 @torch.no_grad()
@@ -189,6 +251,7 @@ def evaluate(
     *,
     device: torch.device,
     tta: str | None = None,
+    tta_crop: int | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     steps: int | None = None,
@@ -198,6 +261,7 @@ def evaluate(
     """Loss (cross-entropy), top-1 and top-5 in percent over `loader` (summed over all processes).
 
     With `num_classes`, also `confusion`: an int64 (C, C) tensor, rows true class, columns predicted.
+    `tta`, `tta_crop`: see `tta_logits` (multi-crop modes want a loader of uncropped, resized images).
     """
     model.eval()
     sums = RunningSums(device)
@@ -209,7 +273,7 @@ def evaluate(
             break
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = tta_logits(model, x, tta)
+            logits = tta_logits(model, x, tta, tta_crop)
         logits = logits.float()
         loss = nn.functional.cross_entropy(logits, y)
         correct1, correct5 = correct_topk(logits, y)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from miniplaces.errors import MiniPlacesError
-from miniplaces.models import list_models, model_card
+from miniplaces.models import model_card
 from miniplaces.pixels import check_images, eval_mode, input_gradient
 
 SALIENCY_METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "gradcam")
@@ -108,8 +108,14 @@ def default_gradcam_layer(model: nn.Module) -> str:
     A model not made by `create_model` falls back to a `layer4` or `features` block when it has one.
     """
     name = getattr(model, "model_name", None)
-    if name in list_models() and model_card(name).gradcam_layer is not None:
-        return model_card(name).gradcam_layer  # type: ignore[return-value]
+    card = None
+    if isinstance(name, str):
+        try:
+            card = model_card(name)  # registered, or resolved by prefix (timm/<name>)
+        except MiniPlacesError:
+            card = None
+    if card is not None and card.gradcam_layer is not None:
+        return card.gradcam_layer
     modules = dict(model.named_modules())
     for candidate in ("layer4", "features"):
         if candidate in modules and any(isinstance(m, nn.Conv2d) for m in modules[candidate].modules()):

@@ -78,6 +78,8 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# Families of names resolved on demand (e.g. `timm/<arch>`): prefix → resolver of the full name.
+_PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register_model(name: str, description: str, card: ModelCard) -> Callable[[Callable[..., nn.Module]],
@@ -93,14 +95,26 @@ def register_model(name: str, description: str, card: ModelCard) -> Callable[[Ca
     return decorator
 
 
+def register_model_prefix(prefix: str, resolver: Callable[[str], ModelEntry]) -> None:
+    """Resolve every name starting with `prefix` lazily with `resolver(name)` (which raises
+    `MiniPlacesError` for a name it does not know); such names are not in `list_models()`."""
+    if prefix in _PREFIXES:
+        raise ValueError(f"model prefix {prefix!r} is registered twice")
+    _PREFIXES[prefix] = resolver
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
 def model_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        raise MiniPlacesError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for prefix, resolver in _PREFIXES.items():
+        if name.startswith(prefix):
+            return resolver(name)
+    prefixes = "".join(f", {p}<name>" for p in _PREFIXES)
+    raise MiniPlacesError(f"unknown model {name!r}; known models: {', '.join(list_models())}{prefixes}")
 
 
 def model_card(name: str) -> ModelCard:

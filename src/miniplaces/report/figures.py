@@ -38,14 +38,16 @@ def _has(runs: Sequence[Run], *keys: str) -> bool:
 
 
 def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, str]], ylabel: str) -> Path | None:
-    """One panel per (title, train key, val key); train dashed, val solid, one colour per run."""
+    """One panel per (title, train key, val key); train dashed, val solid, the val of the weights' EMA
+    dotted (runs that kept one), one colour per run."""
     if not _has(runs, *(key for _, train, val in panels for key in (train, val))):
         return None
     figure = Figure(figsize=(5.2 * len(panels), 3.8))
     for index, (title, train_key, val_key) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
         for run, color in zip(runs, _colors(len(runs)), strict=True):
-            for key, style, split in ((train_key, "--", "train"), (val_key, "-", "val")):
+            for key, style, split in ((train_key, "--", "train"), (val_key, "-", "val"),
+                                      (f"{val_key}_ema", ":", "val EMA")):
                 xs, ys = run.series(key)
                 if xs:
                     axes.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{run.name} {split}")
@@ -59,7 +61,7 @@ def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, st
 
 
 def accuracy_curves(runs: Sequence[Run], path: Path) -> Path | None:
-    """Train (dashed) and val (solid) top-1 and top-5 accuracy per epoch."""
+    """Train (dashed), val (solid) and EMA val (dotted) top-1 and top-5 accuracy per epoch."""
     return _curves(
         runs, path, [("Top-1 accuracy", "train_top1", "val_top1"), ("Top-5 accuracy", "train_top5", "val_top5")],
         "accuracy (%)",
@@ -67,7 +69,7 @@ def accuracy_curves(runs: Sequence[Run], path: Path) -> Path | None:
 
 
 def loss_curves(runs: Sequence[Run], path: Path) -> Path | None:
-    """Train (dashed) and val (solid) loss per epoch."""
+    """Train (dashed), val (solid) and EMA val (dotted) loss per epoch."""
     return _curves(runs, path, [("Loss", "train_loss", "val_loss")], "cross-entropy loss")
 
 

@@ -1,8 +1,10 @@
 """The results table of the study: one row per run, as Markdown and CSV.
 
 Per run: model, epochs, train and val top-1/top-5 at the final epoch and at the best val
-top-1 epoch, the minimum train loss, the mean time per epoch, the peak memory, and
-accuracy under attack when the run has been attacked. A value the run lacks is `None`;
+top-1 epoch, the minimum train loss, the mean time per epoch, the peak memory, the best val
+top-1 of the weights' EMA when the run kept one, `miniplaces eval`'s val top-1 and its test-time
+augmentation when the run has been evaluated, and accuracy under attack when the run has been
+attacked (columns no run has are left out of the Markdown and HTML). A value the run lacks is `None`;
 Markdown and HTML show it as "—", CSV as an empty cell.
 """
 
@@ -45,6 +47,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("images_per_s", "Images/s", ".0f"),
     Column("peak_memory_mb", "Peak memory MB", ".0f"),
     Column("memory_kind", "Memory measured", ""),
+    Column("best_val_top1_ema", "Best EMA val top-1 %", ".2f"),
+    Column("eval_top1", "Eval top-1 %", ".2f"),
+    Column("eval_tta", "Eval TTA", ""),
     Column("clean_top1", "Clean top-1 %", ".2f"),
     Column("adv_top1", "Attacked top-1 %", ".2f"),
     Column("attack", "Attack", ""),
@@ -68,6 +73,8 @@ def summarize(run: Run) -> dict[str, Any]:
         if top1 is not None and (best_top1 is None or top1 > best_top1):
             best_top1, best_top5, best_epoch = top1, number(row.val_top5), row.epoch
 
+    ema_top1 = [number(row.val_top1_ema) for row in run.epochs if row.val_top1_ema is not None]
+    evaluated = run.evals.get("val")
     losses = run.series("train_loss")[1]
     memory = run.series("peak_memory_mb")[1]
     kinds = sorted({row.peak_memory_kind for row in run.epochs})
@@ -91,6 +98,9 @@ def summarize(run: Run) -> dict[str, Any]:
         "images_per_s": _mean(run.series("images_per_s")[1]),
         "peak_memory_mb": max(memory) if memory else None,
         "memory_kind": ", ".join(MEMORY_KINDS.get(k, k) for k in kinds) or None,
+        "best_val_top1_ema": max((v for v in ema_top1 if v is not None), default=None),
+        "eval_top1": evaluated.top1 if evaluated else None,
+        "eval_tta": (evaluated.tta or "none") if evaluated else None,
         "clean_top1": attack.clean_top1 if attack else None,
         "adv_top1": attack.adv_top1 if attack else None,
         "attack": attack_label,
@@ -110,9 +120,13 @@ def format_cell(value: Any, column: Column) -> str:
 
 
 def visible_columns(rows: Sequence[dict[str, Any]]) -> list[Column]:
-    """All columns, less the attack columns when no run has been attacked."""
+    """All columns, less the attack, EMA and eval columns when no run has them."""
     attacked = any(row["attack"] or row["adv_top1"] is not None for row in rows)
-    return [c for c in COLUMNS if attacked or c.key not in ("clean_top1", "adv_top1", "attack")]
+    hidden = set() if attacked else {"clean_top1", "adv_top1", "attack"}
+    for keys in (("best_val_top1_ema",), ("eval_top1", "eval_tta")):
+        if all(row[keys[0]] is None for row in rows):
+            hidden.update(keys)
+    return [c for c in COLUMNS if c.key not in hidden]
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:

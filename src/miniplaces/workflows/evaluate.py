@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from miniplaces.config import TrainConfig, config_from_dict
+from miniplaces.config import TTA_MODES, TrainConfig, config_from_dict
 from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import DistInfo
 from miniplaces.engine.loaders import build_val_batches
-from miniplaces.engine.train import evaluate
+from miniplaces.engine.train import MULTI_CROP, evaluate
 from miniplaces.errors import MiniPlacesError
 from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
 
@@ -23,6 +23,8 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
 
     The JSON goes to `out`, else `eval_<split>.json` beside the checkpoint (for a run's
     checkpoint: `RunDir.eval_json(split)`). Nothing is written when the evaluation fails.
+    `tta`: None, flip, five-crop or ten-crop (crops of the model's side from images resized to
+    144/128 of it, as torchvision's FiveCrop / TenCrop).
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
@@ -30,6 +32,8 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
         model = build_model(checkpoint)
     except MiniPlacesError as err:
         raise err if isinstance(err, CheckpointError) else CheckpointError(f"{path}: {err}") from err
+    if tta is not None and tta not in TTA_MODES:
+        raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use {', '.join(TTA_MODES)} or none")
     if split not in ("train", "val"):
         raise MiniPlacesError(f"split {split!r} has no labels to evaluate against; use val or train")
     categories = read_categories(root)
@@ -41,8 +45,11 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
     config = dataclasses.replace(run_config or TrainConfig(), root=str(root), workers=workers, loader="dataloader")
     torch_device = resolve_device(device)
     model.to(torch_device)
-    loader = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size)
-    scores = evaluate(model, loader, device=torch_device, tta=tta, num_classes=len(categories), progress=progress)
+    multi_crop = tta in MULTI_CROP
+    loader = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size,
+                               uncropped=multi_crop)
+    scores = evaluate(model, loader, device=torch_device, tta=tta, tta_crop=config.image_size if multi_crop else None,
+                      num_classes=len(categories), progress=progress)
     confusion = scores.pop("confusion")  # (K, K): rows true class, columns predicted
     counts = confusion.sum(dim=1)
     per_class = (100.0 * confusion.diag() / counts.clamp(min=1)).tolist()

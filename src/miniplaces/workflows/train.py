@@ -1,8 +1,10 @@
 """`train(config)`: a run from start to finish, around the engine's `train_one_epoch` / `evaluate`.
 
 The run's files are those of `miniplaces.rundir.RunDir`: `config.yaml`, `metrics.jsonl`
-(one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on Ctrl-C mid-epoch),
-`checkpoints/best.pt` (best val top-1) and `tb/`. Only rank 0 writes. A checkpoint is a
+and `metrics.csv` (one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on
+Ctrl-C mid-epoch), `checkpoints/best.pt` (best val top-1: the EMA's when the run keeps one)
+and `tb/` (per-epoch scalars; per-step `step/loss`, `step/lr`, `step/images_per_s` every
+`log_every` steps in `tb/steps/`). Only rank 0 writes. A checkpoint is a
 `TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`.
 
 Read top to bottom: `train` → `_name_run` → `_build` → `_open_run` → `_train_epochs` (one
@@ -29,6 +31,7 @@ from torch import nn
 from miniplaces.attacks.training import make_adversary
 from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, config_from_dict, resolve, save_config
 from miniplaces.data import read_categories
+from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size, resize_batch
 from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import (
@@ -40,14 +43,15 @@ from miniplaces.engine.distributed import (
     init_distributed,
     wrap_model,
 )
+from miniplaces.engine.ema import ModelEma
 from miniplaces.engine.loaders import TrainBatches, build_train_batches, build_val_batches
 from miniplaces.engine.metrics import RunningSums, peak_memory, reset_peak_memory
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.state import TrainState, seed_everything
-from miniplaces.engine.train import evaluate, train_one_epoch
+from miniplaces.engine.train import BatchTransform, evaluate, train_one_epoch
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import MetricsRow, RunDir, read_metrics, write_metrics
+from miniplaces.rundir import MetricsRow, RunDir, read_metrics, write_metrics, write_metrics_csv
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +154,7 @@ class _Parts:
     criterion: nn.Module
     adversary: Any
     amp_dtype: torch.dtype | None
+    mixcut: MixCut | None = None
 
 
 def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint: dict[str, Any] | None) -> _Parts:
@@ -158,7 +163,8 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     categories = read_categories(config.root)
     seed_everything(config.seed)
     if checkpoint is not None:
-        model = build_model(checkpoint)  # without fetching pretrained weights: the file has the weights
+        # Without fetching pretrained weights: the file has the weights (the trained ones, not the EMA's).
+        model = build_model(checkpoint, ema=False)
     else:
         from miniplaces.models import create_model
 
@@ -179,7 +185,9 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     scheduler = warmup_cosine(optimizer, total_steps=config.epochs * steps,
                               warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    state = TrainState(model, optimizer, scheduler, scaler, config, categories, info, device)
+    # The EMA starts as a copy of the initial weights; a checkpoint's EMA replaces it below.
+    ema = ModelEma(model, config.ema_decay, warmup=config.ema_warmup) if config.ema else None
+    state = TrainState(model, optimizer, scheduler, scaler, config, categories, info, device, ema=ema)
     if checkpoint is not None:
         state.load_state_dict(checkpoint)
     else:
@@ -187,8 +195,13 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
         seed_everything(config.seed + info.rank)
 
     adversary = make_adversary(adversarial_spec(config))
+    # With MixUp/CutMix the targets are probabilities; the loss smooths them as it smooths labels.
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    return _Parts(state, train_model, batches, val_loader, criterion, adversary, dtype)
+    mixcut = None
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        mixcut = MixCut(len(categories), mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+                        prob=config.mix_prob, switch_prob=config.mix_switch_prob)
+    return _Parts(state, train_model, batches, val_loader, criterion, adversary, dtype, mixcut)
 
 
 def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
@@ -199,7 +212,9 @@ def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(parts.state.config, run.config)
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
-        write_metrics(run.metrics, [row for row in read_metrics(run.metrics) if row.epoch <= epoch])
+        kept = [row for row in read_metrics(run.metrics) if row.epoch <= epoch]
+        write_metrics(run.metrics, kept)
+        write_metrics_csv(run.metrics_csv, kept)
         writer = _tensorboard(run.tensorboard, purge_step=epoch + 1)
     barrier(info)
     config = parts.state.config
@@ -214,26 +229,43 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
     """The epochs left; each ends with a metrics row, `last.pt` and maybe `best.pt`. Signals stop it cleanly."""
     state, config = parts.state, parts.state.config
     rows = read_metrics(run.metrics) if info.is_main else []
-    with _stop_on_signals() as should_stop:
+    steps = parts.batches.steps_per_epoch
+    resumed_at = state.epoch * steps + state.step_in_epoch  # global steps already done
+
+    with _stop_on_signals() as should_stop, _step_writer(run, writer is not None, resumed_at) as step_writer:
+
+        def on_log(step: int, values: dict[str, float]) -> None:
+            # Per-step scalars at the global step; this process's own window (rank 0's, the one that writes).
+            for key, value in values.items():
+                step_writer.add_scalar(f"step/{key}", value, state.epoch * steps + step)
+
         while state.epoch < config.epochs:
-            row = _train_epoch(run, parts, info, on_step, progress and info.is_main, should_stop)
-            improved = row.val_top1 > state.best_top1
-            state.best_top1 = max(state.best_top1, row.val_top1)
+            row = _train_epoch(run, parts, info, on_step, progress and info.is_main, should_stop,
+                               on_log if step_writer is not None else None)
+            # best.pt holds the weights that a checkpoint is used with: the EMA's when the run keeps one.
+            score = row.val_top1_ema if row.val_top1_ema is not None else row.val_top1
+            improved = score > state.best_top1
+            state.best_top1 = max(state.best_top1, score)
             state.epoch, state.step_in_epoch, state.epoch_sums = row.epoch, 0, None
             payload = state.state_dict(metrics=row.to_dict())
             if info.is_main:
                 rows.append(row)
                 write_metrics(run.metrics, rows)
+                write_metrics_csv(run.metrics_csv, rows)
                 _log_scalars(writer, row)
+                if step_writer is not None:
+                    step_writer.flush()
                 save_checkpoint(payload, run.last)
                 if improved:
                     save_checkpoint(payload, run.best)
             barrier(info)
             logger.info(
                 "epoch %d/%d  train loss %.4f top1 %.2f  val loss %.4f top1 %.2f top5 %.2f  lr %.3g  "
-                "%.1f s  %.0f img/s  %.0f MB%s",
+                "%.1f s  %.0f img/s  %.0f MB%s%s",
                 row.epoch, config.epochs, row.train_loss, row.train_top1, row.val_loss, row.val_top1, row.val_top5,
-                row.lr, row.epoch_time_s, row.images_per_s, row.peak_memory_mb, "  (best)" if improved else "",
+                row.lr, row.epoch_time_s, row.images_per_s, row.peak_memory_mb,
+                "" if row.val_top1_ema is None else f"  EMA val top1 {row.val_top1_ema:.2f}",
+                "  (best)" if improved else "",
             )
             # A signal during validation or checkpointing stops here, at the epoch boundary.
             if state.epoch < config.epochs and all_reduce_max(float(should_stop()), state.device) > 0:
@@ -243,7 +275,8 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
 
 
 def _train_epoch(run: RunDir, parts: _Parts, info: DistInfo, on_step: Callable[[int], None] | None,
-                 progress: bool, should_stop: Callable[[], bool]) -> MetricsRow:
+                 progress: bool, should_stop: Callable[[], bool],
+                 on_log: Callable[[int, dict[str, float]], None] | None = None) -> MetricsRow:
     """One epoch from `state.step_in_epoch` on, then validation; on a stop signal, `last.pt` and
     `TrainingInterrupted`."""
     state, config = parts.state, parts.state.config
@@ -258,8 +291,9 @@ def _train_epoch(run: RunDir, parts: _Parts, info: DistInfo, on_step: Callable[[
         parts.train_model, parts.batches.position(epoch, start_step), state.optimizer, state.scheduler,
         device=device, criterion=parts.criterion, epoch=epoch, steps=steps, start_step=start_step, sums=sums,
         scaler=state.scaler, amp_dtype=parts.amp_dtype, clip_grad=config.clip_grad,
-        channels_last=config.channels_last, adversary=parts.adversary, should_stop=should_stop, on_step=on_step,
-        check_every=config.log_every, progress=progress,
+        channels_last=config.channels_last, adversary=parts.adversary, ema=state.ema,
+        batch_transform=_batch_transform(config, parts.mixcut, epoch, info.rank), should_stop=should_stop,
+        on_step=on_step, on_log=on_log, check_every=config.log_every, progress=progress,
     )
     if not tr["completed"]:
         reduced = RunningSums(device)
@@ -274,13 +308,43 @@ def _train_epoch(run: RunDir, parts: _Parts, info: DistInfo, on_step: Callable[[
             f"Resume with: miniplaces train --resume {run.path}", run.path)
     val = evaluate(parts.train_model, parts.val_loader, device=device, tta=config.tta, amp_dtype=parts.amp_dtype,
                    channels_last=config.channels_last, steps=config.limit_val_batches, progress=progress)
+    ema_val: dict[str, Any] = {}
+    if state.ema is not None:
+        ema_val = evaluate(state.ema.module, parts.val_loader, device=device, tta=config.tta,
+                           amp_dtype=parts.amp_dtype, channels_last=config.channels_last,
+                           steps=config.limit_val_batches, progress=progress)
     memory_mb, memory_kind = peak_memory(device)
     return MetricsRow(
         epoch=epoch + 1, train_loss=tr["loss"], train_top1=tr["top1"], train_top5=tr["top5"],
         val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], lr=tr["lr"],
         epoch_time_s=time.perf_counter() - t0, images_per_s=tr["images"] / max(tr["time_s"], 1e-9),
         peak_memory_mb=memory_mb, peak_memory_kind=memory_kind,
+        val_loss_ema=ema_val.get("loss"), val_top1_ema=ema_val.get("top1"), val_top5_ema=ema_val.get("top5"),
     )
+
+
+def train_size(config: TrainConfig, epoch: int) -> int:
+    """The side of the training images in `epoch` (0-based): `image_size`, or less early on with
+    progressive resizing (`progressive_*` keys)."""
+    end_epoch = config.progressive_end_epoch if config.progressive_end_epoch is not None else config.epochs - 1
+    return progressive_size(epoch, start_size=config.progressive_start_size, end_size=config.image_size,
+                            start_epoch=config.progressive_start_epoch, end_epoch=end_epoch)
+
+
+def _batch_transform(config: TrainConfig, mixcut: MixCut | None, epoch: int, rank: int) -> BatchTransform | None:
+    """The epoch's batch operations on the device, for both loaders: progressive resizing's downscale,
+    then MixUp/CutMix drawn from (seed, epoch, step, rank), so a resumed epoch replays exactly."""
+    size = train_size(config, epoch)
+    if size == config.image_size and mixcut is None:
+        return None
+
+    def transform(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = resize_batch(x, size)
+        if mixcut is None:
+            return x, y
+        return mixcut(x, y, batch_rng(config.seed, epoch, step, rank, 3))
+
+    return transform
 
 
 # ---------------------------------------------------------------- signals, logging
@@ -309,6 +373,20 @@ def _stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
+@contextmanager
+def _step_writer(run: RunDir, enabled: bool, resumed_at: int) -> Iterator[Any]:
+    """The writer of the per-step scalars (rank 0), or None. Its own event folder (`tb/steps`): a resumed
+    run purges the events past its checkpoint by step, where the per-epoch writer purges by epoch."""
+    if not enabled:
+        yield None
+        return
+    writer = _tensorboard(run.tensorboard_steps, purge_step=resumed_at + 1)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
 def _adversarial_note(config: TrainConfig) -> str:
     spec = adversarial_spec(config)
     return "" if spec is None else f", adversarial training: {spec.describe()}"
@@ -326,6 +404,8 @@ def _log_scalars(writer: Any, row: MetricsRow) -> None:
     for split in ("train", "val"):
         for key in ("loss", "top1", "top5"):
             writer.add_scalar(f"{split}/{key}", getattr(row, f"{split}_{key}"), row.epoch)
+            if split == "val" and row.val_top1_ema is not None:
+                writer.add_scalar(f"val_ema/{key}", getattr(row, f"val_{key}_ema"), row.epoch)
     for key in ("lr", "epoch_time_s", "images_per_s", "peak_memory_mb"):
         writer.add_scalar(f"perf/{key}" if key != "lr" else "lr", getattr(row, key), row.epoch)
     writer.flush()
