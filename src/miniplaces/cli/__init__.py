@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.cache_commands",
     "miniplaces.cli.analysis_commands",
     "miniplaces.cli.export_commands",
+    "miniplaces.cli.study_commands",
 )
 
 
