@@ -45,7 +45,7 @@ def run_study_command(args: argparse.Namespace) -> int:
                       resnet_weights=args.resnet_weights, device=args.device, threads=args.threads)
     for experiment in plan.experiments:
         if experiment.skipped:
-            print(f"{experiment.name}: {experiment.skipped}; pass --resnet-weights PATH to include it")
+            print(f"{experiment.name}: {experiment.skipped}; include it with --resnet-weights PATH")
 
     def show(step: StepOutcome) -> None:
         detail = f" ({step.detail})" if step.detail else ""
@@ -54,7 +54,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     try:
         outcome = run_study(plan, on_step=show)
     except TrainingInterrupted as err:
-        print(f"interrupted ({err}); rerun the same `miniplaces study` command to continue", file=sys.stderr)
+        print(f"interrupted; the run {err.run_dir} can continue from its last checkpoint: rerun the same "
+              "`miniplaces study` command", file=sys.stderr)
         return 130
     report = outcome.report
     assert report is not None

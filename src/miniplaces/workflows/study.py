@@ -135,9 +135,8 @@ def missing_weights_reason() -> str | None:
     cached = imagenet_cache_path()
     if cached.is_file():
         return None
-    shown = str(cached).replace(str(Path.home()), "~", 1)
-    return (f"skipped: no ImageNet weights (copy {cached.name} into {shown}, or give the path of a resnet18 "
-            "ImageNet state dict); nothing is downloaded")
+    shown = str(cached.parent).replace(str(Path.home()), "~", 1)
+    return f"skipped: no ImageNet weights (put {cached.name} in {shown}/, or give its path; nothing is downloaded)"
 
 
 def plan_study(
