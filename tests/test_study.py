@@ -171,3 +171,17 @@ def test_packaged_data_files() -> None:
     scales = load_scales()
     assert set(scales) == {"full", "mini"}
     assert scales["full"].config == {} and scales["mini"].config_for("msvit")["image_size"] == 64
+
+
+def test_eval_reads_the_cache_and_caps_the_images(study: tuple[Path, StudyOutcome], synth_root: Path,
+                                                  tmp_path: Path) -> None:
+    run = StudyFiles(study[0]).run("simplenet")
+    common = ["eval", "--checkpoint", str(run.last), "--root", str(synth_root), "--device", "cpu", "--workers", "0"]
+    assert main([*common, "--loader", "cache", "--limit", "8", "--batch-size", "8",
+                 "--out", str(tmp_path / "capped.json")]) == 0
+    assert EvalResult.read(tmp_path / "capped.json").count == 8
+    assert main([*common, "--loader", "cache", "--out", str(tmp_path / "cache.json")]) == 0
+    assert main([*common, "--out", str(tmp_path / "samples.json")]) == 0
+    cached, samples = EvalResult.read(tmp_path / "cache.json"), EvalResult.read(tmp_path / "samples.json")
+    assert cached.count == samples.count == 16
+    assert cached.top1 == EvalResult.read(run.eval_json("val")).top1  # the study evaluated through the cache

@@ -48,6 +48,9 @@ def run_study_command(args: argparse.Namespace) -> int:
             print(f"{experiment.name}: {experiment.skipped}; include it with --resnet-weights PATH")
 
     def show(step: StepOutcome) -> None:
+        if step.status == "skipped":
+            print(f"{step.experiment} {step.step}: {step.detail}", flush=True)
+            return
         detail = f" ({step.detail})" if step.detail else ""
         print(f"{step.experiment} {step.step}: {step.status}{detail}", flush=True)
 
