@@ -184,6 +184,13 @@ def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
     return config
 
 
+def apply_mapping(config: TrainConfig, data: dict[str, Any], where: str) -> TrainConfig:
+    """Apply already-read keys (e.g. a study scale's) to `config`, checked as YAML keys are; errors name `where`."""
+    for key, value in data.items():
+        _set(config, str(key), value, f"{where}: key {key}")
+    return config
+
+
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply `key=value` strings; values are read as YAML (`0.1`, `true`, `null`, `{depth: 6}`).
 

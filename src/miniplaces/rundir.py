@@ -427,3 +427,60 @@ class Sweep(JsonRecord):
         rows = [AttackResult.from_dict(row, where=f"{where} row {i}") for i, row in enumerate(data["rows"], 1)]
         source = _build(AttackSource, data, where) if "checkpoint" in data else None
         return cls(rows, source)
+
+
+# ---------------------------------------------------------------- a study: a folder of runs
+
+
+class StudyFiles:
+    """What `miniplaces study` writes into its folder: one run per experiment, `study.json`, the report."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.runs = self.folder / "runs"
+        self.record = self.folder / "study.json"  # a `StudyRecord`
+        self.report = self.folder / "report"
+
+    def run(self, experiment: str) -> RunDir:
+        return RunDir(self.runs / experiment)
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """One experiment of a study: its run (relative to the study folder), its scale, and why it was skipped.
+
+    `train_images` is the number of training images seen per epoch; `val_images` the images evaluated,
+    `attack_images` those attacked.
+    """
+
+    experiment: str
+    model: str
+    run: str | None
+    scale: str
+    train_images: int
+    val_images: int
+    image_size: int
+    epochs: int
+    device: str
+    attack_images: int | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyRecord(JsonRecord):
+    """`study.json`: the experiments of a study in order, as the study planned and ran them."""
+
+    scale: str
+    root: str
+    experiments: list[StudyEntry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "study record") -> StudyRecord:
+        entries = data.get("experiments")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise RunFileError(f"{where}: experiments is not a list of objects")
+        rows = [_build(StudyEntry, e, f"{where} experiment {i}") for i, e in enumerate(entries, 1)]
+        return _build(cls, {**data, "experiments": rows}, where)

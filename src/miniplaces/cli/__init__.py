@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miniplaces.cli.analysis_commands",
     "miniplaces.cli.export_commands",
     "miniplaces.cli.serve_commands",
+    "miniplaces.cli.study_commands",
 )
 
 

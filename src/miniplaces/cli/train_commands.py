@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--device", default="auto",
                     help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     ev.add_argument("--workers", type=int, default=4)
+    ev.add_argument("--loader", choices=("dataloader", "cache"), default="dataloader",
+                    help="per-sample decoding (default) or the decoded cache at the checkpoint's image size "
+                    "(built when missing; faster)")
+    ev.add_argument("--limit", type=int, metavar="N",
+                    help="evaluate the first N images only (rounded up to whole batches)")
 
 
 def _setup_logging() -> None:
@@ -90,7 +95,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result, path = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
                                        tta=None if args.tta == "none" else args.tta, out=args.out,
-                                       batch_size=args.batch_size, device=args.device, workers=args.workers)
+                                       batch_size=args.batch_size, device=args.device, workers=args.workers,
+                                       loader=args.loader, limit=args.limit)
     print(f"{result.model['name']} epoch {result.epoch} on {result.split} ({result.count} images, "
           f"tta {result.tta or 'none'}): top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
           f"loss {result.loss:.4f}")

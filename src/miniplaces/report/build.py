@@ -6,12 +6,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miniplaces.report import figures
 from miniplaces.report.html import Picture, render_html
 from miniplaces.report.runs import Run, load_runs
 from miniplaces.report.tables import results_rows, settings_rows, to_markdown, write_csv
 from miniplaces.rundir import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from miniplaces.report.study import ComparisonRow
 
 FIGURES = (
     ("accuracy.png", figures.accuracy_curves, "Top-1 and top-5 accuracy per epoch (train dashed, val solid)"),
@@ -35,6 +39,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     table: str = ""
     confusion: list[Path] = field(default_factory=list)
+    comparison: str = ""
 
 
 def _safe(name: str) -> str:
@@ -60,18 +65,28 @@ def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list
     return pictures
 
 
-def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report") -> Report:
+def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report",
+                 comparison: Sequence[ComparisonRow] | None = None, attack: str = "") -> Report:
     """Read the runs among `paths` (see `find_run_dirs`) and write the report into `out`.
 
-    Raises `RunError` when no path is a readable run.
+    With `comparison` (a study's rows, `miniplaces.report.study`), the report opens with the
+    "study vs this project" table (`attack` describes its attacked column), and `paths` may be empty
+    (every experiment skipped).
+    Raises `RunError` when no path is a readable run (and there is no comparison).
     """
-    runs, notes = load_runs(paths)
+    from miniplaces.report.study import comparison_markdown
+
+    runs, notes = load_runs(paths) if paths or comparison is None else ([], [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = results_rows(runs)
-    table = to_markdown(rows)
+    table = to_markdown(rows) if rows else ""
+    compared = comparison_markdown(comparison, attack) if comparison is not None else ""
     markdown = out / "results.md"
-    atomic_write_text(markdown, f"# {title}\n\n{table}")
+    text = f"# {title}\n\n{table}"
+    if comparison is not None:
+        text = f"# {title}\n\n## Study vs this project\n\n{compared}\n## Runs\n\n{table or 'No run finished.'}\n"
+    atomic_write_text(markdown, text)
     csv_path = write_csv(rows, out / "results.csv")
 
     written: list[Picture] = []
@@ -91,6 +106,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
 
     html = out / "report.html"
     atomic_write_text(html, render_html(rows, written, grids, notes, [r.path for r in runs], title,
-                                        settings=settings_rows(runs), confusion=confusion))
+                                        settings=settings_rows(runs), confusion=confusion, comparison=comparison,
+                                        attack=attack))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
-                  table, [p.path for p in confusion])
+                  table, [p.path for p in confusion], compared)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -23,6 +23,9 @@ from miniplaces.report.tables import SETTING_COLUMNS, format_cell, visible_colum
 EMBED_MAX_WIDTH = 1200
 JPEG_QUALITY = 85
 JPEG_WHEN_UNDER = 0.5  # of the PNG's size
+
+if TYPE_CHECKING:
+    from miniplaces.report.study import ComparisonRow
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
@@ -118,6 +121,15 @@ def _settings_table(settings: Sequence[dict[str, Any]]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
+def _comparison_table(rows: Sequence[ComparisonRow]) -> str:
+    from miniplaces.report.study import HEADERS
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in HEADERS)
+    body = "".join("<tr>" + "".join(f'<td class="{"num" if 3 <= i <= 9 else "text"}">{escape(c)}</td>'
+                                    for i, c in enumerate(row.cells())) + "</tr>" for row in rows)
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
 def render_html(
     rows: Sequence[dict[str, Any]],
     figures: Sequence[Picture],
@@ -127,8 +139,11 @@ def render_html(
     title: str = "miniplaces report",
     settings: Sequence[dict[str, Any]] = (),
     confusion: Sequence[Picture] = (),
+    comparison: Sequence[ComparisonRow] | None = None,
+    attack: str = "",
 ) -> str:
-    """The whole page as a string; `settings` are `tables.settings_rows`, `confusion` the runs' matrices."""
+    """The whole page as a string; a study's comparison rows, when given, come first; `settings` are
+    `tables.settings_rows`, `confusion` the runs' matrices."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -136,6 +151,15 @@ def render_html(
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         "<p>Runs: " + ", ".join(f"<code>{escape(str(p))}</code>" for p in sources) + "</p>",
+    ]
+    if comparison is not None:
+        attacked = f"Attacked: top-1 under {attack}. " if attack else ""
+        parts += ["<h2>Study vs this project</h2>", _comparison_table(comparison),
+                  f"<p>{escape(attacked)}Δ: ours − seed, in points. Time × / Memory ×: training time per image "
+                  "and peak memory against the baseline named in the note, on the row's device. — : not measured. "
+                  "Each row's scale says its training images per epoch, epochs, image size, device and val "
+                  "images.</p>"]
+    parts += [
         "<h2>Results</h2>",
         _table(rows),
         "<p>Final = last epoch; best = the epoch of the highest val top-1; time per epoch is the mean over "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
+from typing import Literal
 
 from miniplaces.config import TTA_MODES, TrainConfig, config_from_dict
 from miniplaces.data import read_categories
@@ -18,14 +20,25 @@ from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
 
 def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val", tta: str | None = None,
                         out: Path | str | None = None, batch_size: int = 256, device: str = "auto",
-                        workers: int = 4, progress: bool = True) -> tuple[EvalResult, Path]:
+                        workers: int = 4, loader: Literal["dataloader", "cache"] = "dataloader",
+                        limit: int | None = None, progress: bool = True) -> tuple[EvalResult, Path]:
     """Evaluate a checkpoint on a labelled split; write the `EvalResult` and return it with its path.
 
     The JSON goes to `out`, else `eval_<split>.json` beside the checkpoint (for a run's
     checkpoint: `RunDir.eval_json(split)`). Nothing is written when the evaluation fails.
-    `tta`: None, flip, five-crop or ten-crop (crops of the model's side from images resized to
-    144/128 of it, as torchvision's FiveCrop / TenCrop).
+
+    Args:
+        loader: "dataloader" (per-sample decoding) or "cache" (the decoded cache at the checkpoint's
+            image size, built when missing; same images and preprocessing, fewer decodes).
+        limit: evaluate the first `limit` images of the split only, rounded up to whole batches
+            (the result's `count` says how many); None: the whole split.
+        tta: None, flip, five-crop or ten-crop (crops of the model's side from images resized to
+            144/128 of it, as torchvision's FiveCrop / TenCrop).
     """
+    if loader not in ("dataloader", "cache"):
+        raise MiniPlacesError(f"loader {loader!r} is not one of dataloader, cache")
+    if limit is not None and limit < 1:
+        raise MiniPlacesError(f"the evaluation's image limit must be ≥ 1; got {limit}")
     path = Path(path)
     checkpoint = load_checkpoint(path)
     try:
@@ -42,14 +55,15 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
         raise MiniPlacesError(f"{root} has {len(categories)} categories that differ from the {len(saved)} "
                               f"{path} was trained on; evaluate on the dataset it was trained with")
     run_config = config_from_dict(checkpoint["config"]) if isinstance(checkpoint.get("config"), dict) else None
-    config = dataclasses.replace(run_config or TrainConfig(), root=str(root), workers=workers, loader="dataloader")
+    config = dataclasses.replace(run_config or TrainConfig(), root=str(root), workers=workers, loader=loader)
     torch_device = resolve_device(device)
     model.to(torch_device)
     multi_crop = tta in MULTI_CROP
-    loader = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size,
-                               uncropped=multi_crop)
-    scores = evaluate(model, loader, device=torch_device, tta=tta, tta_crop=config.image_size if multi_crop else None,
-                      num_classes=len(categories), progress=progress)
+    batches = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size,
+                                uncropped=multi_crop)
+    steps = None if limit is None else math.ceil(limit / batch_size)
+    scores = evaluate(model, batches, device=torch_device, tta=tta, tta_crop=config.image_size if multi_crop else None,
+                      num_classes=len(categories), steps=steps, progress=progress)
     confusion = scores.pop("confusion")  # (K, K): rows true class, columns predicted
     counts = confusion.sum(dim=1)
     per_class = (100.0 * confusion.diag() / counts.clamp(min=1)).tolist()

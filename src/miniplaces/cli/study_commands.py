@@ -1,0 +1,70 @@
+"""`miniplaces study`: the seed study's five experiments, evaluated, attacked, explained and reported."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from miniplaces.cli.command import add_command
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers, "study", run_study_command,
+        help="the whole study in one command: train, eval, attack, saliency, report (resumable)",
+        description=(
+            "Train the study's experiments (configs/: simplenet, simplenet_unfold, vit, msvit, resnet18), evaluate "
+            "each on val, attack it with the study's least-likely PGD (ε=6/255, 10 steps), draw its saliency grid "
+            "and write the report with the study-vs-this-project table into OUT/report. Rerun the same command "
+            "to continue: finished steps are skipped, an interrupted run resumes exactly. --scale full is the "
+            "seed's settings (a GPU); --scale mini is the CPU-sized study (64 px, a few epochs)."
+        ),
+    )
+    parser.add_argument("--root", required=True, type=Path, help="dataset folder in the MiniPlaces layout")
+    parser.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study/)")
+    parser.add_argument("--scale", default="full", choices=("full", "mini"), help="full (default) or mini")
+    parser.add_argument("--resnet-weights", type=Path, metavar="PATH",
+                        help="resnet18 ImageNet state dict (default: torch.hub's cache; without it resnet18 is "
+                        "skipped, nothing is downloaded)")
+    parser.add_argument("--experiments", metavar="A,B", help="only these experiments (default: all five)")
+    parser.add_argument("--configs", type=Path, metavar="DIR",
+                        help="folder of the study's configs (default: ./configs or the checkout's)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the scale's; mini: 1)")
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from miniplaces.workflows.study import StepOutcome, plan_study, run_study
+    from miniplaces.workflows.train import TrainingInterrupted
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()] if args.experiments else None
+    plan = plan_study(args.root, args.out, scale=args.scale, experiments=experiments, configs_dir=args.configs,
+                      resnet_weights=args.resnet_weights, device=args.device, threads=args.threads)
+    for experiment in plan.experiments:
+        if experiment.skipped:
+            print(f"{experiment.name}: {experiment.skipped}; include it with --resnet-weights PATH")
+
+    def show(step: StepOutcome) -> None:
+        if step.status == "skipped":
+            print(f"{step.experiment} {step.step}: {step.detail}", flush=True)
+            return
+        detail = f" ({step.detail})" if step.detail else ""
+        print(f"{step.experiment} {step.step}: {step.status}{detail}", flush=True)
+
+    try:
+        outcome = run_study(plan, on_step=show)
+    except TrainingInterrupted as err:
+        print(f"interrupted; the run {err.run_dir} can continue from its last checkpoint: rerun the same "
+              "`miniplaces study` command", file=sys.stderr)
+        return 130
+    report = outcome.report
+    assert report is not None
+    print()
+    print(report.comparison, end="")
+    if outcome.nothing_ran:
+        print("\nevery step was already done; the report was rewritten")
+    print(f"\nreport: {report.markdown} and {report.html}")
+    return 0

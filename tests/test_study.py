@@ -1,0 +1,187 @@
+"""`miniplaces study`: a tiny study on synthetic data, end to end, resumed, rerun, and read against the seed file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from miniplaces.cli import main
+from miniplaces.rundir import EvalResult, StudyFiles, StudyRecord, read_metrics
+from miniplaces.study import SEED_FILE, Scale, load_scales, load_seed
+from miniplaces.workflows.study import StudyOutcome, plan_study, run_study, write_study_report
+from miniplaces.workflows.train import TrainingInterrupted
+
+TORCH_THREADS = 1
+EXPERIMENTS = ["simplenet", "simplenet_unfold", "resnet18"]
+# 16 px, 48 training images in 6 batches of 8: a study in seconds.
+TINY = Scale(
+    name="tiny", description="tests",
+    config={"image_size": 16, "batch_size": 8, "warmup_epochs": 0.0, "loader": "cache", "workers": 0,
+            "log_every": 1, "lr": 0.05},
+    experiments={"simplenet": {"epochs": 2}, "simplenet_unfold": {"epochs": 1}, "resnet18": {"epochs": 1}},
+    eval_images=None, attack_images=4, saliency_images=2, threads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_imagenet_weights(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """torch.hub's cache is an empty folder, as on a machine without the ImageNet weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+def _plan(root: Path, out: Path, **kw: object):  # noqa: ANN202
+    return plan_study(root, out, scale=TINY, experiments=EXPERIMENTS, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def study(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StudyOutcome]:
+    out = tmp_path_factory.mktemp("study") / "study"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+        outcome = run_study(_plan(synth_root, out), progress=False)
+    return out, outcome
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    rows = [line.strip("|").split(" | ") for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def test_tiny_study_runs_every_step_and_writes_the_side_by_side_table(study: tuple[Path, StudyOutcome]) -> None:
+    out, outcome = study
+    ran = {(s.experiment, s.step): s.status for s in outcome.steps}
+    for name in ("simplenet", "simplenet_unfold"):
+        assert [ran[(name, step)] for step in ("train", "eval", "attack", "saliency")] == ["ran"] * 4
+    assert ran[("resnet18", "train")] == "skipped"
+    files = StudyFiles(out)
+    assert len(read_metrics(files.run("simplenet").metrics)) == 2
+    assert EvalResult.read(files.run("simplenet").eval_json("val")).count == 16
+    assert files.run("simplenet").attack.result.is_file()
+    assert (files.run("simplenet").saliency / "saliency_vanilla.png").is_file()
+    assert not files.run("resnet18").path.exists()
+
+    assert outcome.report is not None
+    text = outcome.report.markdown.read_text()
+    assert "## Study vs this project" in text and outcome.report.comparison in text
+    rows = _table_rows(outcome.report.comparison)
+    assert [(r[0], r[1]) for r in rows] == [(n, s) for n in EXPERIMENTS for s in ("seed", "this project (tiny)")]
+    for row in rows:  # every row names its scale: images per epoch, epochs, pixels, device
+        assert "train img/epoch ×" in row[2] and " px, " in row[2]
+    seed_simplenet, ours_simplenet = rows[0], rows[1]
+    assert seed_simplenet[2].startswith("100,000 train img/epoch × 60 ep, 128 px, GPU")
+    assert ours_simplenet[2].startswith("tiny: 48 train img/epoch × 2 ep, 16 px, cpu; val 16")
+    evaluated = EvalResult.read(files.run("simplenet").eval_json("val"))
+    assert ours_simplenet[3] == f"{evaluated.top1:.2f}"
+    assert ours_simplenet[5] == f"{evaluated.top1 - 43.86:+.2f}"
+    assert seed_simplenet[7] == "—"  # the seed's attacked accuracy is unknown
+    assert ours_simplenet[7] != "—"
+    unfold_seed, unfold_ours = rows[2], rows[3]
+    assert (unfold_seed[8], unfold_seed[9]) == ("4.20", "2.10")
+    assert unfold_ours[8] != "—" and unfold_ours[9] == "—"  # CPU peak RSS is no per-run memory
+    resnet_ours = rows[5]
+    assert resnet_ours[3] == "—" and resnet_ours[10].startswith("skipped: no ImageNet weights (")
+    assert "Study vs this project" in outcome.report.html.read_text()
+
+
+def test_second_invocation_skips_every_step(study: tuple[Path, StudyOutcome], synth_root: Path) -> None:
+    out, _ = study
+    run = StudyFiles(out).run("simplenet")
+    stamps = {p: p.stat().st_mtime_ns for p in (run.metrics, run.last, run.eval_json("val"), run.attack.result)}
+    again = run_study(_plan(synth_root, out), progress=False)
+    assert again.nothing_ran
+    assert {s.status for s in again.steps} == {"done", "skipped"}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_interrupted_study_resumes_the_run_exactly(study: tuple[Path, StudyOutcome], synth_root: Path,
+                                                   tmp_path: Path) -> None:
+    reference = StudyFiles(study[0]).run("simplenet")
+    out = tmp_path / "study"
+    plan = plan_study(synth_root, out, scale=TINY, experiments=["simplenet"], device="cpu")
+    steps = {"n": 0}
+
+    def interrupt_after_epoch_one(step: int) -> None:
+        steps["n"] += 1
+        if steps["n"] == 6:  # the last step of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        run_study(plan, on_train_step=interrupt_after_epoch_one, progress=False)
+    run = StudyFiles(out).run("simplenet")
+    assert [r.epoch for r in read_metrics(run.metrics)] == [1]
+    resumed = run_study(plan, progress=False)
+    train_step = next(s for s in resumed.steps if s.step == "train")
+    assert (train_step.status, train_step.detail) == ("resumed", "from epoch 1 to 2")
+    ours, theirs = read_metrics(run.metrics), read_metrics(reference.metrics)
+    assert [r.val_top1 for r in ours] == [r.val_top1 for r in theirs]
+    assert [r.train_loss for r in ours] == pytest.approx([r.train_loss for r in theirs], rel=1e-5)
+
+
+def test_cli_without_weights_skips_resnet18_in_one_line_and_exits_0(synth_root: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["study", "--root", str(synth_root), "--out", str(tmp_path / "s"), "--scale", "mini",
+                 "--experiments", "resnet18", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("resnet18: skipped: no ImageNet weights")]
+    assert len(lines) == 1 and "--resnet-weights PATH" in lines[0]
+    record = StudyRecord.read(StudyFiles(tmp_path / "s").record)
+    assert record.experiments[0].skipped and record.experiments[0].run is None
+    assert "skipped: no ImageNet weights" in (tmp_path / "s" / "report" / "results.md").read_text()
+
+
+def test_missing_weights_file_is_an_error_before_anything_runs(synth_root: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["study", "--root", str(synth_root), "--out", str(tmp_path / "s"), "--resnet-weights",
+                 str(tmp_path / "nope.pth")])
+    assert code == 2
+    assert "nope.pth does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_of_other_settings_is_refused(study: tuple[Path, StudyOutcome], synth_root: Path) -> None:
+    other = Scale(**{**TINY.__dict__, "experiments": {**TINY.experiments, "simplenet": {"epochs": 3}}})
+    with pytest.raises(Exception, match="holds a run with other settings \\(epochs: 2 there, 3 planned\\)"):
+        plan_study(synth_root, study[0], scale=other, experiments=["simplenet"], device="cpu")
+
+
+def test_the_table_reads_the_seed_file(study: tuple[Path, StudyOutcome], tmp_path: Path) -> None:
+    data = yaml.safe_load(SEED_FILE.read_text())
+    data["experiments"]["simplenet"]["top1"] = 12.34
+    data["experiments"]["simplenet"]["adv_top1"] = 5.5
+    changed = tmp_path / "seed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    folder = tmp_path / "copy"
+    shutil.copytree(study[0], folder)
+    report = write_study_report(folder, load_seed(changed))
+    seed_row = _table_rows(report.comparison)[0]
+    assert (seed_row[3], seed_row[7]) == ("12.34", "5.50")
+
+
+def test_packaged_data_files() -> None:
+    seed = load_seed()
+    assert list(seed.experiments) == ["simplenet", "simplenet_unfold", "vit", "msvit", "resnet18"]
+    assert (seed.experiments["resnet18"].top1, seed.experiments["resnet18"].top5) == (52.11, 80.01)
+    assert seed.attack.mode == "least-likely" and seed.attack.steps == 10
+    scales = load_scales()
+    assert set(scales) == {"full", "mini"}
+    assert scales["full"].config == {} and scales["mini"].config_for("msvit")["image_size"] == 64
+
+
+def test_eval_reads_the_cache_and_caps_the_images(study: tuple[Path, StudyOutcome], synth_root: Path,
+                                                  tmp_path: Path) -> None:
+    run = StudyFiles(study[0]).run("simplenet")
+    common = ["eval", "--checkpoint", str(run.last), "--root", str(synth_root), "--device", "cpu", "--workers", "0"]
+    assert main([*common, "--loader", "cache", "--limit", "8", "--batch-size", "8",
+                 "--out", str(tmp_path / "capped.json")]) == 0
+    assert EvalResult.read(tmp_path / "capped.json").count == 8
+    assert main([*common, "--loader", "cache", "--out", str(tmp_path / "cache.json")]) == 0
+    assert main([*common, "--out", str(tmp_path / "samples.json")]) == 0
+    cached, samples = EvalResult.read(tmp_path / "cache.json"), EvalResult.read(tmp_path / "samples.json")
+    assert cached.count == samples.count == 16
+    assert cached.top1 == EvalResult.read(run.eval_json("val")).top1  # the study evaluated through the cache
