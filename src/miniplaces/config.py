@@ -9,6 +9,8 @@ from the model's card by `resolve`, and the resolved config is what a run saves 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +26,15 @@ from miniplaces.rundir import atomic_write_text
 
 
 class ConfigError(MiniPlacesError):
-    """A configuration key is unknown or its value has the wrong type."""
+    """A configuration key is unknown or its value has the wrong type or range."""
+
+
+# The image sides a run may train at: below 16 the models' strides leave nothing; above 1024 the decoded
+# cache and the activations grow beyond what this project is for (an image side of 100000 maps terabytes).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+
+# A number as YAML 1.1 misses it: PyYAML reads `1e-3` (no dot) as a string.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass
@@ -123,7 +133,10 @@ def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
     types_ = _field_types()
     if key not in types_:
         raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(config_keys())}")
-    ok, converted = _check(types_[key], value)
+    tp = types_[key]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and _accepts(tp, float) and not _accepts(tp, str):
+        value = float(value)  # `1e-3`: a number PyYAML leaves as text
+    ok, converted = _check(tp, value)
     if not ok:
         raise ConfigError(f"{where}: key {key!r} must be {_type_name(types_[key])}, got {value!r}")
     setattr(config, key, converted)
@@ -133,9 +146,15 @@ def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
     """Apply the keys of a YAML file (a flat mapping) to `config`; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from err
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the first key
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {raw[err.start]:#04x}); "
+                          "save the config file as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -169,7 +188,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             continue
         tp = types_.get(key)
         # A string-typed key takes the text as it is (a run named `007` stays `007`), except `null`.
-        if tp is not None and _accepts_str(tp) and raw not in ("null", "~", ""):
+        if tp is not None and _accepts(tp, str) and raw not in ("null", "~", ""):
             value: Any = raw
         else:
             value = _parse_value(raw, where)
@@ -177,11 +196,11 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return config
 
 
-def _accepts_str(tp: Any) -> bool:
-    if tp is str:
+def _accepts(tp: Any, kind: type) -> bool:
+    if tp is kind:
         return True
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return str in typing.get_args(tp)
+        return kind in typing.get_args(tp)
     return False
 
 
@@ -207,23 +226,51 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config.lr = lr
     if config.weight_decay is None:
         config.weight_decay = weight_decay
-    positive = ("epochs", "batch_size", "image_size", "log_every", "adv_steps")
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
-    for key in ("limit_train_batches", "limit_val_batches"):
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"key {key!r} must be ≥ 1 or null, got {value!r}")
-    for key in ("warmup_epochs", "min_lr", "weight_decay", "label_smoothing", "workers", "momentum"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
-    if config.clip_grad is not None and config.clip_grad <= 0:
-        raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    check_ranges(config)
     adversarial_spec(config)
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
     return config
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Refuse values of the right type but outside their range, naming the key (before anything is built)."""
+    for key in config_keys():
+        value = getattr(config, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"key {key!r} must be a finite number, got {value!r}")
+    for key in ("epochs", "batch_size", "log_every", "adv_steps"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
+    if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"key 'image_size' must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
+                          f"got {config.image_size!r}")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1 or null, got {value!r}")
+    if config.lr is not None and config.lr <= 0:
+        raise ConfigError(f"key 'lr' must be > 0, got {config.lr!r}")
+    for key in ("warmup_epochs", "min_lr", "weight_decay", "workers"):
+        value = getattr(config, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"key {key!r} must be ≥ 0, got {value!r}")
+    for key in ("momentum", "label_smoothing"):
+        if not 0 <= getattr(config, key) < 1:
+            raise ConfigError(f"key {key!r} must be in [0, 1), got {getattr(config, key)!r}")
+    if config.clip_grad is not None and config.clip_grad <= 0:
+        raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    if config.name is not None:
+        check_run_name(config.name)
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder name inside out_dir: no separator, not absolute, not `.` or `..`."""
+    if (not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).is_absolute()):
+        raise ConfigError(f"key 'name' must be a single folder name inside out_dir (no '/', not '.' or '..'), "
+                          f"got {name!r}")
+    return name
 
 
 def _budget(config: TrainConfig, key: str) -> float | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.attacks.spec import ATTACK_MODES, NORMS, mode_description
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, image_size, non_negative_float, non_negative_int, positive_int
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
@@ -25,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency.add_argument("--method", choices=("vanilla", "smoothgrad", "gradcam"), default="vanilla",
                           help="vanilla: |input gradient| of the predicted class's loss; smoothgrad: its average over "
                           "noisy copies; gradcam: class-weighted conv feature map (default: vanilla)")
-    saliency.add_argument("--n", type=int, default=16, help="how many images, the first of the split (default: 16)")
+    saliency.add_argument("--n", type=positive_int, default=16,
+                          help="how many images, the first of the split (default: 16)")
     saliency.add_argument("--layer", help="Grad-CAM: the module name to read (default: the model's last conv block)")
-    saliency.add_argument("--samples", type=int, default=16, help="SmoothGrad: noisy copies (default: 16)")
-    saliency.add_argument("--sigma", type=float, default=0.15,
+    saliency.add_argument("--samples", type=positive_int, default=16, help="SmoothGrad: noisy copies (default: 16)")
+    saliency.add_argument("--sigma", type=non_negative_float, default=0.15,
                           help="SmoothGrad: noise std as a fraction of the pixel range (default: 0.15)")
-    saliency.add_argument("--columns", type=int, default=8, help="images per row of the grid (default: 8)")
+    saliency.add_argument("--columns", type=positive_int, default=8, help="images per row of the grid (default: 8)")
 
     attack = add_command(
         subparsers, "attack", run_attack,
@@ -46,12 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--norm", choices=NORMS, default="linf", help="the threat model's norm (default: linf)")
     attack.add_argument("--eps", default="6/255",
                         help="budget in pixel units, e.g. 6/255 or 0.0235 (default: 6/255)")
-    attack.add_argument("--steps", type=int, default=10, help="PGD steps, each a forward and a backward (default: 10)")
+    attack.add_argument("--steps", type=positive_int, default=10,
+                        help="PGD steps, each a forward and a backward (default: 10)")
     attack.add_argument("--step-size", help="PGD step in pixel units, e.g. 1/255 (default: ε/10)")
     attack.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the ε-ball")
-    attack.add_argument("--limit", type=int, help="attack only the first N images of the split (default: all)")
-    attack.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    attack.add_argument("--grid", type=int, default=8, help="images shown in attack_grid.png (default: 8)")
+    attack.add_argument("--limit", type=positive_int, help="attack only the first N images of the split (default: all)")
+    attack.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
+    attack.add_argument("--grid", type=non_negative_int, default=8, help="images shown in attack_grid.png (default: 8)")
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
 
@@ -67,7 +69,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to use (default: val)")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: <run>/attack or <run>/saliency beside the checkpoint's run)")
-    parser.add_argument("--image-size", type=int,
+    parser.add_argument("--image-size", type=image_size,
                         help="centre-crop size of the val transform, resized to size·144/128 first "
                         "(default: the checkpoint's training image_size, else 128)")
     parser.add_argument("--device", default="auto",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.bench.registry import BENCHMARKS, Benchmark, Option, get_benchmark
+from miniplaces.cli.command import non_negative_int
 
 
 def _shown(value: Any) -> str:
@@ -43,7 +44,8 @@ def _add_benchmark(commands: argparse._SubParsersAction, benchmark: Benchmark) -
                                 metavar=option.name.upper(), help=_help(option))
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
                         "or mps (default: auto)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="torch CPU threads (default: 0, torch's choice)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, a smoke test of the benchmark rather than a measurement")
     parser.add_argument("--out", type=Path, default=Path("bench"),

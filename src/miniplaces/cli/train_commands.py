@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, non_negative_int, positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -46,10 +46,10 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--split", default="val", choices=("val", "train"), help="labelled split (default val)")
     ev.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
     ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     ev.add_argument("--device", default="auto",
                     help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
-    ev.add_argument("--workers", type=int, default=4)
+    ev.add_argument("--workers", type=non_negative_int, default=4, help="loader processes (default 4)")
 
 
 def _setup_logging() -> None:
