@@ -55,7 +55,7 @@ from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.state import TrainState, seed_everything
 from miniplaces.engine.train import evaluate, train_one_epoch
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import MetricsRow, RunDir, RunWriteError, read_metrics, write_metrics
+from miniplaces.rundir import MetricsRow, RunDir, RunWriteError, read_metrics, remove_stale_tmp, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +346,9 @@ def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
     if info.is_main:
         epoch = parts.state.epoch
         run.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a killed process left (best.pt's would otherwise wait for a better epoch).
+        for target in (run.last, run.best, run.metrics, run.config):
+            remove_stale_tmp(target)
         save_config(parts.state.config, run.config)
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
         write_metrics(run.metrics, [row for row in read_metrics(run.metrics) if row.epoch <= epoch])
