@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.attacks.spec import ATTACK_MODES, NORMS, mode_description
-from miniplaces.cli.command import add_command, image_size, non_negative_float, non_negative_int, positive_int
+from miniplaces.cli.command import add_command, image_size, non_negative_float, positive_int
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the ε-ball")
     attack.add_argument("--limit", type=positive_int, help="attack only the first N images of the split (default: all)")
     attack.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
-    attack.add_argument("--grid", type=non_negative_int, default=8, help="images shown in attack_grid.png (default: 8)")
+    attack.add_argument("--grid", type=positive_int, default=8, help="images shown in attack_grid.png (default: 8)")
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
 
@@ -77,11 +77,6 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
 
 
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise MiniPlacesError(f"{flag} must be ≥ 1; got {value}")
-
-
 def _load(args: argparse.Namespace) -> Any:
     """The checkpoint's model on the device, the split and the class names (`AnalysisInputs`)."""
     import torch
@@ -91,7 +86,6 @@ def _load(args: argparse.Namespace) -> Any:
 
     # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
     torch.manual_seed(args.seed)
-    _positive(args.image_size, "--image-size")
     device = resolve_device(args.device, source="--device")
     return load_for_analysis(args.checkpoint, args.root, split=args.split, image_size=args.image_size, device=device)
 
@@ -100,9 +94,6 @@ def run_saliency(args: argparse.Namespace) -> int:
     from miniplaces.explain.saliency import GradCamLayerError
     from miniplaces.workflows.analysis import saliency_report
 
-    _positive(args.n, "--n")
-    _positive(args.samples, "--samples")
-    _positive(args.columns, "--columns")
     inputs = _load(args)
     try:
         report = saliency_report(
@@ -124,15 +115,10 @@ def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.pixels import parse_eps_list
     from miniplaces.workflows.analysis import attack_report
 
-    if args.steps < 1:
-        raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
     # The flags become one spec here; everything after reads it.
     spec = AttackSpec.from_mode(args.mode, eps=args.eps, steps=args.steps, step_size=args.step_size,
                                 random_start=args.random_start, norm=args.norm)
     sweep = parse_eps_list(args.sweep) if args.sweep is not None else None
-    _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
-    _positive(args.grid, "--grid")
     inputs = _load(args)
     report = attack_report(
         inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,

@@ -65,12 +65,9 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from miniplaces.engine.device import resolve_device
-    from miniplaces.errors import MiniPlacesError
     from miniplaces.rundir import atomic_write_json
 
     benchmark = get_benchmark(args.benchmark)
-    if args.threads < 0:
-        raise MiniPlacesError(f"--threads {args.threads}: use a positive number, or 0 for torch's choice")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, source="--device")

@@ -47,15 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from miniplaces.errors import MiniPlacesError
     from miniplaces.workflows.demo import DemoOptions, run_demo
 
-    if args.threads is not None and args.threads < 0:
-        raise MiniPlacesError(f"--threads must be ≥ 0; got {args.threads}")
-    for flag in ("epochs", "image_size", "batch_size", "classes", "per_class", "val_per_class", "attack_images",
-                 "saliency_images"):
-        if getattr(args, flag) < 1:
-            raise MiniPlacesError(f"--{flag.replace('_', '-')} must be ≥ 1; got {getattr(args, flag)}")
     options = DemoOptions(
         out=args.out, root=args.root, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
         lr=args.lr, classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,

@@ -45,8 +45,6 @@ def run_predict(args: argparse.Namespace) -> int:
             raise MiniPlacesError("--challenge takes --root DIR and --out FILE, and no image arguments")
     elif not args.images:
         raise MiniPlacesError("give image files or folders to classify (or --challenge --root DIR --out FILE)")
-    if args.top < 1 or args.batch_size < 1:
-        raise MiniPlacesError("--top and --batch-size must be at least 1")
 
     if args.challenge:
         out, count = predict_challenge(args.checkpoint, args.root, args.out, image_size=args.image_size,
