@@ -208,12 +208,13 @@ def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
         raise RunWriteError(f"cannot create the run directory {run.path}: {err.strerror or err}; "
                             "choose a writable out_dir") from err
     if not _lock(fd):
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        owner = _owner(fd)
         os.close(fd)
         raise RunBusyError(f"run directory {run.path} is in use by another training (pid {owner}); wait for it "
                            "to end, or give this run another name")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    pid = f"{os.getpid()}\n".encode()
+    os.pwrite(fd, pid, 0)
+    os.ftruncate(fd, len(pid))
     claim = RunClaim(run, fd, reused=False)
     if fresh and not created:
         if run.last.exists() or run.best.exists():
@@ -225,6 +226,16 @@ def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
             logger.warning("run directory %s holds no checkpoint (a start stopped before its first epoch ended); "
                            "starting it again from scratch", run.path)
     return claim
+
+
+def _owner(fd: int) -> str:
+    """The pid the lock's holder wrote; a holder that has just taken the lock gets a moment to write it."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.005)
+    return "unknown"
 
 
 def _lock(fd: int) -> bool:
