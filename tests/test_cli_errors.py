@@ -75,6 +75,8 @@ def world(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ctx:
     (bad / "text.pt").write_text("model: simplenet\nstate_dict: {}\n")
     (bad / "latin1.yaml").write_bytes("# réglages\nlr: 0.1\n".encode("latin-1"))
     (bad / "lr_nan.yaml").write_text("lr: .nan\n")
+    (bad / "tag.yaml").write_text("epochs: 2\nlr: !!python/object/apply:os.system [echo hi]\n")
+    (bad / "folder").mkdir()
     weights = torch.load(ckpt, weights_only=True)
     files = {
         "text": bad / "text.pt",
@@ -88,6 +90,15 @@ def world(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ctx:
         "epoch_neg": _damaged(ckpt, bad / "epoch_neg.pt", epoch=-3),
         "unknown_kwarg": _damaged(ckpt, bad / "unknown_kwarg.pt",
                                   model={"name": "simplenet", "kwargs": {"num_classes": 4, "wings": 2}}),
+        "unknown_model": _damaged(ckpt, bad / "unknown_model.pt", model={"name": "nope", "kwargs": {}}),
+        "flat_weights": _damaged(ckpt, bad / "flat_weights.pt",
+                                 state_dict={k: v.flatten() for k, v in weights["state_dict"].items()}),
+        "no_rng": _damaged(ckpt, bad / "no_rng.pt", rng=None),
+        "optimizer_str": _damaged(ckpt, bad / "optimizer_str.pt", optimizer="sgd"),
+        "best_str": _damaged(ckpt, bad / "best_str.pt", best_top1="high"),
+        "huge_config": _damaged(ckpt, bad / "huge_config.pt", config={**weights["config"], "image_size": 100000}),
+        "tag": bad / "tag.yaml",
+        "folder": bad / "folder",
         "latin1": bad / "latin1.yaml",
         "lr_nan": bad / "lr_nan.yaml",
         "bomb": _png_claiming(bad / "bomb.png", 30000, 30000),
@@ -171,6 +182,11 @@ CASES: list[Case] = [
     ("train-name-slash", lambda c: _train(c, "--name", "a/b"), "key 'name' must be a single folder name"),
     ("train-name-dot", lambda c: _train(c, "--name", "."), "key 'name' must be a single folder name"),
     ("train-config-latin1", lambda c: _train(c, "--config", str(c.bad["latin1"])), "latin1.yaml:1: not UTF-8"),
+    ("train-config-python-tag", lambda c: _train(c, "--config", str(c.bad["tag"])),
+     "tag.yaml:2:5: not valid YAML: could not determine a constructor for the tag '!!python/object/apply"),
+    ("train-config-folder (held)", lambda c: _train(c, "--config", str(c.bad["folder"])), "Is a directory"),
+    ("train-min-lr-inf", lambda c: _train(c, "--set", "min_lr=.inf"), "key 'min_lr' must be a finite number"),
+    ("train-epochs-float (held)", lambda c: _train(c, "--set", "epochs=1e3"), "key 'epochs' must be int"),
     # checkpoints that are not what they claim
     ("eval-ckpt-text (held)", lambda c: _eval(c, c.bad["text"]), "text.pt"),
     ("eval-ckpt-model-str", lambda c: _eval(c, c.bad["model_str"]), "model_str.pt is damaged or not a miniplaces "
@@ -184,6 +200,17 @@ CASES: list[Case] = [
                                            str(c.root)], "key 'epoch' must be an integer ≥ 0"),
     ("attack-ckpt-unknown-kwarg", lambda c: ["attack", "--checkpoint", str(c.bad["unknown_kwarg"]), "--root",
                                              str(c.root)], "unknown_kwarg.pt: cannot rebuild model 'simplenet'"),
+    ("eval-ckpt-unknown-model (held)", lambda c: _eval(c, c.bad["unknown_model"]), "unknown_model.pt: unknown model"),
+    ("eval-ckpt-flat-weights", lambda c: _eval(c, c.bad["flat_weights"]), "weights do not fit model 'simplenet': "
+                                                                           "size mismatch for"),
+    ("train-resume-no-rng", lambda c: ["train", "--resume", str(c.bad["no_rng"]), "--set", "epochs=3"],
+     "no_rng.pt cannot be resumed: key 'rng'"),
+    ("train-resume-optimizer-str", lambda c: ["train", "--resume", str(c.bad["optimizer_str"]), "--set",
+                                              "epochs=3"], "key 'optimizer' must be a mapping"),
+    ("train-resume-best-str", lambda c: ["train", "--resume", str(c.bad["best_str"]), "--set", "epochs=3"],
+     "key 'best_top1' must be a number"),
+    ("train-resume-huge-config", lambda c: ["train", "--resume", str(c.bad["huge_config"])],
+     "key 'image_size' must be between 16 and 1024"),
     ("train-resume-text (held)", lambda c: ["train", "--resume", str(c.bad["text"])], "text.pt"),
     ("train-resume-state-list", lambda c: ["train", "--resume", str(c.bad["state_list"])], "key 'state_dict'"),
     # images that would decode or resize to billions of pixels
@@ -192,6 +219,8 @@ CASES: list[Case] = [
     ("predict-strip", lambda c: _predict(c, str(c.bad["strip"])), "strip.png: refused, a 200000×1 image"),
     # paths that cannot be written
     ("eval-out-under-file", lambda c: _eval(c, None, "--out", str(c.file / "eval.json")), "cannot write"),
+    ("eval-out-is-folder", lambda c: _eval(c, None, "--out", str(c.bad["folder"])),
+     "folder: Is a directory"),
     ("train-out-dir-under-file", lambda c: _train(c, "--set", f"out_dir={c.file / 'runs'}"),
      "cannot create the run directory"),
     ("train-out-dir-proc", lambda c: _train(c, "--set", "out_dir=/proc/miniplaces-runs"), "/proc/miniplaces-runs"),
@@ -207,6 +236,8 @@ CASES: list[Case] = [
     ("train-resume-other-image-size", lambda c: ["train", "--resume", str(c.run), "--set", "image_size=48"],
      "image_size 32 → 48"),
     ("train-resume-other-lr", lambda c: ["train", "--resume", str(c.run), "--set", "lr=1e-3"], "lr 0.05 → 0.001"),
+    ("train-resume-model-kwargs", lambda c: ["train", "--resume", str(c.run), "--set", "model_kwargs.dropout=0.9"],
+     "model_kwargs {} → {'dropout': 0.9}"),
     ("train-resume-other-categories", lambda c: ["train", "--resume", str(c.run), "--root", str(c.renamed)],
      "categories differ from the checkpoint's (class 0: 'scene_zzz' instead of 'scene_000')"),
     ("train-resume-nothing (held)", lambda c: ["train", "--resume", str(c.tmp / "nowhere")], "nothing to resume"),

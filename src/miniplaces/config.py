@@ -159,7 +159,7 @@ def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{_yaml_where(path, err)}: not valid YAML: {_yaml_problem(err)}") from err
     if data is None:
         return config
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -208,7 +208,20 @@ def _parse_value(raw: str, where: str) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: cannot read value {raw!r}: {err}") from err
+        raise ConfigError(f"{where}: cannot read value {raw!r}: {_yaml_problem(err)}") from err
+
+
+def _yaml_where(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem in one line (its message quotes the source over several)."""
+    problem = getattr(err, "problem", None)
+    context = getattr(err, "context", None)
+    text = " ".join(part for part in (context, problem) if part) or str(err).splitlines()[0]
+    return text.replace("tag:yaml.org,2002:", "!!")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:

@@ -129,7 +129,10 @@ def build_model(checkpoint: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"weights do not fit model {spec['name']!r}: {err}") from err
+        # torch lists every mismatch on its own line: the first, and how many there are, is one line.
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"weights do not fit model {spec['name']!r}: {problems[0]}{more}") from err
     return model
 
 

@@ -135,6 +135,10 @@ def check_resume(config: TrainConfig, checkpoint: dict[str, Any], path: Path) ->
     (model, data size, optimiser, seed, …) would silently train something else than the run
     says it is. Nothing is written before this check.
     """
+    problem = _training_state_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"{path} cannot be resumed: {problem}; resume from another checkpoint, or start "
+                              "a new run from its weights")
     saved = resolve(_saved_config(checkpoint, path))
     changed = [f"{key} {getattr(saved, key)!r} → {getattr(config, key)!r}" for key in _keys()
                if key not in RESUME_MAY_CHANGE and getattr(config, key) != getattr(saved, key)]
@@ -157,6 +161,24 @@ def check_resume(config: TrainConfig, checkpoint: dict[str, Any], path: Path) ->
         raise ConfigError(f"cannot resume {path} on {config.root}: its categories differ from the checkpoint's "
                           f"(class {differ}: {_at(categories, differ)} instead of {_at(saved_categories, differ)}); "
                           "resume on the dataset the run was trained on")
+
+
+def _training_state_problem(checkpoint: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type among the keys only a resume reads (see `TrainState`)."""
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(checkpoint.get(key), dict):
+            return f"key {key!r} must be a mapping, got {type(checkpoint.get(key)).__name__}"
+    if not isinstance(checkpoint.get("epoch"), int):
+        return "key 'epoch' is missing"
+    if not isinstance(checkpoint.get("best_top1"), (int, float)):
+        return f"key 'best_top1' must be a number, got {type(checkpoint.get('best_top1')).__name__}"
+    rng = checkpoint.get("rng")
+    if not isinstance(rng, list) or not rng or not all(isinstance(r, dict) for r in rng):
+        return "key 'rng' must be a list of random states, one per process"
+    sums = checkpoint.get("epoch_sums")
+    if sums is not None and not (isinstance(sums, list) and all(isinstance(v, (int, float)) for v in sums)):
+        return "key 'epoch_sums' must be a list of numbers or null"
+    return None
 
 
 def _keys() -> list[str]:
@@ -341,7 +363,13 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state = TrainState(model, optimizer, scheduler, scaler, config, categories, info, device)
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        try:
+            state.load_state_dict(checkpoint)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            # `check_resume` checked the keys' types; what is left is a state that does not fit (another optimiser).
+            raise CheckpointError(f"the checkpoint's training state does not fit this run "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                                  "resume from another checkpoint") from err
     else:
         # The model's initial weights are the same on every process; its random layers (dropout) should not be.
         seed_everything(config.seed + info.rank)
