@@ -338,6 +338,20 @@ def test_a_bug_is_one_line_with_the_hint_and_exit_1(monkeypatch: pytest.MonkeyPa
     assert code == 1 and "Traceback" in err
 
 
+def test_an_os_error_that_escapes_is_exit_2_naming_the_path(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import miniplaces.cli.model_commands as models
+
+    def denied(args: object) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/srv/shared/runs")
+
+    monkeypatch.setattr(models, "run_models", denied)
+    monkeypatch.delenv("MINIPLACES_DEBUG", raising=False)
+    code, err = _run(["models"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: /srv/shared/runs: Permission denied (run with --debug")
+
+
 def test_debug_shows_the_traceback_of_a_user_error(world: Ctx, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _run(["--debug", *_eval(world, world.bad["model_str"])], capsys)
     assert code == 2 and "Traceback" in err and "error: " in err.splitlines()[-1]

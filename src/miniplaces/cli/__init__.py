@@ -78,10 +78,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def describe_os_error(err: OSError) -> str:
-    """`cannot write PATH: No space left on device`-style text for an OSError that escaped the library."""
-    path = err.filename if err.filename is not None else None
+    """`PATH: No space left on device` for an OSError that escaped the library (the path when it has one)."""
     reason = err.strerror or _one_line(err)
-    return f"{path}: {reason}" if path is not None else reason
+    return f"{err.filename}: {reason}" if err.filename is not None else reason
 
 
 def main(argv: Sequence[str] | None = None) -> int:
