@@ -223,6 +223,8 @@ CASES: list[Case] = [
      "folder: Is a directory"),
     ("train-out-dir-under-file", lambda c: _train(c, "--set", f"out_dir={c.file / 'runs'}"),
      "cannot create the run directory"),
+    ("train-name-is-a-file", lambda c: _train(c, "--name", "file.txt", "--set", f"out_dir={c.file.parent}"),
+     "file.txt: a file of that name exists"),
     ("train-out-dir-proc", lambda c: _train(c, "--set", "out_dir=/proc/miniplaces-runs"), "/proc/miniplaces-runs"),
     ("report-out-under-file", lambda c: ["report", str(c.run), "--out", str(c.file / "report")], "file.txt"),
     ("saliency-out-under-file", lambda c: _analysis("saliency", c, "--n", "2", "--out", str(c.file / "s")),

@@ -222,8 +222,8 @@ def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
             created = True
         except FileExistsError:
             if not run.path.is_dir():
-                raise RunExistsError(f"{run.path} exists and is not a folder; give the run another name",
-                                     run.path) from None
+                raise RunWriteError(f"cannot create the run directory {run.path}: a file of that name exists; "
+                                    "give the run another name") from None
             created = False
         fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
