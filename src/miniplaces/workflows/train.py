@@ -260,6 +260,21 @@ def _owner(fd: int) -> str:
     return "unknown"
 
 
+def _claim_on_main(run: RunDir, info: DistInfo, device: torch.device, *, fresh: bool) -> RunClaim | None:
+    """Rank 0 claims the folder; every process learns whether it could, so none waits for a rank that failed."""
+    claim, error = None, None
+    if info.is_main:
+        try:
+            claim = claim_run(run, fresh=fresh)
+        except MiniPlacesError as err:
+            error = err
+    if all_reduce_max(float(error is not None), device) > 0:
+        if error is not None:
+            raise error
+        raise MiniPlacesError(f"rank 0 could not claim the run directory {run.path} (see its error)")
+    return claim
+
+
 def _lock(fd: int) -> bool:
     """Lock `fd` exclusively without waiting; False when another process holds it."""
     try:
@@ -297,9 +312,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     try:
         if run is None:
             config, run = _name_run(config, info)
-        if info.is_main:
-            claim = claim_run(run, fresh=resume is None)
-        barrier(info)
+        claim = _claim_on_main(run, info, device, fresh=resume is None)
         parts = _build(config, info, device, checkpoint)
         writer = _open_run(run, parts, info)
         try:
