@@ -141,10 +141,22 @@ def test_sigint_on_last_step_stops_at_epoch_boundary(data: Path, tmp_path: Path)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
-    # min_lr = inf turns the cosine phase (epoch 2) into a NaN learning rate; the warm-up epoch is fine.
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A schedule whose learning rate turns NaN in epoch 2 (step 3 on); the config refuses such values
+    # (min_lr = inf), so the schedule is patched.
+    import miniplaces.workflows.train as workflow
+
+    def poisoned(optimizer: torch.optim.Optimizer, **kwargs: object) -> torch.optim.lr_scheduler.LambdaLR:
+        scheduler = warmup_cosine(optimizer, **kwargs)  # type: ignore[arg-type]
+        good = scheduler.lr_lambdas[0]
+        scheduler.lr_lambdas[0] = lambda step: good(step) if step < 3 else float("nan")
+        return scheduler
+
+    warmup_cosine = workflow.warmup_cosine
+    monkeypatch.setattr(workflow, "warmup_cosine", poisoned)
     with pytest.raises(NonFiniteLossError, match="non-finite in epoch 2"):
-        train(config(data, tmp_path, min_lr=float("inf")), progress=False)
+        train(config(data, tmp_path), progress=False)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

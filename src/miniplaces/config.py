@@ -9,6 +9,8 @@ from the model's card by `resolve`, and the resolved config is what a run saves 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +29,15 @@ TTA_MODES = ("flip", "five-crop", "ten-crop")
 
 
 class ConfigError(MiniPlacesError):
-    """A configuration key is unknown or its value has the wrong type."""
+    """A configuration key is unknown or its value has the wrong type or range."""
+
+
+# The image sides a run may train at: below 16 the models' strides leave nothing; above 1024 the decoded
+# cache and the activations grow beyond what this project is for (an image side of 100000 maps terabytes).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+
+# A number as YAML 1.1 misses it: PyYAML reads `1e-3` (no dot) as a string.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _key(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
@@ -156,7 +166,10 @@ def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
     types_ = _field_types()
     if key not in types_:
         raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(config_keys())}")
-    ok, converted = _check(types_[key], value)
+    tp = types_[key]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and _accepts(tp, float) and not _accepts(tp, str):
+        value = float(value)  # `1e-3`: a number PyYAML leaves as text
+    ok, converted = _check(tp, value)
     if not ok:
         raise ConfigError(f"{where}: key {key!r} must be {_type_name(types_[key])}, got {value!r}")
     setattr(config, key, converted)
@@ -166,14 +179,20 @@ def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
     """Apply the keys of a YAML file (a flat mapping) to `config`; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from err
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the first key
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {raw[err.start]:#04x}); "
+                          "save the config file as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{_yaml_where(path, err)}: not valid YAML: {_yaml_problem(err)}") from err
     if data is None:
         return config
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -209,7 +228,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             continue
         tp = types_.get(key)
         # A string-typed key takes the text as it is (a run named `007` stays `007`), except `null`.
-        if tp is not None and _accepts_str(tp) and raw not in ("null", "~", ""):
+        if tp is not None and _accepts(tp, str) and raw not in ("null", "~", ""):
             value: Any = raw
         else:
             value = _parse_value(raw, where)
@@ -217,11 +236,11 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return config
 
 
-def _accepts_str(tp: Any) -> bool:
-    if tp is str:
+def _accepts(tp: Any, kind: type) -> bool:
+    if tp is kind:
         return True
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return str in typing.get_args(tp)
+        return kind in typing.get_args(tp)
     return False
 
 
@@ -229,7 +248,20 @@ def _parse_value(raw: str, where: str) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: cannot read value {raw!r}: {err}") from err
+        raise ConfigError(f"{where}: cannot read value {raw!r}: {_yaml_problem(err)}") from err
+
+
+def _yaml_where(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem in one line (its message quotes the source over several)."""
+    problem = getattr(err, "problem", None)
+    context = getattr(err, "context", None)
+    text = " ".join(part for part in (context, problem) if part) or str(err).splitlines()[0]
+    return text.replace("tag:yaml.org,2002:", "!!")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -247,19 +279,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config.lr = lr
     if config.weight_decay is None:
         config.weight_decay = weight_decay
-    positive = ("epochs", "batch_size", "image_size", "log_every", "adv_steps")
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
-    for key in ("limit_train_batches", "limit_val_batches"):
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"key {key!r} must be ≥ 1 or null, got {value!r}")
-    for key in ("warmup_epochs", "min_lr", "weight_decay", "label_smoothing", "workers", "momentum"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"key {key!r} must be ≥ 0, got {getattr(config, key)!r}")
-    if config.clip_grad is not None and config.clip_grad <= 0:
-        raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    check_ranges(config)
     adversarial_spec(config)
     _check_features(config, card.size_argument)
     if not config.root:
@@ -297,6 +317,46 @@ def _check_features(config: TrainConfig, size_argument: str | None) -> None:
     if end_epoch is not None and end_epoch < config.progressive_start_epoch:
         raise ConfigError(f"key 'progressive_end_epoch' ({end_epoch}) must be ≥ progressive_start_epoch "
                           f"({config.progressive_start_epoch}) or null")
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Refuse values of the right type but outside their range, naming the key (before anything is built)."""
+    for key in config_keys():
+        value = getattr(config, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"key {key!r} must be a finite number, got {value!r}")
+    for key in ("epochs", "batch_size", "log_every", "adv_steps"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1, got {getattr(config, key)!r}")
+    if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"key 'image_size' must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
+                          f"got {config.image_size!r}")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"key {key!r} must be ≥ 1 or null, got {value!r}")
+    if config.lr is not None and config.lr <= 0:
+        raise ConfigError(f"key 'lr' must be > 0, got {config.lr!r}")
+    for key in ("warmup_epochs", "min_lr", "weight_decay", "workers"):
+        value = getattr(config, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"key {key!r} must be ≥ 0, got {value!r}")
+    for key in ("momentum", "label_smoothing"):
+        if not 0 <= getattr(config, key) < 1:
+            raise ConfigError(f"key {key!r} must be in [0, 1), got {getattr(config, key)!r}")
+    if config.clip_grad is not None and config.clip_grad <= 0:
+        raise ConfigError(f"key 'clip_grad' must be > 0 or null, got {config.clip_grad!r}")
+    if config.name is not None:
+        check_run_name(config.name)
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder name inside out_dir: no separator, not absolute, not `.` or `..`."""
+    if (not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).is_absolute()):
+        raise ConfigError(f"key 'name' must be a single folder name inside out_dir (no '/', not '.' or '..'), "
+                          f"got {name!r}")
+    return name
 
 
 def _budget(config: TrainConfig, key: str) -> float | None:

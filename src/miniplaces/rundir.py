@@ -29,6 +29,10 @@ T = TypeVar("T")
 R = TypeVar("R", bound="JsonRecord")
 
 
+class RunWriteError(MiniPlacesError, OSError):
+    """A file cannot be written: a read-only or full disk, or a folder that is a file. Still an `OSError`."""
+
+
 def _tmp_prefix(path: Path) -> str:
     return f".{path.name}."
 
@@ -47,22 +51,36 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it to `path`.
 
     The folder is created if needed. On any failure the temporary file is removed and the
-    previous `path` (if any) is untouched.
+    previous `path` (if any) is untouched. An `OSError` (full disk, no permission) becomes a
+    `RunWriteError` that names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, RunWriteError):
+            raise _write_error(path, err) from err
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError) -> RunWriteError:
+    reason = err.strerror or str(err)
+    culprit = Path(err.filename) if err.filename else None  # e.g. a folder on the way that is a file
+    shown = culprit is not None and culprit not in (path, path.parent) and culprit.parent != path.parent
+    where = f" ({culprit})" if shown else ""
+    return RunWriteError(f"cannot write {path}: {reason}{where}; choose a writable folder with free space")
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
@@ -109,6 +127,7 @@ class RunDir:
 
     ```
     config.yaml                    the resolved config (`miniplaces train`)
+    .train.lock                    the pid of the last process that trained it, locked while it trains
     metrics.jsonl                  one `MetricsRow` per epoch
     metrics.csv                    the same rows as CSV (a header of `METRIC_KEYS`; empty cell = null)
     checkpoints/last.pt, best.pt   training state (every epoch / best val top-1)
@@ -129,6 +148,7 @@ class RunDir:
         self.metrics_csv = self.path / METRICS_CSV
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
+        self.lock = self.path / ".train.lock"  # locked by the process training the run (workflows.train)
         self.tensorboard = self.path / "tb"
         self.tensorboard_steps = self.tensorboard / "steps"  # per-step scalars, at the global step
         self.saliency = self.path / "saliency"

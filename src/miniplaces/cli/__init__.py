@@ -4,13 +4,21 @@ Each command group lives in its own module under `miniplaces.cli` and exposes
 `register(subparsers)`, which adds its sub-commands and sets `func` on them.
 Commands parse arguments and call the library; heavy imports (torch) happen
 inside the command functions so that `--help` stays fast.
+
+Exit codes: 0 done; 2 a problem the user can fix (a bad flag, file or value: a
+`MiniPlacesError`, or an `OSError` such as a full disk or a folder that cannot be
+written), printed as one `error:` line; 1 anything else, i.e. a bug in miniplaces,
+also one line; 130 interrupted. `--debug` (or `MINIPLACES_DEBUG=1`) prints the
+traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from miniplaces import __version__
@@ -33,12 +41,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+DEBUG_ENV = "MINIPLACES_DEBUG"
+DEBUG_HINT = f"run with --debug or {DEBUG_ENV}=1 for the traceback"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="miniplaces",
         description="Train, dissect and attack scene classifiers on MIT MiniPlaces.",
     )
     parser.add_argument("--version", action="version", version=f"miniplaces {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the Python traceback of an error (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -65,15 +79,46 @@ def for_the_command_line(err: MiniPlacesError) -> str:
     return str(err)
 
 
+def _debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() not in (
+        "", "0", "false", "no")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def describe_os_error(err: OSError) -> str:
+    """`PATH: No space left on device` for an OSError that escaped the library (the path when it has one)."""
+    reason = err.strerror or _one_line(err)
+    return f"{err.filename}: {reason}" if err.filename is not None else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = _debugging(args)
     try:
         code = args.func(args)
     except MiniPlacesError as err:
+        if debug:
+            traceback.print_exc()
         print(f"error: {for_the_command_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # The disk, the permissions or the file system: the user's to fix, so exit 2 like any bad input.
+        if debug:
+            traceback.print_exc()
+        print(f"error: {describe_os_error(err)}" + ("" if debug else f" ({DEBUG_HINT})"), file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: still one line (and exit 1, so scripts can tell it from a bad input)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {type(err).__name__}: {_one_line(err)}" + ("" if debug else f" ({DEBUG_HINT})"),
+              file=sys.stderr)
+        return 1
     return int(code or 0)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.attacks.spec import ATTACK_MODES, NORMS, mode_description
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, image_size, non_negative_float, positive_int
 from miniplaces.errors import MiniPlacesError
 
 DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
@@ -25,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency.add_argument("--method", choices=("vanilla", "smoothgrad", "gradcam"), default="vanilla",
                           help="vanilla: |input gradient| of the predicted class's loss; smoothgrad: its average over "
                           "noisy copies; gradcam: class-weighted conv feature map (default: vanilla)")
-    saliency.add_argument("--n", type=int, default=16, help="how many images, the first of the split (default: 16)")
+    saliency.add_argument("--n", type=positive_int, default=16,
+                          help="how many images, the first of the split (default: 16)")
     saliency.add_argument("--layer", help="Grad-CAM: the module name to read (default: the model's last conv block)")
-    saliency.add_argument("--samples", type=int, default=16, help="SmoothGrad: noisy copies (default: 16)")
-    saliency.add_argument("--sigma", type=float, default=0.15,
+    saliency.add_argument("--samples", type=positive_int, default=16, help="SmoothGrad: noisy copies (default: 16)")
+    saliency.add_argument("--sigma", type=non_negative_float, default=0.15,
                           help="SmoothGrad: noise std as a fraction of the pixel range (default: 0.15)")
-    saliency.add_argument("--columns", type=int, default=8, help="images per row of the grid (default: 8)")
+    saliency.add_argument("--columns", type=positive_int, default=8, help="images per row of the grid (default: 8)")
 
     attack = add_command(
         subparsers, "attack", run_attack,
@@ -46,12 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attack.add_argument("--norm", choices=NORMS, default="linf", help="the threat model's norm (default: linf)")
     attack.add_argument("--eps", default="6/255",
                         help="budget in pixel units, e.g. 6/255 or 0.0235 (default: 6/255)")
-    attack.add_argument("--steps", type=int, default=10, help="PGD steps, each a forward and a backward (default: 10)")
+    attack.add_argument("--steps", type=positive_int, default=10,
+                        help="PGD steps, each a forward and a backward (default: 10)")
     attack.add_argument("--step-size", help="PGD step in pixel units, e.g. 1/255 (default: ε/10)")
     attack.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the ε-ball")
-    attack.add_argument("--limit", type=int, help="attack only the first N images of the split (default: all)")
-    attack.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    attack.add_argument("--grid", type=int, default=8, help="images shown in attack_grid.png (default: 8)")
+    attack.add_argument("--limit", type=positive_int, help="attack only the first N images of the split (default: all)")
+    attack.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
+    attack.add_argument("--grid", type=positive_int, default=8, help="images shown in attack_grid.png (default: 8)")
     attack.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, metavar="EPS,EPS,…",
                         help=f"also measure robust accuracy at each ε (bare --sweep: {DEFAULT_SWEEP})")
 
@@ -67,17 +69,12 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to use (default: val)")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: <run>/attack or <run>/saliency beside the checkpoint's run)")
-    parser.add_argument("--image-size", type=int,
+    parser.add_argument("--image-size", type=image_size,
                         help="centre-crop size of the val transform, resized to size·144/128 first "
                         "(default: the checkpoint's training image_size, else 128)")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
-
-
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise MiniPlacesError(f"{flag} must be ≥ 1; got {value}")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -89,7 +86,6 @@ def _load(args: argparse.Namespace) -> Any:
 
     # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
     torch.manual_seed(args.seed)
-    _positive(args.image_size, "--image-size")
     device = resolve_device(args.device, source="--device")
     return load_for_analysis(args.checkpoint, args.root, split=args.split, image_size=args.image_size, device=device)
 
@@ -98,9 +94,6 @@ def run_saliency(args: argparse.Namespace) -> int:
     from miniplaces.explain.saliency import GradCamLayerError
     from miniplaces.workflows.analysis import saliency_report
 
-    _positive(args.n, "--n")
-    _positive(args.samples, "--samples")
-    _positive(args.columns, "--columns")
     inputs = _load(args)
     try:
         report = saliency_report(
@@ -122,15 +115,10 @@ def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.pixels import parse_eps_list
     from miniplaces.workflows.analysis import attack_report
 
-    if args.steps < 1:
-        raise MiniPlacesError(f"--steps must be ≥ 1; got {args.steps}")
     # The flags become one spec here; everything after reads it.
     spec = AttackSpec.from_mode(args.mode, eps=args.eps, steps=args.steps, step_size=args.step_size,
                                 random_start=args.random_start, norm=args.norm)
     sweep = parse_eps_list(args.sweep) if args.sweep is not None else None
-    _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
-    _positive(args.grid, "--grid")
     inputs = _load(args)
     report = attack_report(
         inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.bench.registry import BENCHMARKS, Benchmark, Option, get_benchmark
+from miniplaces.cli.command import non_negative_int
 
 
 def _shown(value: Any) -> str:
@@ -43,7 +44,8 @@ def _add_benchmark(commands: argparse._SubParsersAction, benchmark: Benchmark) -
                                 metavar=option.name.upper(), help=_help(option))
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
                         "or mps (default: auto)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="torch CPU threads (default: 0, torch's choice)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, a smoke test of the benchmark rather than a measurement")
     parser.add_argument("--out", type=Path, default=Path("bench"),
@@ -63,12 +65,9 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from miniplaces.engine.device import resolve_device
-    from miniplaces.errors import MiniPlacesError
     from miniplaces.rundir import atomic_write_json
 
     benchmark = get_benchmark(args.benchmark)
-    if args.threads < 0:
-        raise MiniPlacesError(f"--threads {args.threads}: use a positive number, or 0 for torch's choice")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, source="--device")

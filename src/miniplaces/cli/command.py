@@ -1,9 +1,13 @@
-"""`add_command`: one sub-command of `miniplaces`, with its help, description and the function it runs."""
+"""`add_command`: one sub-command of `miniplaces`, with its help, description and the function it runs;
+and the argparse types every numeric flag uses, so a bad number is refused before anything runs."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
+
+from miniplaces.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
@@ -11,4 +15,57 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable
     """Add `miniplaces NAME`; `run(args)` is called with its parsed arguments and returns the exit code."""
     parser = subparsers.add_parser(name, help=help, description=description)
     parser.set_defaults(func=run)
+    # Also after the command (`miniplaces train … --debug`); SUPPRESS keeps the global flag's value otherwise.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the Python traceback of an error")
     return parser
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (a count, a batch size, a number of steps)."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer ≥ 0 (loader workers, threads: 0 means none / the default)."""
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = float(_number(text, float))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number ≥ 0."""
+    value = float(_number(text, float))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value:g}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """An image side in pixels, MIN_IMAGE_SIZE … MAX_IMAGE_SIZE."""
+    value = int(_number(text, int))
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}")
+    return value

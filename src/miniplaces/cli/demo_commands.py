@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, image_size, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,38 +23,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--root", type=Path, help="a MiniPlaces folder (default: synthetic data under OUT/data)")
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
-    parser.add_argument("--image-size", type=int, default=64, help="image size for training and analysis (64)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default: 64)")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
-    parser.add_argument("--classes", type=int, default=10, help="synthetic classes (default: 10)")
-    parser.add_argument("--per-class", type=int, default=80, help="synthetic train images per class (80)")
-    parser.add_argument("--val-per-class", type=int, default=20, help="synthetic val images per class (20)")
-    parser.add_argument("--limit-train-batches", type=int, help="at most this many training batches per epoch")
-    parser.add_argument("--limit-val-batches", type=int, help="at most this many val batches per epoch")
-    parser.add_argument("--attack-images", type=int, default=64, help="val images to attack (default: 64)")
-    parser.add_argument("--saliency-images", type=int, default=16, help="val images in the saliency grid (16)")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default: 5)")
+    parser.add_argument("--image-size", type=image_size, default=64, help="image size for training and analysis (64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="training batch (default: 64)")
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (default: 0.05)")
+    parser.add_argument("--classes", type=positive_int, default=10, help="synthetic classes (default: 10)")
+    parser.add_argument("--per-class", type=positive_int, default=80, help="synthetic train images per class (80)")
+    parser.add_argument("--val-per-class", type=positive_int, default=20, help="synthetic val images per class (20)")
+    parser.add_argument("--limit-train-batches", type=positive_int, help="at most this many training batches per epoch")
+    parser.add_argument("--limit-val-batches", type=positive_int, help="at most this many val batches per epoch")
+    parser.add_argument("--attack-images", type=positive_int, default=64, help="val images to attack (default: 64)")
+    parser.add_argument("--saliency-images", type=positive_int, default=16, help="val images in the saliency grid (16)")
     parser.add_argument("--loader", choices=("dataloader", "cache"), default="cache",
                         help="the decoded-cache loader (default; faster on a CPU) or the per-sample DataLoader")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--workers", type=non_negative_int, default=min(2, os.cpu_count() or 1),
+                        help="loader processes")
     parser.add_argument("--no-unfold", action="store_true",
                         help="skip the simplenet_unfold run that the report compares with native convolution")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=non_negative_int, metavar="N",
                         help="torch intra-op threads (default: torch's own setting; 0 means the same). "
                         "--threads 1 helps on a busy machine, where waiting OpenMP threads slowed training 20-60×")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from miniplaces.errors import MiniPlacesError
     from miniplaces.workflows.demo import DemoOptions, run_demo
 
-    if args.threads is not None and args.threads < 0:
-        raise MiniPlacesError(f"--threads must be ≥ 0; got {args.threads}")
-    for flag in ("epochs", "image_size", "batch_size", "classes", "per_class", "val_per_class", "attack_images",
-                 "saliency_images"):
-        if getattr(args, flag) < 1:
-            raise MiniPlacesError(f"--{flag.replace('_', '-')} must be ≥ 1; got {getattr(args, flag)}")
     options = DemoOptions(
         out=args.out, root=args.root, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
         lr=args.lr, classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,

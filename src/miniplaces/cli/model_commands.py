@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, image_size, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "image, counted with torch.utils.flop_counter (MACs = FLOPs / 2).",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
-    parser.add_argument("--image-size", type=int, default=128, help="image side for the MAC count (default 128)")
-    parser.add_argument("--num-classes", type=int, default=100, help="classes of the head (default 100)")
+    parser.add_argument("--image-size", type=image_size, default=128, help="image side for the MAC count (default 128)")
+    parser.add_argument("--num-classes", type=positive_int, default=100, help="classes of the head (default 100)")
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, image_size, non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,14 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="a checkpoint of `miniplaces train`, or a safetensors folder of `miniplaces export`")
-    parser.add_argument("--top", type=int, default=5, help="how many categories per image (default 5)")
+    parser.add_argument("--top", type=positive_int, default=5, help="how many categories per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--challenge", action="store_true", help="write the challenge file for --root's test split")
     parser.add_argument("--root", type=Path, help="dataset folder (with --challenge)")
     parser.add_argument("--out", type=Path, help="challenge file to write (with --challenge)")
-    parser.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's, else 128)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--image-size", type=image_size, help="crop size (default: the checkpoint's, else 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument("--workers", type=non_negative_int, default=min(2, os.cpu_count() or 1),
+                        help="loader processes")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
@@ -44,8 +45,6 @@ def run_predict(args: argparse.Namespace) -> int:
             raise MiniPlacesError("--challenge takes --root DIR and --out FILE, and no image arguments")
     elif not args.images:
         raise MiniPlacesError("give image files or folders to classify (or --challenge --root DIR --out FILE)")
-    if args.top < 1 or args.batch_size < 1:
-        raise MiniPlacesError("--top and --batch-size must be at least 1")
 
     if args.challenge:
         out, count = predict_challenge(args.checkpoint, args.root, args.out, image_size=args.image_size,

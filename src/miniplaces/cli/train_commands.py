@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, non_negative_int, positive_int
 from miniplaces.config import TTA_MODES
 
 
@@ -49,14 +49,14 @@ def register(subparsers: Any) -> None:
                     help="test-time augmentation: the mirror image (flip), or the corner and centre crops of the "
                     "image resized to 144/128 of the model's side (five-crop; ten-crop adds their mirror images)")
     ev.add_argument("--out", help="JSON file to write instead of <checkpoint dir>/eval_<split>.json")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     ev.add_argument("--device", default="auto",
                     help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
-    ev.add_argument("--workers", type=int, default=4)
+    ev.add_argument("--workers", type=non_negative_int, default=4, help="loader processes (default 4)")
     ev.add_argument("--loader", choices=("dataloader", "cache"), default="dataloader",
                     help="per-sample decoding (default) or the decoded cache at the checkpoint's image size "
                     "(built when missing; faster)")
-    ev.add_argument("--limit", type=int, metavar="N",
+    ev.add_argument("--limit", type=positive_int, metavar="N",
                     help="evaluate the first N images only (rounded up to whole batches)")
 
 

@@ -67,7 +67,44 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             f"{path} has checkpoint format {version!r}, this miniplaces reads format {CHECKPOINT_FORMAT}; "
             "use the miniplaces version that wrote it"
         )
+    problem = _structure_problem(payload)
+    if problem is not None:
+        raise CheckpointError(f"{path} is damaged or not a miniplaces checkpoint: {problem}; "
+                              "use a file written by `miniplaces train`")
     return payload
+
+
+def _structure_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the keys every reader relies on (their types and ranges), or None."""
+    spec = payload["model"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        return f"key 'model' must be a mapping with a model 'name', got {_short(spec)}"
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        return f"key 'model.kwargs' must be a mapping of argument names, got {_short(kwargs)}"
+    classes = kwargs.get("num_classes")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+        return f"key 'model.kwargs.num_classes' must be an integer ≥ 1, got {_short(classes)}"
+    weights = payload["state_dict"]
+    if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        return f"key 'state_dict' must map parameter names to tensors, got {_short(weights)}"
+    categories = payload.get("categories")
+    if categories is not None and (not isinstance(categories, list)
+                                   or not all(isinstance(c, str) for c in categories)):
+        return f"key 'categories' must be a list of class names, got {_short(categories)}"
+    for key in ("epoch", "step_in_epoch"):
+        value = payload.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            return f"key {key!r} must be an integer ≥ 0, got {_short(value)}"
+    if payload.get("config") is not None and not isinstance(payload["config"], dict):
+        return f"key 'config' must be a mapping, got {_short(payload['config'])}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:50]}…"
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
@@ -87,11 +124,18 @@ def build_model(checkpoint: dict[str, Any], *, ema: bool = True) -> nn.Module:
     # Arguments that fetch weights (the card names them) are dropped: the checkpoint has its own.
     fetching = model_card(spec["name"]).weight_arguments
     kwargs = {k: v for k, v in dict(spec.get("kwargs", {})).items() if k not in fetching}
-    model = create_model(spec["name"], **kwargs)
+    try:
+        model = create_model(spec["name"], **kwargs)
+    except (MiniPlacesError, TypeError, ValueError, RuntimeError) as err:  # arguments the model refuses
+        raise CheckpointError(f"cannot rebuild model {spec['name']!r} from the checkpoint's key 'model.kwargs' "
+                              f"{_short(kwargs)}: {err}") from err
     try:
         model.load_state_dict(weights_of(checkpoint, ema=ema))
     except RuntimeError as err:
-        raise CheckpointError(f"weights do not fit model {spec['name']!r}: {err}") from err
+        # torch lists every mismatch on its own line: the first, and how many there are, is one line.
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"weights do not fit model {spec['name']!r}: {problems[0]}{more}") from err
     return model
 
 
@@ -119,6 +163,9 @@ def checkpoint_image_size(checkpoint: dict[str, Any]) -> int:
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A model rebuilt from a checkpoint file alone, in eval mode on `device`, and the checkpoint."""
     checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint).to(device).eval()
-    return model, checkpoint
+    try:
+        model = build_model(checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return model.to(device).eval(), checkpoint
 

@@ -6,12 +6,14 @@ Images go through the val transform (`load_rgb` + `val_transform`), so any size 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -23,6 +25,31 @@ from miniplaces.engine.loaders import resize_for
 from miniplaces.errors import MiniPlacesError
 
 CHALLENGE_TOP = 5
+
+# The most pixels one image may decode to, or become once resized for the model: a 667-byte PNG may
+# claim 200000×1 pixels, which the resize of the val transform would turn into billions.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def check_image_pixels(path: Path | str, image_size: int = CROP, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose decoded size, or its size once resized for `image_size`, exceeds `max_pixels`.
+
+    Reads the header only (Pillow's `Image.open` decodes nothing), so a decompression bomb costs nothing.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # this check is stricter
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise MiniPlacesError(f"{path}: refused, it claims more pixels than an image may have ({err})") from None
+    except (OSError, SyntaxError, ValueError):
+        return  # unreadable: the decoder says why, with the file's name
+    short = max(min(width, height), 1)
+    resized = resize_for(image_size) ** 2 * max(width, height) / short  # the resize keeps the aspect ratio
+    if width * height > max_pixels or resized > max_pixels:
+        raise MiniPlacesError(f"{path}: refused, a {width}×{height} image decodes or resizes to more than "
+                              f"{max_pixels // 1_000_000} million pixels; give an ordinary photo")
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,8 @@ def predict_images(
     transform = eval_transform(image_size)
     predictions: list[Prediction] = []
     for chunk in _batches(list(paths), batch_size):
+        for path in chunk:
+            check_image_pixels(path, image_size)
         batch = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)  # (B, 3, S, S)
         probs = model(batch).float().softmax(dim=1)  # (B, K)
         values, labels = probs.topk(min(top, probs.shape[1]), dim=1)

@@ -66,9 +66,23 @@ def load_for_analysis(checkpoint: Path | str, root: Path | str, *, split: str = 
             f"checkpoint {checkpoint} predicts {outputs} classes but {root} has {len(dataset.classes)}; "
             "use the dataset the model was trained on"
         )
+    saved = list(payload.get("categories") or [])
+    if saved and dataset.classes and list(dataset.classes) != saved:
+        raise MiniPlacesError(
+            f"{root} has categories that differ from the {len(saved)} checkpoint {checkpoint} was trained on "
+            f"(first difference: {_first_difference(saved, list(dataset.classes))}); "
+            "use the dataset the model was trained on"
+        )
     if len(dataset) == 0:
         raise MiniPlacesError(f"the {split} split of {root} has no images")
     return AnalysisInputs(model, payload, dataset, categories, image_size, Path(checkpoint), Path(root), split)
+
+
+def _first_difference(saved: list[str], found: list[str]) -> str:
+    for index, (a, b) in enumerate(zip(saved, found, strict=False)):
+        if a != b:
+            return f"class {index} is {b!r}, the checkpoint's is {a!r}"
+    return f"{len(found)} classes, the checkpoint has {len(saved)}"
 
 
 def first_images(dataset: Dataset, n: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

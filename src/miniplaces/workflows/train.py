@@ -2,19 +2,26 @@
 
 The run's files are those of `miniplaces.rundir.RunDir`: `config.yaml`, `metrics.jsonl`
 and `metrics.csv` (one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on
-Ctrl-C mid-epoch), `checkpoints/best.pt` (best val top-1: the EMA's when the run keeps one)
-and `tb/` (per-epoch scalars; per-step `step/loss`, `step/lr`, `step/images_per_s` every
-`log_every` steps in `tb/steps/`). Only rank 0 writes. A checkpoint is a
-`TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`.
+Ctrl-C mid-epoch), `checkpoints/best.pt` (best val top-1: the EMA's when the run keeps one; never
+an epoch whose val loss is not finite) and `tb/` (per-epoch scalars; per-step `step/loss`,
+`step/lr`, `step/images_per_s` every `log_every` steps in `tb/steps/`). Only rank 0 writes. A
+checkpoint is a `TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`.
 
-Read top to bottom: `train` → `_name_run` → `_build` → `_open_run` → `_train_epochs` (one
-`_train_epoch` each) → the writer closes.
+Before anything is built, the run folder is claimed (`claim_run`: the folder is created and a
+lock held on its `.train.lock` for the run's life, released by the kernel when the process
+dies), so two trainings cannot write into one folder, and a folder whose start died before its
+first checkpoint can be started again. A resume refuses settings that contradict the checkpoint
+(`check_resume`); `RESUME_MAY_CHANGE` lists those it applies.
+
+Read top to bottom: `train` → `check_resume` → `_name_run` → `claim_run` → `_build` → `_open_run`
+→ `_train_epochs` (one `_train_epoch` each) → the writer closes, the claim is released.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import threading
@@ -51,7 +58,15 @@ from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.state import TrainState, seed_everything
 from miniplaces.engine.train import BatchTransform, evaluate, train_one_epoch
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import MetricsRow, RunDir, read_metrics, write_metrics, write_metrics_csv
+from miniplaces.rundir import (
+    MetricsRow,
+    RunDir,
+    RunWriteError,
+    read_metrics,
+    remove_stale_tmp,
+    write_metrics,
+    write_metrics_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +87,24 @@ class RunExistsError(MiniPlacesError):
         self.run_dir = run_dir
 
 
+class RunBusyError(MiniPlacesError):
+    """Another live process holds the run folder (it is training or resuming that run)."""
+
+
+# What a resume may change; every other key must equal the checkpoint's (see `check_resume`).
+RESUME_MAY_CHANGE: dict[str, str] = {
+    "epochs": "more epochs (never fewer than done); the cosine schedule of the remaining steps follows it",
+    "device": "where the run continues",
+    "workers": "loader processes",
+    "log_every": "steps between progress updates",
+    "limit_val_batches": "how much of the val split each epoch evaluates",
+    "tta": "test-time augmentation of the per-epoch validation",
+    "root": "the dataset folder, if its categories are the checkpoint's",
+    "name": "ignored: a resumed run stays in the folder of its checkpoint",
+    "out_dir": "ignored: a resumed run stays in the folder of its checkpoint",
+}
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
@@ -86,17 +119,184 @@ def checkpoint_of(run_or_checkpoint: Path | str) -> Path:
     if path.is_dir():
         path = RunDir(path).last
     if not path.is_file():
-        raise CheckpointError(f"nothing to resume: {path} does not exist")
+        hint = ""
+        if path == RunDir.of_checkpoint(path).last and path.parent.parent.is_dir():
+            hint = ("; the run stopped before its first checkpoint, so start it again with the same name "
+                    "instead of resuming it")
+        raise CheckpointError(f"nothing to resume: {path} does not exist{hint}")
     return path
 
 
 def resume_config(run_or_checkpoint: Path | str) -> TrainConfig:
     """The config a checkpoint was trained with (settings given at resume are applied on top by the caller)."""
     path = checkpoint_of(run_or_checkpoint)
-    checkpoint = load_checkpoint(path)
+    return _saved_config(load_checkpoint(path), path)
+
+
+def _saved_config(checkpoint: dict[str, Any], path: Path) -> TrainConfig:
     if not isinstance(checkpoint.get("config"), dict):
         raise CheckpointError(f"{path} holds no training config, so it cannot be resumed")
     return config_from_dict(checkpoint["config"], where=f"{path} (config)")
+
+
+def check_resume(config: TrainConfig, checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse to continue `checkpoint` (at `path`) with a resolved `config` that contradicts it.
+
+    Only the keys of `RESUME_MAY_CHANGE` may differ from the checkpoint's config: the others
+    (model, data size, optimiser, seed, …) would silently train something else than the run
+    says it is. Nothing is written before this check.
+    """
+    problem = _training_state_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"{path} cannot be resumed: {problem}; resume from another checkpoint, or start "
+                              "a new run from its weights")
+    saved = resolve(_saved_config(checkpoint, path))
+    changed = [f"{key} {getattr(saved, key)!r} → {getattr(config, key)!r}" for key in _keys()
+               if key not in RESUME_MAY_CHANGE and getattr(config, key) != getattr(saved, key)]
+    spec = checkpoint["model"]
+    if spec["name"] != config.model and not any(c.startswith("model ") for c in changed):
+        changed.insert(0, f"model {spec['name']!r} → {config.model!r}")
+    if changed:
+        raise ConfigError(f"cannot resume {path} with other settings than it was trained with: "
+                          f"{'; '.join(changed)}. Only {', '.join(RESUME_MAY_CHANGE)} may change on resume; "
+                          "start a new run (another name) to change the rest")
+    done = int(checkpoint.get("epoch") or 0) + (1 if checkpoint.get("step_in_epoch") else 0)
+    if config.epochs < done:
+        raise ConfigError(f"cannot resume {path} with epochs={config.epochs}: it has already trained "
+                          f"{done} epoch(s); give epochs ≥ {done}")
+    saved_categories = list(checkpoint.get("categories") or [])
+    categories = read_categories(config.root)
+    if saved_categories and categories != saved_categories:
+        differ = next((i for i, (a, b) in enumerate(zip(saved_categories, categories, strict=False)) if a != b),
+                      min(len(saved_categories), len(categories)))
+        raise ConfigError(f"cannot resume {path} on {config.root}: its categories differ from the checkpoint's "
+                          f"(class {differ}: {_at(categories, differ)} instead of {_at(saved_categories, differ)}); "
+                          "resume on the dataset the run was trained on")
+
+
+def _training_state_problem(checkpoint: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type among the keys only a resume reads (see `TrainState`)."""
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(checkpoint.get(key), dict):
+            return f"key {key!r} must be a mapping, got {type(checkpoint.get(key)).__name__}"
+    if not isinstance(checkpoint.get("epoch"), int):
+        return "key 'epoch' is missing"
+    if not isinstance(checkpoint.get("best_top1"), (int, float)):
+        return f"key 'best_top1' must be a number, got {type(checkpoint.get('best_top1')).__name__}"
+    rng = checkpoint.get("rng")
+    if not isinstance(rng, list) or not rng or not all(isinstance(r, dict) for r in rng):
+        return "key 'rng' must be a list of random states, one per process"
+    sums = checkpoint.get("epoch_sums")
+    if sums is not None and not (isinstance(sums, list) and all(isinstance(v, (int, float)) for v in sums)):
+        return "key 'epoch_sums' must be a list of numbers or null"
+    return None
+
+
+def _keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _at(items: list[str], index: int) -> str:
+    return repr(items[index]) if index < len(items) else "nothing"
+
+
+# ---------------------------------------------------------------- the run folder, claimed
+
+
+@dataclass
+class RunClaim:
+    """This process's hold on a run folder: an open, exclusively locked `.train.lock` (see `claim_run`)."""
+
+    run: RunDir
+    fd: int
+    reused: bool  # a folder a previous start left without a checkpoint, started again
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the lock; the file stays (unlinking it would race a claimer)
+            self.fd = -1
+
+
+def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
+    """Take `run`'s folder for this process, before anything is built or written in it.
+
+    The folder is created if needed, then `.train.lock` in it is locked (`flock`, exclusive, not
+    waiting): a second process gets `RunBusyError`, whatever the timing, and the kernel drops the
+    lock when its holder dies, even by SIGKILL. A `fresh` start then refuses a folder that holds a
+    checkpoint (`RunExistsError`: resume it instead), and takes over one that holds none (a start
+    killed before its first checkpoint), saying so in the log.
+    """
+    try:
+        run.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir()
+            created = True
+        except FileExistsError:
+            if not run.path.is_dir():
+                raise RunWriteError(f"cannot create the run directory {run.path}: a file of that name exists; "
+                                    "give the run another name") from None
+            created = False
+        fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunWriteError(f"cannot create the run directory {run.path}: {err.strerror or err}; "
+                            "choose a writable out_dir") from err
+    if not _lock(fd):
+        owner = _owner(fd)
+        os.close(fd)
+        raise RunBusyError(f"run directory {run.path} is in use by another training (pid {owner}); wait for it "
+                           "to end, or give this run another name")
+    pid = f"{os.getpid()}\n".encode()
+    os.pwrite(fd, pid, 0)
+    os.ftruncate(fd, len(pid))
+    claim = RunClaim(run, fd, reused=False)
+    if fresh and not created:
+        if run.last.exists() or run.best.exists():
+            claim.release()
+            raise RunExistsError(f"run directory {run.path} already holds a run; resume it, or give the new run "
+                                 "another name (config key 'name')", run.path)
+        if run.holds_training() or run.config.exists():
+            claim.reused = True
+            logger.warning("run directory %s holds no checkpoint (a start stopped before its first epoch ended); "
+                           "starting it again from scratch", run.path)
+    return claim
+
+
+def _owner(fd: int) -> str:
+    """The pid the lock's holder wrote; a holder that has just taken the lock gets a moment to write it."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.005)
+    return "unknown"
+
+
+def _claim_on_main(run: RunDir, info: DistInfo, device: torch.device, *, fresh: bool) -> RunClaim | None:
+    """Rank 0 claims the folder; every process learns whether it could, so none waits for a rank that failed."""
+    claim, error = None, None
+    if info.is_main:
+        try:
+            claim = claim_run(run, fresh=fresh)
+        except MiniPlacesError as err:
+            error = err
+    if all_reduce_max(float(error is not None), device) > 0:
+        if error is not None:
+            raise error
+        raise MiniPlacesError(f"rank 0 could not claim the run directory {run.path} (see its error)")
+    return claim
+
+
+def _lock(fd: int) -> bool:
+    """Lock `fd` exclusively without waiting; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the folder's creation is then the only guard
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- the run, top to bottom
@@ -115,11 +315,15 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     if resume is not None:
         path = checkpoint_of(resume)
         checkpoint, run = load_checkpoint(path), RunDir.of_checkpoint(path)
+        check_resume(config, checkpoint, path)
+        config = dataclasses.replace(config, out_dir=str(run.path.parent), name=run.name)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
     info = init_distributed(device.type)
+    claim = None
     try:
         if run is None:
             config, run = _name_run(config, info)
+        claim = _claim_on_main(run, info, device, fresh=resume is None)
         parts = _build(config, info, device, checkpoint)
         writer = _open_run(run, parts, info)
         try:
@@ -129,18 +333,16 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
                 writer.close()
         return run.path
     finally:
+        if claim is not None:
+            claim.release()
         cleanup_distributed()
 
 
 def _name_run(config: TrainConfig, info: DistInfo) -> tuple[TrainConfig, RunDir]:
-    """The new run's folder `<out_dir>/<name>` (name: model and start time unless given), checked to be free."""
+    """The new run's folder `<out_dir>/<name>` (name: model and start time unless given); `claim_run` takes it."""
     name = config.name or all_gather_objects(f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)[0]
     config = dataclasses.replace(config, name=name)
-    run = RunDir(Path(config.out_dir) / name)
-    if info.is_main and run.holds_training():
-        raise RunExistsError(f"run directory {run.path} already holds a run; resume it, or give the new run "
-                             "another name (config key 'name')", run.path)
-    return config, run
+    return config, RunDir(Path(config.out_dir) / name)
 
 
 @dataclass
@@ -189,7 +391,13 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     ema = ModelEma(model, config.ema_decay, warmup=config.ema_warmup) if config.ema else None
     state = TrainState(model, optimizer, scheduler, scaler, config, categories, info, device, ema=ema)
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        try:
+            state.load_state_dict(checkpoint)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            # `check_resume` checked the keys' types; what is left is a state that does not fit (another optimiser).
+            raise CheckpointError(f"the checkpoint's training state does not fit this run "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                                  "resume from another checkpoint") from err
     else:
         # The model's initial weights are the same on every process; its random layers (dropout) should not be.
         seed_everything(config.seed + info.rank)
@@ -210,6 +418,9 @@ def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
     if info.is_main:
         epoch = parts.state.epoch
         run.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a killed process left (best.pt's would otherwise wait for a better epoch).
+        for target in (run.last, run.best, run.metrics, run.config):
+            remove_stale_tmp(target)
         save_config(parts.state.config, run.config)
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
         kept = [row for row in read_metrics(run.metrics) if row.epoch <= epoch]
@@ -243,9 +454,12 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
             row = _train_epoch(run, parts, info, on_step, progress and info.is_main, should_stop,
                                on_log if step_writer is not None else None)
             # best.pt holds the weights that a checkpoint is used with: the EMA's when the run keeps one.
-            score = row.val_top1_ema if row.val_top1_ema is not None else row.val_top1
-            improved = score > state.best_top1
-            state.best_top1 = max(state.best_top1, score)
+            # An epoch whose val loss is NaN or inf has diverged: its weights are never the best.
+            score, loss = ((row.val_top1_ema, row.val_loss_ema) if row.val_top1_ema is not None
+                           else (row.val_top1, row.val_loss))
+            improved = loss is not None and math.isfinite(loss) and score > state.best_top1
+            if improved:
+                state.best_top1 = score
             state.epoch, state.step_in_epoch, state.epoch_sums = row.epoch, 0, None
             payload = state.state_dict(metrics=row.to_dict())
             if info.is_main:
