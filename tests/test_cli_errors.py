@@ -251,6 +251,19 @@ CASES: list[Case] = [
      "class 0 is 'scene_zzz', the checkpoint's is 'scene_000'"),
     ("eval-renamed-classes (held)", lambda c: ["eval", "--checkpoint", str(c.ckpt), "--root", str(c.renamed)],
      "categories that differ"),
+    # numbers of the commands that landed beside this table (serve, study, cache, synth, download)
+    ("serve-port-huge (held)",
+     lambda c: ["serve", "--checkpoint", str(c.ckpt), "--root", str(c.root), "--port", "70000"], "--port"),
+    ("serve-threads-0", lambda c: ["serve", "--checkpoint", str(c.ckpt), "--root", str(c.root), "--threads", "0"],
+     "--threads"),
+    ("study-threads-word (held)", lambda c: ["study", "--root", str(c.root), "--threads", "two"], "--threads"),
+    ("cache-workers-0 (held)", lambda c: ["cache", "--root", str(c.root), "--workers", "0"], "--workers"),
+    ("cache-image-size-word (held)", lambda c: ["cache", "--root", str(c.root), "--image-size", "big"], "--image-size"),
+    ("synth-image-size-huge (held)", lambda c: ["synth", "--root", str(c.tmp / "s"), "--image-size", "5000"],
+     "--image-size"),
+    ("synth-classes-word (held)", lambda c: ["synth", "--root", str(c.tmp / "s"), "--classes", "ten"], "--classes"),
+    ("download-timeout-inf (held)", lambda c: ["download", "--root", str(c.tmp / "d"), "--timeout", "inf"],
+     "--timeout"),
 ]
 
 

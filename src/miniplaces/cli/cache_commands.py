@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, positive_int, stored_image_size
 from miniplaces.errors import MiniPlacesError
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
@@ -25,30 +25,6 @@ def cache_command(build: Any) -> str:
     return command + (" --force" if build.force else "")
 
 
-MAX_IMAGE_SIZE = 1024  # as miniplaces.data.cache.MAX_IMAGE_SIZE, without importing numpy for --help
-
-
-def image_size(text: str) -> int:
-    """An argparse type: a whole number of pixels from 1 to MAX_IMAGE_SIZE."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
-    if not 1 <= value <= MAX_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_IMAGE_SIZE} pixels, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "cache", run_cache,
@@ -63,11 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
                         help="split to cache; 'all' caches train, val and test (those present)")
-    parser.add_argument("--image-size", type=image_size, default=DEFAULT_IMAGE_SIZE,
-                        help=f"side S of the cached images, at most {MAX_IMAGE_SIZE}; others are resized and "
+    parser.add_argument("--image-size", type=stored_image_size, default=DEFAULT_IMAGE_SIZE,
+                        help="side S of the cached images, at most 1024; others are resized and "
                         "centre-cropped (default 128)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write the cache (default: see above)")
-    parser.add_argument("--workers", type=_positive, default=2, help="decoding processes (default 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="decoding processes (default 2)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--force", "--rebuild", action="store_true",
                         help="rebuild even when the cache is up to date")

@@ -63,8 +63,24 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    """A TCP port, 0 … 65535 (0: the system picks a free one)."""
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
+def stored_image_size(text: str) -> int:
+    """The side of images that are made or cached (synth, cache): 1 … MAX_IMAGE_SIZE pixels."""
+    value = int(_number(text, int))
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_IMAGE_SIZE} pixels, got {value}")
+    return value
+
+
 def image_size(text: str) -> int:
-    """An image side in pixels, MIN_IMAGE_SIZE … MAX_IMAGE_SIZE."""
+    """An image side that a model trains or runs at, MIN_IMAGE_SIZE … MAX_IMAGE_SIZE pixels."""
     value = int(_number(text, int))
     if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
         raise argparse.ArgumentTypeError(f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}")

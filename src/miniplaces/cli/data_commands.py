@@ -7,39 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import (
+    add_command,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    stored_image_size,
+)
 from miniplaces.errors import MiniPlacesError
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _image_size(text: str) -> int:
-    value = _positive(text)
-    if value > 1024:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 1024 pixels, got {value}")
-    return value
 
 
 def _sha256(text: str) -> str:
@@ -163,10 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sha256", type=_sha256, metavar="HEX",
         help="expected SHA-256 of data.tar.gz (from a source you trust); checked before anything is extracted",
     )
-    download.add_argument("--timeout", type=_timeout, default=10.0, help="connect/read timeout in seconds (default 10)")
+    download.add_argument("--timeout", type=positive_float, default=10.0,
+                          help="connect/read timeout in seconds (default 10)")
     download.add_argument("--keep-archive", action="store_true", help="keep data.tar.gz after extraction")
     download.add_argument("--no-verify", action="store_true", help="skip the verification after extraction")
-    download.add_argument("--workers", type=_positive, default=2, help="decoding threads for verify (default 2)")
+    download.add_argument("--workers", type=positive_int, default=2, help="decoding threads for verify (default 2)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
 
     verify = add_command(
@@ -180,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("--root", required=True, help="dataset folder")
     verify.add_argument("--no-decode", action="store_true", help="only check that the files exist (fast)")
-    verify.add_argument("--workers", type=_positive, default=2, help="decoding threads (default 2)")
+    verify.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
 
     synth = add_command(
         subparsers, "synth", cmd_synth,
@@ -191,10 +167,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     synth.add_argument("--root", required=True, help="folder to write (must be empty or absent unless --force)")
-    synth.add_argument("--classes", type=_positive, default=10, help="number of classes (default 10)")
-    synth.add_argument("--per-class", type=_positive, default=50, help="train images per class (default 50)")
-    synth.add_argument("--val-per-class", type=_non_negative, default=10, help="val images per class (default 10)")
-    synth.add_argument("--test", type=_non_negative, default=0, help="unlabelled test images (default 0)")
-    synth.add_argument("--image-size", type=_image_size, default=128, help="image side in pixels (default 128)")
+    synth.add_argument("--classes", type=positive_int, default=10, help="number of classes (default 10)")
+    synth.add_argument("--per-class", type=positive_int, default=50, help="train images per class (default 50)")
+    synth.add_argument("--val-per-class", type=non_negative_int, default=10, help="val images per class (default 10)")
+    synth.add_argument("--test", type=non_negative_int, default=0, help="unlabelled test images (default 0)")
+    synth.add_argument("--image-size", type=stored_image_size, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--force", action="store_true", help="write into a non-empty folder")

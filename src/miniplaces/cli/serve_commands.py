@@ -6,12 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
+from miniplaces.cli.command import add_command, port, positive_int
 from miniplaces.errors import MiniPlacesError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve",
+    parser = add_command(
+        subparsers, "serve", run,
         help="explore checkpoints in a local web page: top-5, saliency, attacks, two models side by side",
         description="Serve a local web page to browse images with a model's top-5, its saliency maps "
         "(vanilla, SmoothGrad, Grad-CAM) and adversarial attacks (PGD, FGSM); with two checkpoints, "
@@ -23,10 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=Path, help="also browse the images under this folder")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the inference worker")
+    parser.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads for the inference worker")
     parser.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
         raise MiniPlacesError(f"{args.root} has no val.txt; --root takes a MiniPlaces dataset folder")
     if args.images is not None and not args.images.is_dir():
         raise MiniPlacesError(f"{args.images} is not a folder; --images takes a folder of images")
-    if not 0 <= args.port <= 65535:
-        raise MiniPlacesError(f"--port {args.port} is not a port number (0..65535)")
     try:
         from miniplaces.serve.app import Server, build_app
     except ModuleNotFoundError as err:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from miniplaces.cli.command import add_command
+from miniplaces.cli.command import add_command, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--configs", type=Path, metavar="DIR",
                         help="folder of the study's configs (default: ./configs or the checkout's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--threads", type=int, help="torch threads (default: the scale's; mini: 1)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: the scale's; mini: 1)")
 
 
 def run_study_command(args: argparse.Namespace) -> int:
