@@ -215,7 +215,8 @@ CASES: list[Case] = [
     ("train-resume-state-list", lambda c: ["train", "--resume", str(c.bad["state_list"])], "key 'state_dict'"),
     # images that would decode or resize to billions of pixels
     ("predict-bomb", lambda c: _predict(c, str(c.bad["bomb"])), "bomb.png: refused"),
-    ("predict-81mp", lambda c: _predict(c, str(c.bad["big"])), "big.png: refused, a 9000×9000 image"),
+    ("predict-81mp", lambda c: _predict(c, str(c.bad["big"])),
+     "big.png: refused before decoding: the image of 9000×9000 has"),
     ("predict-strip", lambda c: _predict(c, str(c.bad["strip"])), "strip.png: refused, a 200000×1 image"),
     # paths that cannot be written
     ("eval-out-under-file", lambda c: _eval(c, None, "--out", str(c.file / "eval.json")), "cannot write"),

@@ -6,19 +6,17 @@ Images go through the val transform (`load_rgb` + `val_transform`), so any size 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from miniplaces.data import MiniPlaces, load_rgb, val_transform
+from miniplaces.data import MiniPlaces, load_rgb, open_image_checked, val_transform
 from miniplaces.data.layout import IMAGE_SUFFIXES
 from miniplaces.data.transforms import CROP
 from miniplaces.engine.loaders import resize_for
@@ -34,21 +32,14 @@ MAX_IMAGE_PIXELS = 64_000_000
 def check_image_pixels(path: Path | str, image_size: int = CROP, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
     """Refuse an image whose decoded size, or its size once resized for `image_size`, exceeds `max_pixels`.
 
-    Reads the header only (Pillow's `Image.open` decodes nothing), so a decompression bomb costs nothing.
+    Reads the header only (`open_image_checked`), so a decompression bomb costs nothing; an elongated
+    image that passes the decoded-size check can still resize to too many pixels, which is checked too.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # this check is stricter
-            with Image.open(path) as image:
-                width, height = image.size
-    except Image.DecompressionBombError as err:
-        raise MiniPlacesError(f"{path}: refused, it claims more pixels than an image may have ({err})") from None
-    except (OSError, SyntaxError, ValueError):
-        return  # unreadable: the decoder says why, with the file's name
-    short = max(min(width, height), 1)
-    resized = resize_for(image_size) ** 2 * max(width, height) / short  # the resize keeps the aspect ratio
-    if width * height > max_pixels or resized > max_pixels:
-        raise MiniPlacesError(f"{path}: refused, a {width}×{height} image decodes or resizes to more than "
+    with open_image_checked(path, max_pixels=max_pixels, max_aspect=None) as image:
+        width, height = image.size
+    resized = resize_for(image_size) ** 2 * max(width, height) / min(width, height)  # the resize keeps the aspect
+    if resized > max_pixels:
+        raise MiniPlacesError(f"{path}: refused, a {width}×{height} image resizes to more than "
                               f"{max_pixels // 1_000_000} million pixels; give an ordinary photo")
 
 
