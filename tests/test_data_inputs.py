@@ -215,8 +215,8 @@ def test_a_file_where_a_folder_is_expected(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        (["download", "--timeout", "-1"], "must be a positive number of seconds, got -1"),
-        (["download", "--timeout", "nan"], "must be a positive number of seconds, got nan"),
+        (["download", "--timeout", "-1"], "--timeout: must be > 0, got -1"),
+        (["download", "--timeout", "nan"], "--timeout: 'nan' is not a finite number"),
         (["synth", "--image-size", "100000"], "must be from 1 to 1024 pixels, got 100000"),
     ],
 )

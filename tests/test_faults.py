@@ -134,10 +134,11 @@ def test_sigkill_anywhere_then_resume_or_restart_ends_bit_identical(synth_root: 
     # Markers count within one attempt; step k of an attempt that resumed at epoch e is step 3e + k of the run.
     kills = [
         "step 2",  # before the first checkpoint: the folder exists, nothing to resume
-        "save-half last.pt",  # the first checkpoint half written: still nothing to resume, a torn .tmp left
+        "saved best.pt",  # epoch 1's best.pt written, its last.pt not yet: nothing to resume, restart allowed
+        "save-half last.pt",  # the first last.pt half written: still nothing to resume, a torn .tmp left
         f"step {pick.randint(4, 6)}",  # in epoch 2 of a fresh start: resume from epoch 1
-        "save-half last.pt",  # epoch 2's checkpoint torn: last.pt still epoch 1's
-        "saved last.pt",  # last.pt renamed, best.pt not yet written
+        "save-half last.pt",  # epoch 2's last.pt torn (its best.pt may be written): last.pt still epoch 1's
+        "saved last.pt",  # both of epoch 2's checkpoints written
         f"step {pick.randint(1, 3)}",  # in the epoch after a resume
     ]
     history = []
@@ -147,7 +148,7 @@ def test_sigkill_anywhere_then_resume_or_restart_ends_bit_identical(synth_root: 
         assert seen[0] == history[-1][1].replace("restart", "start")
         if last.is_file():  # whatever the moment of the kill, the checkpoint on disk is whole
             assert load_checkpoint(last)["epoch"] >= 1
-    assert [how for _, how in history] == ["restart", "restart", "restart", "resume", "resume", "resume"]
+    assert [how for _, how in history] == ["restart"] * 4 + ["resume"] * 3
     attempt(driver, config, None)
     final, expected = load_checkpoint(last), load_checkpoint(reference / "checkpoints" / "last.pt")
     assert final["epoch"] == 3 and final["step"] == expected["step"] == 9

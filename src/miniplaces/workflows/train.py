@@ -250,7 +250,9 @@ def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
     os.ftruncate(fd, len(pid))
     claim = RunClaim(run, fd, reused=False)
     if fresh and not created:
-        if run.last.exists() or run.best.exists():
+        # last.pt makes a run (it is what resumes); a best.pt alone is the first epoch's, cut off before
+        # last.pt was written, and a restart writes both again.
+        if run.last.exists():
             claim.release()
             raise RunExistsError(f"run directory {run.path} already holds a run; resume it, or give the new run "
                                  "another name (config key 'name')", run.path)
@@ -469,9 +471,11 @@ def _train_epochs(run: RunDir, parts: _Parts, info: DistInfo, writer: Any, on_st
                 _log_scalars(writer, row)
                 if step_writer is not None:
                     step_writer.flush()
-                save_checkpoint(payload, run.last)
+                # best.pt first: a kill between the two leaves last.pt at the previous epoch, whose resume
+                # redoes this epoch exactly and writes both again; the other order could lose a best epoch.
                 if improved:
                     save_checkpoint(payload, run.best)
+                save_checkpoint(payload, run.last)
             barrier(info)
             logger.info(
                 "epoch %d/%d  train loss %.4f top1 %.2f  val loss %.4f top1 %.2f top5 %.2f  lr %.3g  "
