@@ -1,4 +1,4 @@
-"""`add_command`: one sub-command of `miniplaces`, with its help, description and the function it runs;
+"""`add_command`: one sub-command of `miniplaces`, with its help and description (`cli.texts`) and the function it runs;
 and the argparse types every numeric flag uses, so a bad number is refused before anything runs."""
 
 from __future__ import annotations
@@ -7,13 +7,16 @@ import argparse
 import math
 from collections.abc import Callable
 
+from miniplaces.cli.texts import COMMANDS
 from miniplaces.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
-                help: str, description: str) -> argparse.ArgumentParser:
-    """Add `miniplaces NAME`; `run(args)` is called with its parsed arguments and returns the exit code."""
-    parser = subparsers.add_parser(name, help=help, description=description)
+def add_command(subparsers: argparse._SubParsersAction, name: str,
+                run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """Add `miniplaces NAME`, with its help and description from `COMMANDS`; `run(args)` is called with its parsed
+    arguments and returns the exit code."""
+    text = COMMANDS[name]
+    parser = subparsers.add_parser(name, help=text.help, description=text.description)
     parser.set_defaults(func=run)
     # Also after the command (`miniplaces train … --debug`); SUPPRESS keeps the global flag's value otherwise.
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
