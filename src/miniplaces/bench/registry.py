@@ -109,6 +109,10 @@ class Benchmark:
         return atomic_write_bytes(path, buffer.getvalue())
 
 
+# Options that mean the same in every benchmark that takes them.
+MODEL = Option("model", "simplenet", "registered model name", type=str)
+IMAGE_SIZE = Option("image_size", 128, "input side in pixels", quick=32, minimum=8)
+
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (
@@ -117,7 +121,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "time and saved memory of UnfoldConv2d (cache, recompute) against nn.Conv2d on SimpleNet's layers",
             (
                 Option("batch_size", 64, "images per batch", quick=2, minimum=1),
-                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                IMAGE_SIZE,
                 Option("repeats", 7, "timed rounds (median)", quick=1, minimum=1),
                 Option("warmup", 1, "untimed rounds first", minimum=0),
                 Option("simplenet", True, "add a row for the whole SimpleNet", type=bool),
@@ -145,9 +149,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             "train", "miniplaces.bench.train",
             "images/s of the engine's train_one_epoch against a hand-written loop, fp32/channels-last/bf16",
             (
-                Option("model", "simplenet", "registered model name", type=str),
+                MODEL,
                 Option("batch_size", 256, "images per batch", quick=4, minimum=1),
-                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                IMAGE_SIZE,
                 Option("steps", 20, "training steps per timed round", quick=2, minimum=1),
                 Option("rounds", 5, "timed rounds per loop (median; one more warms up)", quick=1, minimum=1),
                 Option("variants", ("fp32", "channels_last", "bf16", "bf16+channels_last"),
@@ -160,10 +164,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             "attack", "miniplaces.bench.attack",
             "time per image of PGD-k and FGSM against k forward+backward passes (input gradient)",
             (
-                Option("model", "simplenet", "registered model name", type=str),
+                MODEL,
                 Option("num_classes", 100, "classes of the model", minimum=2),
                 Option("batch_size", 32, "images per batch", quick=2, minimum=1),
-                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                IMAGE_SIZE,
                 Option("steps", 10, "PGD steps (k)", quick=2, minimum=1),
                 Option("repeats", 5, "timed rounds (median)", quick=1, minimum=1),
                 Option("seed", 0, "seed of the model and the batch"),
@@ -173,8 +177,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "serve", "miniplaces.bench.serve",
             "start-up of `miniplaces serve` and one image's predict, saliency and attack over HTTP",
             (
-                Option("model", "simplenet", "registered model name", type=str),
-                Option("image_size", 128, "input side in pixels", quick=32, minimum=8),
+                MODEL,
+                IMAGE_SIZE,
                 Option("repeats", 5, "timed requests per endpoint (median)", quick=1, minimum=1),
             ),
         ),

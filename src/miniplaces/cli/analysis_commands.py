@@ -15,12 +15,7 @@ DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    saliency = add_command(
-        subparsers, "saliency", run_saliency,
-        help="saliency maps of a checkpoint on the first images of a split (PNG grid)",
-        description="Draw where a trained model looks: vanilla gradient saliency, SmoothGrad or Grad-CAM, as "
-        "heat-map overlays with the true and predicted classes, in runs/<name>/saliency/saliency_<method>.png.",
-    )
+    saliency = add_command(subparsers, "saliency", run_saliency)
     _common_arguments(saliency)
     saliency.add_argument("--method", choices=("vanilla", "smoothgrad", "gradcam"), default="vanilla",
                           help="vanilla: |input gradient| of the predicted class's loss; smoothgrad: its average over "
@@ -33,14 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="SmoothGrad: noise std as a fraction of the pixel range (default: 0.15)")
     saliency.add_argument("--columns", type=positive_int, default=8, help="images per row of the grid (default: 8)")
 
-    attack = add_command(
-        subparsers, "attack", run_attack,
-        help="accuracy under PGD/FGSM attack, with a grid of adversarial images and an optional ε sweep",
-        description="Attack a trained model under an L∞ budget in pixel units and report clean and adversarial "
-        "top-1/top-5, the attack's success rate and the perturbation's size (attack.json, attack_grid.png; "
-        "with --sweep also sweep.json and sweep.png) in runs/<name>/attack/. Defaults are the study's: "
-        "least-likely targeted PGD, ε = 6/255 (0.1 in normalised units), 10 steps of ε/10.",
-    )
+    attack = add_command(subparsers, "attack", run_attack)
     _common_arguments(attack)
     attack.add_argument("--mode", choices=tuple(ATTACK_MODES), default="least-likely",
                         help=f"{_mode_help()} (default: least-likely)")

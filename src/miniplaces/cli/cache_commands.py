@@ -26,16 +26,7 @@ def cache_command(build: Any) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "cache", run_cache,
-        help="decode a split once into a memory-mapped uint8 cache (reused while up to date)",
-        description=(
-            "Decode every image of a split once into <cache dir>/<split>-<S>.images.npy (uint8 N×S×S×3) "
-            "with its labels and metadata, for the batched loader. An up-to-date cache is reused; a changed "
-            "label file or image list rebuilds it. The cache goes to <root>/cache, or to "
-            "~/.cache/miniplaces/<name>-<hash> when the dataset folder is read-only."
-        ),
-    )
+    parser = add_command(subparsers, "cache", run_cache)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (official MiniPlaces layout)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="train",
                         help="split to cache; 'all' caches train, val and test (those present)")

@@ -1,4 +1,4 @@
-"""`add_command`: one sub-command of `miniplaces`, with its help, description and the function it runs;
+"""`add_command`: one sub-command of `miniplaces`, with its help and description (`cli.texts`) and the function it runs;
 and the argparse types every numeric flag uses, so a bad number is refused before anything runs."""
 
 from __future__ import annotations
@@ -7,13 +7,16 @@ import argparse
 import math
 from collections.abc import Callable
 
+from miniplaces.cli.texts import COMMANDS
 from miniplaces.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
-                help: str, description: str) -> argparse.ArgumentParser:
-    """Add `miniplaces NAME`; `run(args)` is called with its parsed arguments and returns the exit code."""
-    parser = subparsers.add_parser(name, help=help, description=description)
+def add_command(subparsers: argparse._SubParsersAction, name: str,
+                run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """Add `miniplaces NAME`, with its help and description from `COMMANDS`; `run(args)` is called with its parsed
+    arguments and returns the exit code."""
+    text = COMMANDS[name]
+    parser = subparsers.add_parser(name, help=text.help, description=text.description)
     parser.set_defaults(func=run)
     # Also after the command (`miniplaces train … --debug`); SUPPRESS keeps the global flag's value otherwise.
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -31,36 +34,27 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer ≥ 1 (a count, a batch size, a number of steps)."""
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+def _bounded(name: str, kind: type, minimum: float, inclusive: bool, doc: str) -> Callable[[str], int | float]:
+    """An argparse type called `name`: a `kind` number ≥ `minimum` (> `minimum` when not `inclusive`)."""
+    relation = "≥" if inclusive else ">"
+
+    def parse(text: str) -> int | float:
+        value = kind(_number(text, kind))
+        if value < minimum or (value == minimum and not inclusive):
+            shown = value if kind is int else f"{value:g}"
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum}, got {shown}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer ≥ 0 (loader workers, threads: 0 means none / the default)."""
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number ≥ 0."""
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value:g}")
-    return value
+positive_int = _bounded("positive_int", int, 1, True, "An integer ≥ 1 (a count, a batch size, a number of steps).")
+non_negative_int = _bounded("non_negative_int", int, 0, True,
+                            "An integer ≥ 0 (loader workers, threads: 0 means none / the default).")
+positive_float = _bounded("positive_float", float, 0, False, "A finite number > 0.")
+non_negative_float = _bounded("non_negative_float", float, 0, True, "A finite number ≥ 0.")
 
 
 def port(text: str) -> int:

@@ -118,16 +118,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    download = add_command(
-        subparsers, "download", cmd_download,
-        help="download and extract the official MiniPlaces archive and label files, then verify",
-        description=(
-            "Download data.tar.gz (official URLs, or --url) and the devkit label files into ROOT, "
-            "resuming a partial download; reject unsafe archives; extract to ROOT/images/{train,val,test}; "
-            "then verify. Files already in ROOT (data.tar.gz, train.txt, val.txt, categories.txt) are used "
-            "as they are, so you can also place them there by hand."
-        ),
-    )
+    download = add_command(subparsers, "download", cmd_download)
     download.add_argument("--root", required=True, help="dataset folder to fill")
     download.add_argument(
         "--url",
@@ -145,27 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--workers", type=positive_int, default=2, help="decoding threads for verify (default 2)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    verify = add_command(
-        subparsers, "verify", cmd_verify,
-        help="check a dataset folder: sizes, labels, every image present and decodable",
-        description=(
-            "Check ROOT in the MiniPlaces layout: categories.txt, train.txt and val.txt (format, labels in "
-            "range), every listed image present and fully decodable, the optional test split. Prints split "
-            "sizes, images per class, full dataset or subset, and every problem. Exit 0 when sound, else 1."
-        ),
-    )
+    verify = add_command(subparsers, "verify", cmd_verify)
     verify.add_argument("--root", required=True, help="dataset folder")
     verify.add_argument("--no-decode", action="store_true", help="only check that the files exist (fast)")
     verify.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
 
-    synth = add_command(
-        subparsers, "synth", cmd_synth,
-        help="write a deterministic synthetic dataset in the MiniPlaces layout",
-        description=(
-            "Write procedurally drawn scenes (one style per class: sky/ground colours, horizon, texture, shape) "
-            "as JPEGs with label files, in the official layout. The same arguments give identical files."
-        ),
-    )
+    synth = add_command(subparsers, "synth", cmd_synth)
     synth.add_argument("--root", required=True, help="folder to write (must be empty or absent unless --force)")
     synth.add_argument("--classes", type=positive_int, default=10, help="number of classes (default 10)")
     synth.add_argument("--per-class", type=positive_int, default=50, help="train images per class (default 50)")

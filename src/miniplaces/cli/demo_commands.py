@@ -11,16 +11,7 @@ from miniplaces.cli.command import add_command, image_size, non_negative_int, po
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "demo", run_demo_command,
-        help="make synthetic data, train SimpleNet, evaluate, saliency, attack, report (a few minutes on a CPU)",
-        description=(
-            "The one-command tour: make (or reuse) a synthetic dataset under OUT/data, train SimpleNet for a few "
-            "epochs, evaluate it, draw a saliency grid, attack it (PGD, with an ε sweep) and write the report "
-            "(OUT/report/report.html). With --root, the same on a real MiniPlaces folder such as "
-            "../shared/miniplaces (lower --epochs or --image-size to keep it short on a CPU)."
-        ),
-    )
+    parser = add_command(subparsers, "demo", run_demo_command)
     parser.add_argument("--root", type=Path, help="a MiniPlaces folder (default: synthetic data under OUT/data)")
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo/)")
     parser.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default: 5)")

@@ -8,12 +8,7 @@ from miniplaces.cli.command import add_command, image_size, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "models", run_models,
-        help="list the registered models: parameters, multiply-adds, description",
-        description="List the registered models with their parameter count and multiply-adds (MACs) for one "
-                    "image, counted with torch.utils.flop_counter (MACs = FLOPs / 2).",
-    )
+    parser = add_command(subparsers, "models", run_models)
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     parser.add_argument("--image-size", type=image_size, default=128, help="image side for the MAC count (default 128)")
     parser.add_argument("--num-classes", type=positive_int, default=100, help="classes of the head (default 100)")

@@ -11,16 +11,7 @@ from miniplaces.cli.command import add_command, image_size, non_negative_int, po
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "predict", run_predict,
-        help="top-5 categories of images, or the challenge submission file for the test split",
-        description=(
-            "Classify images with a checkpoint: the top categories with probabilities per image, as a table "
-            "or JSON. Images of any size and mode are converted as the val transform does. With --challenge, "
-            "write the MiniPlaces submission for the test split of --root: one line per test image, sorted "
-            "by name, 'test/00000001.jpg l1 l2 l3 l4 l5' (most likely first)."
-        ),
-    )
+    parser = add_command(subparsers, "predict", run_predict)
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="a checkpoint of `miniplaces train`, or a safetensors folder of `miniplaces export`")

@@ -9,16 +9,7 @@ from miniplaces.cli.command import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "report", run_report,
-        help="results table (Markdown, CSV), figures and report.html from run directories",
-        description=(
-            "Read run directories written by `miniplaces train` (and `eval`, `attack`, `saliency`) and write "
-            "results.md, results.csv, accuracy/loss/time-memory/attack figures, the runs' grids and a "
-            "self-contained report.html. A folder holding runs stands for the runs inside it; with several "
-            "paths (e.g. runs/*), those that are not runs are skipped with a note."
-        ),
-    )
+    parser = add_command(subparsers, "report", run_report)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (or folders of runs)")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
     parser.add_argument("--title", default="miniplaces report", help="title of the page and the Markdown table")

@@ -11,13 +11,7 @@ from miniplaces.errors import MiniPlacesError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "serve", run,
-        help="explore checkpoints in a local web page: top-5, saliency, attacks, two models side by side",
-        description="Serve a local web page to browse images with a model's top-5, its saliency maps "
-        "(vanilla, SmoothGrad, Grad-CAM) and adversarial attacks (PGD, FGSM); with two checkpoints, "
-        "side by side, including whether an attack made on one model transfers to the other.",
-    )
+    parser = add_command(subparsers, "serve", run)
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True, metavar="CKPT",
                         help="one or two (or more) checkpoints written by `miniplaces train`")
     parser.add_argument("--root", type=Path, help="a dataset folder whose val split the page browses")

@@ -11,17 +11,7 @@ from miniplaces.cli.command import add_command, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "study", run_study_command,
-        help="the whole study in one command: train, eval, attack, saliency, report (resumable)",
-        description=(
-            "Train the study's experiments (configs/: simplenet, simplenet_unfold, vit, msvit, resnet18), evaluate "
-            "each on val, attack it with the study's least-likely PGD (ε=6/255, 10 steps), draw its saliency grid "
-            "and write the report with the study-vs-this-project table into OUT/report. Rerun the same command "
-            "to continue: finished steps are skipped, an interrupted run resumes exactly. --scale full is the "
-            "seed's settings (a GPU); --scale mini is the CPU-sized study (64 px, a few epochs)."
-        ),
-    )
+    parser = add_command(subparsers, "study", run_study_command)
     parser.add_argument("--root", required=True, type=Path, help="dataset folder in the MiniPlaces layout")
     parser.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study/)")
     parser.add_argument("--scale", default="full", choices=("full", "mini"), help="full (default) or mini")

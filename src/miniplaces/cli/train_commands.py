@@ -13,13 +13,7 @@ from miniplaces.config import TTA_MODES
 
 
 def register(subparsers: Any) -> None:
-    train = add_command(
-        subparsers, "train", run_train, help="train a model (resumable; torchrun for many GPUs)",
-        description="Train a model on MiniPlaces. Settings come from the defaults, then --config, then the flags; "
-                    "the resolved config is saved in the run directory runs/<name>/. "
-                    "Ctrl-C writes checkpoints/last.pt; continue with --resume runs/<name>. "
-                    "Under `torchrun --nproc_per_node=N -m miniplaces train …` it trains with DDP.",
-    )
+    train = add_command(subparsers, "train", run_train)
     train.add_argument("--model", help="registered model name (see `miniplaces models`)")
     train.add_argument("--root", help="dataset folder in the MiniPlaces layout")
     train.add_argument("--config", help="YAML file of config keys (see configs/)")
@@ -36,12 +30,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
 
-    ev = add_command(
-        subparsers, "eval", run_eval,
-        help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, confusion matrix",
-        description="Evaluate a checkpoint on a labelled split. The model is rebuilt from the checkpoint alone; "
-                    "the result is written as JSON to <checkpoint dir>/eval_<split>.json or --out.",
-    )
+    ev = add_command(subparsers, "eval", run_eval)
     ev.add_argument("--checkpoint", required=True, help="a .pt file written by `miniplaces train`")
     ev.add_argument("--root", required=True, help="dataset folder in the MiniPlaces layout")
     ev.add_argument("--split", default="val", choices=("val", "train"), help="labelled split (default val)")
