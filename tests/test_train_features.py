@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 import signal
 from pathlib import Path
 
@@ -245,6 +246,9 @@ def test_resumed_run_keeps_one_step_scalar_per_step(data: Path, tmp_path: Path) 
     crash_in_epoch_two.calls = 0  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="crash"):
         train(config(data, tmp_path, log_every=1), on_step=crash_in_epoch_two, progress=False)
+    # TensorBoard orders a folder's event files by name: seconds, host, pid, then an unpadded counter. Within
+    # one second, counter 9 → 10 would sort the resumed file first; a new second orders them as written.
+    time.sleep(1.1)
     run = train(config(data, tmp_path, log_every=1), resume=tmp_path / "run", progress=False)
     steps = EventAccumulator(str(run / "tb" / "steps"))
     steps.Reload()
