@@ -8,8 +8,8 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 import signal
+import time
 from pathlib import Path
 
 import pytest
