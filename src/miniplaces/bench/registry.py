@@ -174,6 +174,26 @@ BENCHMARKS: dict[str, Benchmark] = {
             ),
         ),
         Benchmark(
+            "recipes", "miniplaces.bench.recipes",
+            "time per training image and val accuracy of configs/fast.yaml against configs/simplenet.yaml "
+            "(same data, size and epochs)",
+            (
+                Option("root", None, "dataset folder (default: shared/miniplaces above the working folder "
+                       "when present, else a synthetic set)", type=Path),
+                Option("synthetic", False, "use a synthetic set even when the real one is found", type=bool,
+                       quick=True),
+                Option("image_size", 64, "training and validation side in pixels", quick=32, minimum=16),
+                Option("epochs", 10, "epochs of each recipe (the same training images for both)", quick=1,
+                       minimum=1),
+                Option("limit_train_batches", None, "at most this many training batches per epoch (default: all)",
+                       quick=2, minimum=1),
+                Option("limit_val_batches", None, "at most this many validation batches (default: all)",
+                       quick=1, minimum=1),
+                Option("batch_size", None, "images per batch for both (default: each recipe's own)", quick=8,
+                       minimum=1),
+            ),
+        ),
+        Benchmark(
             "serve", "miniplaces.bench.serve",
             "start-up of `miniplaces serve` and one image's predict, saliency and attack over HTTP",
             (

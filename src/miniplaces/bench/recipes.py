@@ -1,0 +1,142 @@
+"""Recipes side by side: the study's SimpleNet recipe (`configs/simplenet.yaml`, the baseline) and the fast
+recipe (`configs/fast.yaml`), trained one after the other on the same data, at the same image size, for the
+same number of epochs (so the same training images seen), each by `miniplaces.workflows.train.train` in its
+own temporary run folder.
+
+Per recipe: seconds per training image (the training loop's own time, loading included, validation not),
+its ratio to the baseline's, val top-1/top-5 of the last epoch and of the best epoch (of the EMA when the
+recipe keeps one: those are the weights its run checkpoints), and the ratio of top-1 to the baseline's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from miniplaces.bench.data import find_real_root
+from miniplaces.bench.result import BenchResult
+from miniplaces.config import TrainConfig, load_config
+from miniplaces.errors import MiniPlacesError
+from miniplaces.rundir import RunDir, read_metrics
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+# (label, config file); the first is the baseline.
+RECIPES = (("simplenet (study)", "simplenet.yaml"), ("fast", "fast.yaml"))
+PROGRESSIVE_STEP = 8
+
+
+def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs: int, out_dir: Path | str,
+                  name: str, device: torch.device, limit_train_batches: int | None = None,
+                  limit_val_batches: int | None = None, batch_size: int | None = None) -> TrainConfig:
+    """The recipe in `path` with the benchmark's data, size and budget.
+
+    A progressive-resizing start side keeps its ratio to the file's `image_size` (96 of 128 → 48 of 64),
+    rounded down to a multiple of 8 px and at least 16.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MiniPlacesError(f"recipe file {path} does not exist; the recipes benchmark reads the configs/ "
+                              "folder of a source checkout")
+    config = load_config(path)
+    start = config.progressive_start_size
+    if start is not None:
+        scaled = int(start * image_size / config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
+        start = min(image_size, max(16, scaled))
+    return dataclasses.replace(
+        config, root=str(root), image_size=image_size, epochs=epochs, out_dir=str(out_dir), name=name,
+        device=str(device), progressive_start_size=start, limit_train_batches=limit_train_batches,
+        limit_val_batches=limit_val_batches, batch_size=batch_size or config.batch_size,
+        # The cache loader makes its batches in this process; workers would only compete for the cores.
+        workers=0,
+    )
+
+
+def _row(label: str, config: TrainConfig, run: RunDir, wall_s: float) -> dict[str, Any]:
+    from miniplaces.workflows.train import train_size
+
+    rows = read_metrics(run.metrics)
+    if not rows:
+        raise MiniPlacesError(f"the {label} run in {run.path} wrote no epoch")
+    ema = config.ema
+    top1 = [r.val_top1_ema if ema else r.val_top1 for r in rows]
+    top5 = [r.val_top5_ema if ema else r.val_top5 for r in rows]
+    best = max(range(len(rows)), key=lambda i: top1[i])  # type: ignore[arg-type]
+    # Every epoch sees the same number of images, so the mean of seconds per image is the run's.
+    seconds_per_image = sum(1.0 / r.images_per_s for r in rows) / len(rows)
+    return {
+        "recipe": label + (" (EMA)" if ema else ""), "epochs": len(rows),
+        "sides": sorted({train_size(config, epoch) for epoch in range(len(rows))}),
+        "seconds_per_image": seconds_per_image, "top1": top1[-1], "top5": top5[-1],
+        "best_top1": top1[best], "best_top5": top5[best], "raw_top1": rows[-1].val_top1, "wall_s": wall_s,
+    }
+
+
+def compare_recipes(*, root: Path | str, device: torch.device, image_size: int = 64, epochs: int = 10,
+                    limit_train_batches: int | None = None, limit_val_batches: int | None = None,
+                    batch_size: int | None = None, configs: Path = CONFIGS) -> list[dict[str, Any]]:
+    """Train each of `RECIPES` in turn (the baseline first) and return one row per recipe, ratios included."""
+    from miniplaces.workflows.train import train
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="miniplaces-recipes-") as tmp:
+        for index, (label, filename) in enumerate(RECIPES):
+            config = recipe_config(configs / filename, root=root, image_size=image_size, epochs=epochs,
+                                   out_dir=tmp, name=f"recipe{index}", device=device,
+                                   limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+                                   batch_size=batch_size)
+            t0 = time.perf_counter()
+            run = RunDir(train(config, progress=False))
+            rows.append(_row(label, config, run, time.perf_counter() - t0))
+    base = rows[0]
+    for row in rows:
+        row["time_ratio"] = row["seconds_per_image"] / base["seconds_per_image"]
+        # A baseline at 0 % (a tiny smoke run) leaves nothing to divide by.
+        row["top1_ratio"] = row["top1"] / base["top1"] if base["top1"] > 0 else None
+    return rows
+
+
+def run(*, device: torch.device, root: Path | None = None, synthetic: bool = False, image_size: int = 64,
+        epochs: int = 10, limit_train_batches: int | None = None, limit_val_batches: int | None = None,
+        batch_size: int | None = None) -> BenchResult:
+    """`compare_recipes` on `root` (default: the shared subset when found, else a synthetic set) as a `BenchResult`."""
+    from miniplaces.data.synth import synthesize
+
+    with tempfile.TemporaryDirectory(prefix="miniplaces-recipes-data-") as tmp:
+        if root is None and not synthetic:
+            root = find_real_root()
+        if root is None:
+            root = synthesize(Path(tmp) / "synth", classes=4, per_class=16, val_per_class=4, image_size=image_size)
+            data = f"synthetic (4 classes × 16, {image_size}×{image_size})"
+        else:
+            data = str(root)
+        rows = compare_recipes(root=root, device=device, image_size=image_size, epochs=epochs,
+                               limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+                               batch_size=batch_size)
+    settings: dict[str, Any] = {"device": device, "root": data, "image_size": image_size, "epochs": epochs,
+                                "limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches,
+                                "batch_size": batch_size, "synthetic": synthetic}
+    return BenchResult("recipes", settings, "the study's SimpleNet recipe (configs/simplenet.yaml), trained in the "
+                       "same run on the same data, size and epochs", rows)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table(result: BenchResult) -> str:
+    """Markdown: per recipe, time per training image and val accuracy, each with its ratio to the baseline."""
+    lines = ["| Recipe | Epochs | Train sides | ms / train image | Time ratio | Top-1 (last) | Top-5 (last) | "
+             "Best top-1 | Best top-5 | Top-1 ratio | Raw top-1 (last) | Wall s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result.rows:
+        side = "/".join(str(s) for s in r["sides"])
+        lines.append(f"| {r['recipe']} | {r['epochs']} | {side} | {1000 * r['seconds_per_image']:.3f} | "
+                     f"{r['time_ratio']:.3f} | {r['top1']:.2f} | {r['top5']:.2f} | {r['best_top1']:.2f} | "
+                     f"{r['best_top5']:.2f} | {_number(r['top1_ratio'], '.2f')} | {r['raw_top1']:.2f} | "
+                     f"{r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
