@@ -88,8 +88,8 @@ def test_every_study_config_loads(name: str) -> None:
         assert (config.lr, config.weight_decay, config.momentum, config.batch_size) == (0.1, 1e-4, 0.9, 256)
 
 
-def test_configs_folder_has_only_study_configs() -> None:
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(STUDY)
+def test_configs_folder_has_the_study_configs_and_the_fast_recipe() -> None:
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*STUDY, "fast"])
     for path in CONFIGS.glob("*.yaml"):
         assert isinstance(yaml.safe_load(path.read_text()), dict)
 
