@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -298,15 +299,17 @@ def write_metrics_csv(path: Path | str, rows: Sequence[MetricsRow]) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
-class JsonRecord:
+class JsonRecord(ABC):
     """A record kept as one JSON object: `to_dict`/`from_dict`, and `write`/`read` through them."""
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The record as the JSON object its file holds."""
 
     @classmethod
+    @abstractmethod
     def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
-        raise NotImplementedError
+        """The record from that object; `where` names its source in errors."""
 
     def write(self, path: Path | str) -> Path:
         """Write the record atomically; return `path`."""

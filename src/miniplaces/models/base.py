@@ -7,25 +7,28 @@ its linear head lives in the attribute named by `classifier_name`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 
-class Classifier:
+class Classifier(ABC):
     """timm's model surface: features → pooled vector → linear head."""
 
     classifier_name: str = "head"
     num_classes: int
     num_features: int
 
+    @abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Images in [0, 1] → the trunk's features (the model normalises inside)."""
 
+    @abstractmethod
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Features → `(B, num_features)`, the classifier's input (with head dropout, where a model has one)."""
-        raise NotImplementedError
 
-    def init_head(self, head: nn.Linear) -> None:
+    def init_head(self, head: nn.Linear) -> None:  # noqa: B027  (a hook: nothing to do by default)
         """Initialise a new head; PyTorch's default unless a model says otherwise."""
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
