@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -11,41 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import config, rows, tiny_dataset, without_timing
 
 from miniplaces.cli import main
-from miniplaces.config import TrainConfig
-from miniplaces.data.synth import synthesize
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from miniplaces.engine.train import NonFiniteLossError
 from miniplaces.rundir import METRIC_KEYS, EvalResult
 from miniplaces.workflows.evaluate import evaluate_checkpoint
 from miniplaces.workflows.train import TrainingInterrupted, train
 
-TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
-
-
 TORCH_THREADS = 1  # the test machine may be shared; one thread is several times faster than two contended ones
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 classes × 24 train, 8 val, 32×32: enough for SimpleNet to learn them in a few epochs."""
-    return synthesize(tmp_path_factory.mktemp("engine_synth"), classes=4, per_class=24, val_per_class=8,
-                      image_size=32, seed=1)
-
-
-def config(root: Path, out: Path, **changes: object) -> TrainConfig:
-    base = TrainConfig(root=str(root), out_dir=str(out), name="run", epochs=2, batch_size=16, lr=0.05,
-                       warmup_epochs=1, workers=0, image_size=32, device="cpu", log_every=2, limit_train_batches=3)
-    return dataclasses.replace(base, **changes)
-
-
-def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in metrics]
+    return tiny_dataset(tmp_path_factory.mktemp("engine_synth"))
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

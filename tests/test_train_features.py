@@ -4,8 +4,6 @@ automatic augmentation, progressive resizing, per-step TensorBoard scalars and m
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -14,38 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import config, rows, tiny_dataset, without_timing
 from torch import nn
 
 from miniplaces.cli import main
-from miniplaces.config import ConfigError, TrainConfig, apply_overrides, resolve
-from miniplaces.data.synth import synthesize
+from miniplaces.config import ConfigError, apply_overrides, resolve
 from miniplaces.engine.checkpoint import build_model, load_checkpoint
 from miniplaces.rundir import METRIC_KEYS
 from miniplaces.workflows.evaluate import evaluate_checkpoint
 from miniplaces.workflows.train import TrainingInterrupted, train
 
-TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
 TORCH_THREADS = 1
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("features_synth"), classes=4, per_class=24, val_per_class=8,
-                      image_size=32, seed=1)
-
-
-def config(root: Path, out: Path, **changes: object) -> TrainConfig:
-    base = TrainConfig(root=str(root), out_dir=str(out), name="run", epochs=2, batch_size=16, lr=0.05,
-                       warmup_epochs=1, workers=0, image_size=32, device="cpu", log_every=2, limit_train_batches=3)
-    return dataclasses.replace(base, **changes)
-
-
-def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in metrics]
+    return tiny_dataset(tmp_path_factory.mktemp("features_synth"))
 
 
 def assert_same_state(a: Path, b: Path) -> None:
