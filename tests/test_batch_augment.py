@@ -126,6 +126,28 @@ def test_per_sample_transform_gains_the_v2_transforms() -> None:
     assert torch.equal(a, transform(image)) and a.shape == (3, 32, 32)
 
 
+def test_augmentation_strength_reaches_both_loaders() -> None:
+    # A white image stays white under any crop and flip; rotation fills corners with black and colour jitter
+    # scales brightness, so the study's strength changes pixels and strength 0 (crop area 1) changes none.
+    images = np.full((8, 24, 24, 3), 255, dtype=np.uint8)
+    labels = np.arange(8)
+
+    def batch(**strength: float) -> torch.Tensor:
+        return next(iter(CachedLoader(images, labels, 8, train=True, image_size=16, **strength)))[0]
+
+    assert (batch() < 1).any()
+    assert torch.equal(batch(crop_min_area=1.0, rotation=0.0, color_jitter=0.0), torch.ones(8, 3, 16, 16))
+    assert (batch(crop_min_area=1.0, rotation=0.0) < 1).any()  # jitter alone still changes pixels
+    names = [type(t).__name__ for t in train_transform(16, 18).transforms]
+    assert "RandomRotation" in names and "ColorJitter" in names
+    light = train_transform(16, 18, crop_min_area=0.5, rotation=0.0, color_jitter=0.0)
+    names = [type(t).__name__ for t in light.transforms]
+    assert "RandomRotation" not in names and "ColorJitter" not in names
+    assert light.transforms[names.index("RandomResizedCrop")].scale == (0.5, 1.0)
+    image = v2.functional.to_image(images[0])
+    assert torch.equal(train_transform(16, 18, rotation=0.0, color_jitter=0.0)(image), torch.ones(3, 16, 16))
+
+
 def test_progressive_size_schedule() -> None:
     sizes = [progressive_size(e, start_size=64, end_size=128, start_epoch=2, end_epoch=10) for e in range(12)]
     assert sizes[:3] == [64, 64, 64] and sizes[10:] == [128, 128]

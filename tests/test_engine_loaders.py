@@ -82,3 +82,17 @@ def test_a_failed_build_on_rank_zero_reaches_every_rank(root: Path, events: list
     monkeypatch.setattr(engine_loaders, "all_gather_objects", gather)
     with pytest.raises(CacheError, match="rank 0 could not build the train cache .*missing.jpg"):
         build_train_batches(config(root), DistInfo(rank=1, world_size=2), CPU)
+
+
+@pytest.mark.parametrize("loader", ["cache", "dataloader"])
+def test_augmentation_strength_keys_reach_the_training_loader(root: Path, loader: str) -> None:
+    light = TrainConfig(root=str(root), loader=loader, batch_size=8, image_size=32, workers=0, device="cpu",
+                        crop_min_area=0.5, rotation=0.0, color_jitter=0.0)
+    batches = build_train_batches(light, DistInfo(), CPU).loader
+    if loader == "cache":
+        assert batches.strength == {"scale": (0.5, 1.0), "degrees": 0.0, "jitter": 0.0}
+    else:
+        steps = batches.dataset.dataset.transform.transforms
+        names = [type(t).__name__ for t in steps]
+        assert "RandomRotation" not in names and "ColorJitter" not in names
+        assert steps[names.index("RandomResizedCrop")].scale == (0.5, 1.0)

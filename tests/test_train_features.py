@@ -162,7 +162,10 @@ def test_feature_keys_are_validated_by_name(data: Path) -> None:
            ({"progressive_start_size": 64}, "progressive_start_size"),
            ({"progressive_start_size": 16, "model": "vit"}, "built for one image side"),
            ({"progressive_start_epoch": 3, "progressive_end_epoch": 1}, "progressive_end_epoch"),
-           ({"cutmix_alpha": 1.0, "adv_train": "pgd"}, "adversarial")]
+           ({"cutmix_alpha": 1.0, "adv_train": "pgd"}, "adversarial"),
+           ({"crop_min_area": 0.0}, "crop_min_area"), ({"crop_min_area": 1.5}, "crop_min_area"),
+           ({"rotation": -1.0}, "rotation"), ({"rotation": 181.0}, "rotation"),
+           ({"color_jitter": 1.0}, "color_jitter")]
     for changes, message in bad:
         with pytest.raises(ConfigError, match=message):
             resolve(config(data, Path("unused"), **changes))

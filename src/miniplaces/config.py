@@ -108,6 +108,12 @@ class TrainConfig:
         "none", "automatic augmentation after the study's: per image on the dataloader path, per group of images "
         "on the cache loader (miniplaces.data.batch_augment)")
     random_erasing: float = _key(0.0, "chance per image of erasing a random rectangle (torchvision's RandomErasing)")
+    crop_min_area: float = _key(0.25, "random resized crop: the smallest crop, as a fraction of the image's area, "
+                                "in (0, 1]; 1 keeps the whole image (the study's recipe: 0.25)")
+    rotation: float = _key(15.0, "random rotation of training images within ± this many degrees, in [0, 180]; "
+                           "0 disables it")
+    color_jitter: float = _key(0.15, "brightness, contrast and saturation factors drawn from [1 - j, 1 + j], "
+                               "j in [0, 1); 0 disables it")
     progressive_start_size: int | None = _key(
         None, "progressive resizing (FFCV): training side at `progressive_start_epoch`, rising linearly in steps of "
         "8 px to `image_size` at `progressive_end_epoch`; validation stays at `image_size`; null disables it")
@@ -288,7 +294,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 
 def _check_features(config: TrainConfig, size_argument: str | None) -> None:
-    """Ranges of the issue-13 feature keys (EMA, MixUp/CutMix, augmentation, progressive resizing).
+    """Ranges of the issue-13 feature keys (EMA, MixUp/CutMix, augmentation and its strength, progressive resizing).
 
     `size_argument`: the model card's builder argument for the image side; such a model (a ViT, whose
     position embedding is built for image_size) cannot train at other sides.
@@ -304,6 +310,12 @@ def _check_features(config: TrainConfig, size_argument: str | None) -> None:
     if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) and config.adv_train != "none":
         raise ConfigError("keys mixup_alpha/cutmix_alpha: MixUp and CutMix cannot be combined with adversarial "
                           "training (its attacks need hard labels); set them to 0 or adv_train to none")
+    if not 0.0 < config.crop_min_area <= 1.0:
+        raise ConfigError(f"key 'crop_min_area' must be in (0, 1], got {config.crop_min_area!r}")
+    if not 0.0 <= config.rotation <= 180.0:
+        raise ConfigError(f"key 'rotation' must be between 0 and 180 degrees, got {config.rotation!r}")
+    if not 0.0 <= config.color_jitter < 1.0:
+        raise ConfigError(f"key 'color_jitter' must be in [0, 1), got {config.color_jitter!r}")
     start = config.progressive_start_size
     if start is not None and not 8 <= start <= config.image_size:
         raise ConfigError(f"key 'progressive_start_size' must be between 8 and image_size "

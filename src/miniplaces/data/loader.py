@@ -227,6 +227,8 @@ class CachedLoader:
         auto_augment: "none", "trivialaugment" or "randaugment", on training batches after the
             study's augmentation (`batch_augment.auto_augment_groups`).
         random_erasing: chance per training image of an erased rectangle (`batch_augment.random_erasing`).
+        crop_min_area, rotation, color_jitter: strength of the study's augmentation (smallest crop area
+            fraction, ± degrees, colour factor range); the defaults are the study's.
         val_crop: validation batches are centre-cropped to image_size (default); without it they are the
             whole images resized to `resize_for(image_size)`, for multi-crop test-time augmentation.
     """
@@ -249,6 +251,9 @@ class CachedLoader:
         num_threads: int | None = None,
         auto_augment: str = "none",
         random_erasing: float = 0.0,
+        crop_min_area: float = 0.25,
+        rotation: float = 15.0,
+        color_jitter: float = 0.15,
         val_crop: bool = True,
     ) -> None:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype not in (np.uint8, torch.uint8):
@@ -268,6 +273,7 @@ class CachedLoader:
         self.num_threads = num_threads
         self.auto_augment = auto_augment_transform(auto_augment)
         self.random_erasing = random_erasing
+        self.strength = {"scale": (crop_min_area, 1.0), "degrees": rotation, "jitter": color_jitter}
         self.val_crop = val_crop
         self.epoch = 0
         self.num_images = len(images)
@@ -328,7 +334,7 @@ class CachedLoader:
             if not self.val_crop:
                 return to_float(pixels, resize_for(self.image_size)), labels
             return val_batch(pixels, self.image_size), labels
-        theta, colour = sample_augmentation(len(idx), generator)
+        theta, colour = sample_augmentation(len(idx), generator, **self.strength)  # type: ignore[arg-type]
         x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.image_size, None)
         return x, labels
 
@@ -381,7 +387,7 @@ def cached_loader(
     """A `CachedLoader` over `split` of `root`, building (or reusing) its cache first when `build`.
 
     Extra keyword arguments (`shuffle`, `drop_last`, `seed`, `rank`, `world_size`, `auto_augment`,
-    `random_erasing`, `val_crop`) go to `CachedLoader`.
+    `random_erasing`, `crop_min_area`, `rotation`, `color_jitter`, `val_crop`) go to `CachedLoader`.
     """
     if build:
         build_cache(root, split, image_size=image_size, cache_dir=cache_dir)

@@ -20,9 +20,11 @@ def resize_for(image_size: int) -> int:
 
 
 def train_transform(image_size: int = CROP, resize: int = RESIZE, *, auto_augment: str = "none",
-                    random_erasing: float = 0.0) -> v2.Compose:
-    """Resize with a random interpolation, flip, colour jitter, rotate ±15°, random resized crop;
-    then optionally TrivialAugmentWide / RandAugment (`auto_augment`) and `v2.RandomErasing(p=random_erasing)`."""
+                    random_erasing: float = 0.0, crop_min_area: float = 0.25, rotation: float = 15.0,
+                    color_jitter: float = 0.15) -> v2.Compose:
+    """Resize with a random interpolation, flip, colour jitter (`color_jitter`), rotate (± `rotation`°), random
+    resized crop (area `crop_min_area`–1); then optionally TrivialAugmentWide / RandAugment (`auto_augment`)
+    and `v2.RandomErasing(p=random_erasing)`. The defaults are the study's."""
     extra = auto_augment_transform(auto_augment)
     random_resize = v2.RandomChoice(
         [
@@ -35,9 +37,10 @@ def train_transform(image_size: int = CROP, resize: int = RESIZE, *, auto_augmen
             v2.ToImage(),
             random_resize,
             v2.RandomHorizontalFlip(p=0.5),
-            v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15),
-            v2.RandomRotation(15),
-            v2.RandomResizedCrop(image_size, scale=(0.25, 1.0), ratio=(0.8, 1.2), antialias=True),
+            *([v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)]
+              if color_jitter > 0 else []),
+            *([v2.RandomRotation(rotation)] if rotation > 0 else []),
+            v2.RandomResizedCrop(image_size, scale=(crop_min_area, 1.0), ratio=(0.8, 1.2), antialias=True),
             *([extra] if extra is not None else []),
             v2.ToDtype(torch.float32, scale=True),
             *([v2.RandomErasing(p=random_erasing)] if random_erasing > 0 else []),

@@ -111,11 +111,16 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
             raise failure
         if outcome is not None:
             raise CacheError(f"rank 0 could not build the {split} cache of {root}: {outcome}")
-    extra: dict[str, Any] = ({"auto_augment": config.auto_augment, "random_erasing": config.random_erasing}
-                             if train else {"val_crop": val_crop})
+    extra: dict[str, Any] = ({"auto_augment": config.auto_augment, "random_erasing": config.random_erasing,
+                              **augment_strength(config)} if train else {"val_crop": val_crop})
     return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
                          image_size=config.image_size, rank=info.rank, world_size=info.world_size,
                          build=not info.enabled, **extra)
+
+
+def augment_strength(config: TrainConfig) -> dict[str, float]:
+    """The config's strength of the study's augmentation, as both loaders take it."""
+    return {"crop_min_area": config.crop_min_area, "rotation": config.rotation, "color_jitter": config.color_jitter}
 
 
 @dataclass
@@ -145,7 +150,8 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
         dataset = MiniPlaces(config.root, "train",
                              transform=train_transform(config.image_size, resize_for(config.image_size),
                                                        auto_augment=config.auto_augment,
-                                                       random_erasing=config.random_erasing))
+                                                       random_erasing=config.random_erasing,
+                                                       **augment_strength(config)))
         sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
         loader = DataLoader(
             SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,
