@@ -24,6 +24,9 @@ SMALL: dict[str, dict[str, Any]] = {
                 window_blocks=(0,)),
     "msvit": dict(img_size=IMAGE, embed_dims=(16, 16, 16), depths=(1, 2, 1), num_heads=(2, 2, 2),
                   window_sizes=(4, 2, 1), window_blocks=((0,), (0,), (0,))),
+    # A zero-initialised residual BN scale leaves its branch's convolutions without gradient on the first step,
+    # by design (tested in test_fastnet_…); the shared tests see every parameter learn.
+    "fastnet": dict(widths=(8, 16, 32), stem_width=8, zero_init_residual=False),
 }
 MODELS = list_models()
 
@@ -161,6 +164,28 @@ def test_msvit_branches_scale_windows_to_their_grids() -> None:
     assert model.num_features == 64 + 128 + 192
     with pytest.raises(MiniPlacesError, match="one entry per branch"):
         create_model("msvit", depths=(1, 1))
+
+
+def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() -> None:
+    from miniplaces.models.fastnet import Stage
+
+    model = create_model("fastnet", num_classes=10, widths=(8, 16, 32), stem_width=4, residual=False).eval()
+    assert model.num_features == 32 and isinstance(model.features[1].down[1], nn.MaxPool2d)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 32, 4, 4)  # 64 / 2 (stem) / 2³ (stages)
+    assert not any(isinstance(m, nn.BatchNorm2d) and m.weight.abs().sum() == 0 for m in model.modules())
+    residual = create_model("fastnet", num_classes=10, widths=(8, 16), stem_width=4).eval()  # residual: default
+    stage = residual.features[1]
+    assert isinstance(stage, Stage) and stage.extra is not None
+    # Zero-initialised last BN scale: each stage starts as its first convolution alone.
+    h = torch.rand(2, 4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(stage(h), stage.down(h))
+    plain = create_model("fastnet", widths=(8, 16), stem_width=4, residual=False)
+    assert count_macs(residual, 64) > count_macs(plain, 64)
+    with pytest.raises(MiniPlacesError, match="widths"):
+        create_model("fastnet", widths=(8, 0))
 
 
 def test_models_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:

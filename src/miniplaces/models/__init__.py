@@ -1,6 +1,6 @@
 """Models by name, each with its card. Importing this package registers every model family."""
 
-from miniplaces.models import msvit, resnet, simplenet, timm_models, vit  # noqa: F401  (registers their models)
+from miniplaces.models import fastnet, msvit, resnet, simplenet, timm_models, vit  # noqa: F401  (registers their models)
 from miniplaces.models.registry import (
     ModelCard,
     create_model,
