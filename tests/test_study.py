@@ -169,8 +169,26 @@ def test_packaged_data_files() -> None:
     assert (seed.experiments["resnet18"].top1, seed.experiments["resnet18"].top5) == (52.11, 80.01)
     assert seed.attack.mode == "least-likely" and seed.attack.steps == 10
     scales = load_scales()
-    assert set(scales) == {"full", "mini"}
+    assert set(scales) == {"full", "mini", "fast"}
     assert scales["full"].config == {} and scales["mini"].config_for("msvit")["image_size"] == 64
+    assert scales["full"].names(seed) == list(seed.experiments) and scales["fast"].names(seed) == ["fast"]
+    assert scales["fast"].compare_with == {"fast": "simplenet"}
+
+
+def test_fast_scale_trains_the_fast_recipe_and_compares_it_with_simplenet(synth_root: Path, tmp_path: Path) -> None:
+    fast = Scale(name="tinyfast", description="tests", include=("fast",), compare_with={"fast": "simplenet"},
+                 config={"image_size": 16, "batch_size": 8, "epochs": 1, "warmup_epochs": 0.0, "workers": 0,
+                         "log_every": 1, "progressive_start_size": None},
+                 eval_images=None, attack_images=4, saliency_images=2, threads=1)
+    plan = plan_study(synth_root, tmp_path / "s", scale=fast, device="cpu")
+    assert [e.name for e in plan.experiments] == ["fast"] and plan.experiments[0].config.model == "fastnet"
+    outcome = run_study(plan, progress=False)
+    assert outcome.report is not None
+    rows = _table_rows(outcome.report.comparison)
+    assert [(r[0], r[1]) for r in rows] == [("simplenet", "seed"), ("fast", "this project (tinyfast)")]
+    evaluated = EvalResult.read(StudyFiles(tmp_path / "s").run("fast").eval_json("val"))
+    assert rows[1][5] == f"{evaluated.top1 - 43.86:+.2f}" and "Δ vs the seed's simplenet (60 ep)" in rows[1][10]
+    assert StudyRecord.read(StudyFiles(tmp_path / "s").record).experiments[0].compare_with == "simplenet"
 
 
 def test_eval_reads_the_cache_and_caps_the_images(study: tuple[Path, StudyOutcome], synth_root: Path,

@@ -487,6 +487,7 @@ class StudyEntry:
     device: str
     attack_images: int | None = None
     skipped: str | None = None
+    compare_with: str | None = None  # the seed experiment compared with, for one the seed did not run
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,21 @@ import sys
 from pathlib import Path
 
 from miniplaces.cli.command import add_command, positive_int
+from miniplaces.study import load_scales
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "study", run_study_command)
     parser.add_argument("--root", required=True, type=Path, help="dataset folder in the MiniPlaces layout")
     parser.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study/)")
-    parser.add_argument("--scale", default="full", choices=("full", "mini"), help="full (default) or mini")
+    parser.add_argument("--scale", default="full", choices=tuple(load_scales()),
+                        help="full (default: the seed's settings, for a GPU), mini (the CPU-sized study) or fast "
+                        "(the fast recipe on the full data, for a GPU)")
     parser.add_argument("--resnet-weights", type=Path, metavar="PATH",
                         help="resnet18 ImageNet state dict (default: torch.hub's cache; without it resnet18 is "
                         "skipped, nothing is downloaded)")
-    parser.add_argument("--experiments", metavar="A,B", help="only these experiments (default: all five)")
+    parser.add_argument("--experiments", metavar="A,B",
+                        help="only these experiments (default: the scale's; full and mini: all five)")
     parser.add_argument("--configs", type=Path, metavar="DIR",
                         help="folder of the study's configs (default: ./configs or the checkout's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")

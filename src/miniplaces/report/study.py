@@ -100,6 +100,7 @@ def _ratios(folder: Path, record: StudyRecord, entry: StudyEntry, baseline: str)
 
 
 def _our_row(folder: Path, record: StudyRecord, entry: StudyEntry, seed: SeedExperiment | None) -> ComparisonRow:
+    """Our numbers for `entry`, with Δ against `seed`: its own seed experiment or the one it is compared with."""
     source = f"this project ({entry.scale})"
     if entry.skipped or entry.run is None:
         return ComparisonRow(entry.experiment, source, _scale(entry), note=entry.skipped or "not run")
@@ -112,8 +113,10 @@ def _our_row(folder: Path, record: StudyRecord, entry: StudyEntry, seed: SeedExp
         top1, top5 = result.top1, result.top5
     else:
         note.append("not evaluated yet")
+    if seed is not None and seed.name != entry.experiment:
+        note.append(f"Δ vs the seed's {seed.name} ({seed.epochs} ep)")
     time = memory = None
-    if seed is not None and seed.ratios is not None:
+    if seed is not None and seed.ratios is not None and seed.name == entry.experiment:
         time, memory = _ratios(folder, record, entry, seed.ratios.baseline)
         note.append(f"vs {seed.ratios.baseline}, {entry.device}" + ("" if memory is not None or time is None
                                                                      else "; memory: CPU peak RSS not comparable"))
@@ -127,13 +130,20 @@ def _our_row(folder: Path, record: StudyRecord, entry: StudyEntry, seed: SeedExp
 
 
 def comparison_rows(folder: Path | str, seed: SeedResults) -> list[ComparisonRow]:
-    """The seed's row and ours for each experiment of the study in `folder` (its `study.json`), in order."""
+    """The seed's row and ours for each experiment of the study in `folder` (its `study.json`), in order.
+
+    An experiment the seed did not run follows the seed row of the experiment it is compared with
+    (`compare_with`, e.g. the fast recipe after SimpleNet's), its Δ taken against that row.
+    """
     files = StudyFiles(folder)
     record = StudyRecord.read(files.record)
-    rows = []
+    rows: list[ComparisonRow] = []
     for entry in record.experiments:
         published = seed.experiments.get(entry.experiment)
-        if published is not None:
+        if published is None and entry.compare_with is not None:
+            published = seed.experiments.get(entry.compare_with)
+        shown = any(row.source == "seed" and row.experiment == getattr(published, "name", None) for row in rows)
+        if published is not None and not shown:
             rows.append(_seed_row(seed, published))
         rows.append(_our_row(files.folder, record, entry, published))
     return rows

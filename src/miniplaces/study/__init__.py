@@ -67,7 +67,11 @@ class SeedResults:
 
 @dataclass(frozen=True)
 class Scale:
-    """One scale of the study (`scales.yaml`): config keys for every experiment and for each one, and caps."""
+    """One scale of the study (`scales.yaml`): config keys for every experiment and for each one, and caps.
+
+    `include` names the experiments the scale trains (empty: the seed's); `compare_with` maps an experiment
+    the seed did not run to the seed experiment its numbers are compared with (the fast recipe → SimpleNet).
+    """
 
     name: str
     description: str
@@ -77,6 +81,12 @@ class Scale:
     attack_images: int | None = None
     saliency_images: int = 16
     threads: int | None = None
+    include: tuple[str, ...] = ()
+    compare_with: dict[str, str] = field(default_factory=dict)
+
+    def names(self, seed: SeedResults) -> list[str]:
+        """The experiments this scale trains: its `include` list, else every experiment of the seed."""
+        return list(self.include) if self.include else list(seed.experiments)
 
     def config_for(self, experiment: str) -> dict[str, Any]:
         """The keys this scale sets on `configs/<experiment>.yaml`."""
@@ -156,6 +166,10 @@ def load_scales(path: Path | str | None = None) -> dict[str, Scale]:
         for experiment, keys in experiments.items():
             if not isinstance(keys, dict):
                 raise StudyDataError(f"{where}: experiments.{experiment}: expected a mapping of config keys")
+        include = _get(entry, "include", list, where, [])
+        compare_with = _get(entry, "compare_with", dict, where, {})
+        if not all(isinstance(name, str) for name in (*include, *compare_with, *compare_with.values())):
+            raise StudyDataError(f"{where}: include and compare_with hold experiment names")
         scales[str(name)] = Scale(
             name=str(name), description=_get(entry, "description", str, where, ""),
             config=dict(_get(entry, "config", dict, where, {})),
@@ -164,5 +178,6 @@ def load_scales(path: Path | str | None = None) -> dict[str, Scale]:
             attack_images=_get(entry, "attack_images", int, where, None),
             saliency_images=_get(entry, "saliency_images", int, where, 16),
             threads=_get(entry, "threads", int, where, None),
+            include=tuple(include), compare_with=dict(compare_with),
         )
     return scales

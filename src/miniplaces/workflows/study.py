@@ -155,7 +155,8 @@ def plan_study(
     """Plan the study: one resolved config per experiment (the seed file's, in its order, or `experiments`).
 
     Args:
-        scale: a name in the scales file (`mini`, `full`) or a `Scale`.
+        scale: a name in the scales file (`full`, `mini`, `fast`) or a `Scale`.
+        experiments: these experiments (each a `configs/<name>.yaml`) instead of the scale's.
         resnet_weights: a resnet18 ImageNet state dict; default torch.hub's cache. Without either, the
             experiments that start from ImageNet weights are skipped (never downloaded).
         threads: torch threads while the study runs; None takes the scale's.
@@ -167,7 +168,7 @@ def plan_study(
         if scale not in scales:
             raise StudyError(f"unknown study scale {scale!r}; choose one of {', '.join(scales)}")
         scale = scales[scale]
-    names = list(experiments) if experiments is not None else list(seed.experiments)
+    names = list(experiments) if experiments is not None else scale.names(seed)
     configs = Path(configs_dir) if configs_dir is not None else default_configs_dir()
     if resnet_weights is not None and not Path(resnet_weights).is_file():
         raise StudyError(f"resnet18 weights file {resnet_weights} does not exist")
@@ -203,7 +204,7 @@ def plan_study(
             scale=scale.name, train_images=batches * config.batch_size,
             val_images=_eval_count(scale.eval_images, config.batch_size, val_count),
             attack_images=min(scale.attack_images or val_count, val_count), image_size=config.image_size,
-            epochs=config.epochs, device=device_label, skipped=skipped,
+            epochs=config.epochs, device=device_label, skipped=skipped, compare_with=scale.compare_with.get(name),
         )
         planned.append(PlannedExperiment(name, config, run, entry))
     attack = AttackSpec.from_mode(seed.attack.mode, eps=seed.attack.eps, steps=seed.attack.steps)
