@@ -35,8 +35,11 @@ def test_quick_cpu_check_runs_every_step(tmp_path: Path, capsys: pytest.CaptureF
     assert all(result["throughput"][m]["fp32"] > 0 for m in models)
     assert set(result["study"]["experiments_s"]) == set(models) and result["study"]["total_s"] > 0
     assert result["loader"]["images_per_s"] > 0 and result["unfold"]["memory_ratio"] == 1.0
-    assert [g["status"] for g in result["goals"]] == ["n/a"] * 6
+    assert [g["status"] for g in result["goals"]] == ["n/a"] * 7
     assert "whole study" in printed and "unfold ≤ 1.5× time" in printed and "PASS" in printed
+    # the fast recipe's model is trained too, and its 10 epochs projected
+    assert result["throughput"]["fastnet"]["fp32"] > 0 and result["study"]["fast_recipe_s"] > 0
+    assert "fast recipe (configs/fast.yaml: fastnet, 10 epochs" in printed
 
 
 def test_a_failing_step_is_recorded_and_the_check_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
