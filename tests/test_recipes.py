@@ -80,4 +80,6 @@ def test_row_reads_the_ema_accuracy_and_averages_seconds_per_image(tmp_path: Pat
     assert row["recipe"] == "fast (EMA)" and (row["top1"], row["top5"]) == (25.0, 30.0)
     assert (row["best_top1"], row["best_top5"], row["raw_top1"]) == (30.0, 35.0, 20.0)
     assert row["seconds_per_image"] == pytest.approx((1 / 100 + 1 / 400) / 2)
+    assert [(e["epoch"], e["side"], e["images_per_s"], e["top1"]) for e in row["per_epoch"]] == [
+        (1, 48, 100.0, 30.0), (2, 64, 400.0, 25.0)]
     assert row["sides"] == [48, 64]

@@ -5,7 +5,8 @@ own temporary run folder.
 
 Per recipe: seconds per training image (the training loop's own time, loading included, validation not),
 its ratio to the baseline's, val top-1/top-5 of the last epoch and of the best epoch (of the EMA when the
-recipe keeps one: those are the weights its run checkpoints), and the ratio of top-1 to the baseline's.
+recipe keeps one: those are the weights its run checkpoints), the ratio of top-1 to the baseline's, and
+per epoch its training side, images/s and top-1 (in the JSON).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _row(label: str, config: TrainConfig, run: RunDir, wall_s: float) -> dict[st
         "sides": sorted({train_size(config, epoch) for epoch in range(len(rows))}),
         "seconds_per_image": seconds_per_image, "top1": top1[-1], "top5": top5[-1],
         "best_top1": top1[best], "best_top5": top5[best], "raw_top1": rows[-1].val_top1, "wall_s": wall_s,
+        "per_epoch": [{"epoch": r.epoch, "side": train_size(config, r.epoch - 1), "images_per_s": r.images_per_s,
+                       "top1": t} for r, t in zip(rows, top1, strict=True)],
     }
 
 
