@@ -186,6 +186,9 @@ def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() 
     assert count_macs(residual, 64) > count_macs(plain, 64)
     with pytest.raises(MiniPlacesError, match="widths"):
         create_model("fastnet", widths=(8, 0))
+    from miniplaces.models import model_card
+
+    assert model_card("fastnet").optimizer_defaults() == ("sgd", 0.4, 5e-4)  # the fast recipe's
 
 
 def test_models_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
