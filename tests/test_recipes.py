@@ -54,6 +54,15 @@ def test_recipe_config_sets_the_benchmark_budget_and_scales_the_progressive_star
     tiny = recipe_config(FAST, root=tmp_path, image_size=16, epochs=1, out_dir=tmp_path, name="t",
                          device=torch.device("cpu"))
     assert tiny.progressive_start_size == 16
+    # Limits counted in batches of the baseline's 256: a recipe of batch 64 sees the same images.
+    halved = recipe_config(FAST, root=tmp_path, image_size=64, epochs=1, out_dir=tmp_path, name="h",
+                           device=torch.device("cpu"), limit_train_batches=5, limit_val_batches=3, batch_size=64,
+                           limit_batch_size=256)
+    assert (halved.limit_train_batches, halved.limit_val_batches) == (20, 12)
+    odd = recipe_config(FAST, root=tmp_path, image_size=64, epochs=1, out_dir=tmp_path, name="o",
+                        device=torch.device("cpu"), limit_train_batches=1, limit_val_batches=1, batch_size=96,
+                        limit_batch_size=256)
+    assert (odd.limit_train_batches, odd.limit_val_batches) == (2, 3)  # ≤ 256 training, ≥ 256 val images
     study = recipe_config(STUDY, root=tmp_path, image_size=64, epochs=3, out_dir=tmp_path, name="s",
                           device=torch.device("cpu"))
     assert study.progressive_start_size is None and study.batch_size == 256 and not study.ema

@@ -33,11 +33,14 @@ PROGRESSIVE_STEP = 8
 
 def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs: int, out_dir: Path | str,
                   name: str, device: torch.device, limit_train_batches: int | None = None,
-                  limit_val_batches: int | None = None, batch_size: int | None = None) -> TrainConfig:
+                  limit_val_batches: int | None = None, batch_size: int | None = None,
+                  limit_batch_size: int | None = None) -> TrainConfig:
     """The recipe in `path` with the benchmark's data, size and budget.
 
     A progressive-resizing start side keeps its ratio to the file's `image_size` (96 of 128 → 48 of 64),
-    rounded down to a multiple of 8 px and at least 16.
+    rounded down to a multiple of 8 px and at least 16. The batch limits count batches of `limit_batch_size`
+    (the baseline's) when given: a recipe with another batch size gets as many training images at most
+    (whole batches) and at least as many validation images, so both recipes see the same images.
     """
     path = Path(path)
     if not path.is_file():
@@ -48,10 +51,16 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     if start is not None:
         scaled = int(start * image_size / config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
         start = min(image_size, max(16, scaled))
+    batch = batch_size or config.batch_size
+    if limit_batch_size is not None and limit_batch_size != batch:
+        if limit_train_batches is not None:
+            limit_train_batches = max(1, limit_train_batches * limit_batch_size // batch)
+        if limit_val_batches is not None:
+            limit_val_batches = -(-limit_val_batches * limit_batch_size // batch)  # rounded up
     return dataclasses.replace(
         config, root=str(root), image_size=image_size, epochs=epochs, out_dir=str(out_dir), name=name,
         device=str(device), progressive_start_size=start, limit_train_batches=limit_train_batches,
-        limit_val_batches=limit_val_batches, batch_size=batch_size or config.batch_size,
+        limit_val_batches=limit_val_batches, batch_size=batch,
         # The cache loader makes its batches in this process; workers would only compete for the cores.
         workers=0,
     )
@@ -86,12 +95,14 @@ def compare_recipes(*, root: Path | str, device: torch.device, image_size: int =
     from miniplaces.workflows.train import train
 
     rows = []
+    limit_batch_size: int | None = None  # the baseline's batch: the unit of the limits for every recipe
     with tempfile.TemporaryDirectory(prefix="miniplaces-recipes-") as tmp:
         for index, (label, filename) in enumerate(RECIPES):
             config = recipe_config(configs / filename, root=root, image_size=image_size, epochs=epochs,
                                    out_dir=tmp, name=f"recipe{index}", device=device,
                                    limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, limit_batch_size=limit_batch_size)
+            limit_batch_size = limit_batch_size or config.batch_size
             t0 = time.perf_counter()
             run = RunDir(train(config, progress=False))
             rows.append(_row(label, config, run, time.perf_counter() - t0))

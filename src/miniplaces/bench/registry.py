@@ -185,10 +185,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("image_size", 64, "training and validation side in pixels", quick=32, minimum=16),
                 Option("epochs", 10, "epochs of each recipe (the same training images for both)", quick=1,
                        minimum=1),
-                Option("limit_train_batches", None, "at most this many training batches per epoch (default: all)",
-                       quick=2, minimum=1),
-                Option("limit_val_batches", None, "at most this many validation batches (default: all)",
-                       quick=1, minimum=1),
+                Option("limit_train_batches", None, "at most this many training batches per epoch, of the "
+                       "baseline's batch size: the same images for both (default: all)", quick=2, minimum=1),
+                Option("limit_val_batches", None, "at most this many validation batches, of the baseline's batch "
+                       "size: the same images for both (default: all)", quick=1, minimum=1),
                 Option("batch_size", None, "images per batch for both (default: each recipe's own)", quick=8,
                        minimum=1),
             ),
