@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from miniplaces.cli.command import add_command, positive_int
-from miniplaces.study import load_scales
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "study", run_study_command)
     parser.add_argument("--root", required=True, type=Path, help="dataset folder in the MiniPlaces layout")
     parser.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study/)")
-    parser.add_argument("--scale", default="full", choices=tuple(load_scales()),
+    # No `choices`: the scales live in a data file, read (and the name checked) only when a study runs.
+    parser.add_argument("--scale", default="full",
                         help="full (default: the seed's settings, for a GPU), mini (the CPU-sized study) or fast "
                         "(the fast recipe on the full data, for a GPU)")
     parser.add_argument("--resnet-weights", type=Path, metavar="PATH",

@@ -81,10 +81,9 @@ class FastNet(Classifier, nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.Linear):
                 self.init_head(module)
-        # Zero the last BN scale of each residual branch (Goyal et al.; torchvision's zero_init_residual): every
-        # stage starts as its first convolution alone, and the branch's convolutions learn from the second step.
-        for module in self.modules():
-            if zero_init_residual and isinstance(module, Stage) and module.extra is not None:
+            elif zero_init_residual and isinstance(module, Stage) and module.extra is not None:
+                # The last BN scale of the residual branch (Goyal et al.; torchvision's zero_init_residual): every
+                # stage starts as its first convolution alone; the branch's convolutions learn from the second step.
                 nn.init.zeros_(module.extra[1].weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -142,8 +142,7 @@ def comparison_rows(folder: Path | str, seed: SeedResults) -> list[ComparisonRow
         published = seed.experiments.get(entry.experiment)
         if published is None and entry.compare_with is not None:
             published = seed.experiments.get(entry.compare_with)
-        shown = any(row.source == "seed" and row.experiment == getattr(published, "name", None) for row in rows)
-        if published is not None and not shown:
+        if published is not None and not any(r.source == "seed" and r.experiment == published.name for r in rows):
             rows.append(_seed_row(seed, published))
         rows.append(_our_row(files.folder, record, entry, published))
     return rows
