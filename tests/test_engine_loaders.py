@@ -96,3 +96,26 @@ def test_augmentation_strength_keys_reach_the_training_loader(root: Path, loader
         names = [type(t).__name__ for t in steps]
         assert "RandomRotation" not in names and "ColorJitter" not in names
         assert steps[names.index("RandomResizedCrop")].scale == (0.5, 1.0)
+
+
+def test_cache_size_stores_larger_images_and_validates_like_the_per_sample_loader(root: Path) -> None:
+    from miniplaces.data.dataset import MiniPlaces
+    from miniplaces.data.transforms import resize_for, val_transform
+
+    def val_images(**changes: Any) -> torch.Tensor:
+        cfg = TrainConfig(root=str(root), loader="cache", batch_size=8, image_size=16, workers=0, device="cpu",
+                          **changes)
+        return torch.cat([x for x, _ in build_val_batches(str(root), cfg, DistInfo(), CPU)])
+
+    stored = TrainConfig(root=str(root), loader="cache", batch_size=8, image_size=16, workers=0, device="cpu",
+                         cache_size=32)
+    x, _ = next(iter(build_train_batches(stored, DistInfo(), CPU).loader))
+    assert x.shape == (8, 3, 16, 16)  # batches at image_size, from images stored at cache_size
+    assert cache_state(root, "train", image_size=32) == "current"
+    assert cache_state(root, "train", image_size=16) != "current"
+    # The per-sample pipeline resizes the decoded 32-px JPEG to 18 and crops 16: a cache of the images' own
+    # side gives the same pixels (up to uint8 rounding), a cache of 16-px images only a blurred copy.
+    dataset = MiniPlaces(root, "val", transform=val_transform(16, resize_for(16)))
+    oracle = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    assert (val_images(cache_size=32) - oracle).abs().max() < 1.5 / 255
+    assert (val_images() - oracle).abs().max() > 10 / 255

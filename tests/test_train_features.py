@@ -165,7 +165,9 @@ def test_feature_keys_are_validated_by_name(data: Path) -> None:
            ({"cutmix_alpha": 1.0, "adv_train": "pgd"}, "adversarial"),
            ({"crop_min_area": 0.0}, "crop_min_area"), ({"crop_min_area": 1.5}, "crop_min_area"),
            ({"rotation": -1.0}, "rotation"), ({"rotation": 181.0}, "rotation"),
-           ({"color_jitter": 1.0}, "color_jitter")]
+           ({"color_jitter": 1.0}, "color_jitter"),
+           ({"cache_size": 8, "loader": "cache"}, "cache_size"),
+           ({"cache_size": 64, "loader": "dataloader"}, "cache_size.* loader is 'dataloader'")]
     for changes, message in bad:
         with pytest.raises(ConfigError, match=message):
             resolve(config(data, Path("unused"), **changes))

@@ -77,6 +77,8 @@ class TrainConfig:
         "dataloader", "per-sample DataLoader, or the decoded uint8 cache with batched augmentation")
     workers: int = _key(4, "loader worker processes (at most the number of CPU cores)")
     image_size: int = _key(128, "training crop side; a ViT's position embedding and windows are built for it")
+    cache_size: int | None = _key(None, "cache loader only: side of the stored images; null → image_size. A larger "
+                                         "side (128, MiniPlaces' own) keeps the detail that random crops enlarge")
     tta: Literal["flip"] | None = _key(None, "test-time augmentation of the per-epoch validation (`eval --tta` also "
                                                "takes five-crop and ten-crop)")
     sync_bn: bool = _key(False, "convert BatchNorm to SyncBatchNorm under DDP")
@@ -343,6 +345,13 @@ def check_ranges(config: TrainConfig) -> None:
     if not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(f"key 'image_size' must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
                           f"got {config.image_size!r}")
+    if config.cache_size is not None:
+        if not MIN_IMAGE_SIZE <= config.cache_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"key 'cache_size' must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels or "
+                              f"null, got {config.cache_size!r}")
+        if config.loader != "cache":
+            raise ConfigError(f"key 'cache_size' sets the cache loader's stored side, but loader is "
+                              f"{config.loader!r}; set loader: cache or remove cache_size")
     for key in ("limit_train_batches", "limit_val_batches"):
         value = getattr(config, key)
         if value is not None and value < 1:

@@ -380,17 +380,21 @@ def cached_loader(
     train: bool,
     device: str | torch.device = "cpu",
     image_size: int = DEFAULT_IMAGE_SIZE,
+    cache_size: int | None = None,
     cache_dir: Path | str | None = None,
     build: bool = True,
     **kwargs: int | bool | str | float | None,
 ) -> CachedLoader:
     """A `CachedLoader` over `split` of `root`, building (or reusing) its cache first when `build`.
 
+    The cache stores images of side `cache_size` (default `image_size`); batches come out at `image_size`.
+
     Extra keyword arguments (`shuffle`, `drop_last`, `seed`, `rank`, `world_size`, `auto_augment`,
     `random_erasing`, `crop_min_area`, `rotation`, `color_jitter`, `val_crop`) go to `CachedLoader`.
     """
+    stored = image_size if cache_size is None else cache_size
     if build:
-        build_cache(root, split, image_size=image_size, cache_dir=cache_dir)
-    cache = open_cache(root, split, image_size=image_size, cache_dir=cache_dir)
+        build_cache(root, split, image_size=stored, cache_dir=cache_dir)
+    cache = open_cache(root, split, image_size=stored, cache_dir=cache_dir)
     return CachedLoader(cache.images, cache.labels, batch_size, train=train, device=device,
                         image_size=image_size, **kwargs)  # type: ignore[arg-type]

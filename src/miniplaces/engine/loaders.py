@@ -102,7 +102,7 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
         failure: Exception | None = None
         if info.is_main:
             try:
-                build_cache(root, split, image_size=config.image_size)
+                build_cache(root, split, image_size=cache_side(config))
             except Exception as err:  # every rank must reach the gather below, or the others wait forever
                 failure = err
         # Gathering rank 0's outcome is also the barrier: nobody opens the files before they are written.
@@ -114,8 +114,14 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
     extra: dict[str, Any] = ({"auto_augment": config.auto_augment, "random_erasing": config.random_erasing,
                               **augment_strength(config)} if train else {"val_crop": val_crop})
     return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
-                         image_size=config.image_size, rank=info.rank, world_size=info.world_size,
+                         image_size=config.image_size, cache_size=cache_side(config), rank=info.rank,
+                         world_size=info.world_size,
                          build=not info.enabled, **extra)
+
+
+def cache_side(config: TrainConfig) -> int:
+    """Side of the images the cache loader stores: `cache_size`, else `image_size`."""
+    return config.cache_size if config.cache_size is not None else config.image_size
 
 
 def augment_strength(config: TrainConfig) -> dict[str, float]:
