@@ -191,6 +191,33 @@ def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() 
     assert model_card("fastnet").optimizer_defaults() == ("sgd", 0.4, 5e-4)  # the fast recipe's
 
 
+def test_fastnet_whitening_stem_matches_numpy_pca_and_whitens() -> None:
+    import numpy as np
+
+    torch.manual_seed(0)
+    # Smooth colour fields plus a little noise: neighbouring pixels correlate, as in photographs.
+    images = F.interpolate(torch.rand(48, 3, 4, 4), size=32, mode="bilinear") * 0.8 + 0.2 * torch.rand(48, 3, 32, 32)
+    model = create_model("fastnet", num_classes=10, widths=(8, 16), stem_width=8)
+    model.init_from_data(images)
+    weight = model.features[0][0].weight.detach()  # (8, 3, 4, 4): 4 components and their negatives
+    torch.testing.assert_close(weight[:4], -weight[4:])
+    # Oracle: numpy's covariance and eigenvectors of the 4×4 patches at stride 2, cut out by slicing.
+    x = model.normalize(images).numpy()
+    patches = np.stack([x[:, :, i:i + 4, j:j + 4].reshape(len(x), -1)
+                        for i in range(0, 29, 2) for j in range(0, 29, 2)], 1).reshape(-1, 48)
+    variance, vectors = np.linalg.eigh(np.cov(patches.T))
+    top = torch.from_numpy(vectors[:, ::-1][:, :4].T.copy()).float()  # largest variance first
+    cosine = F.cosine_similarity(weight[:4].flatten(1), top, dim=1)
+    torch.testing.assert_close(cosine.abs(), torch.ones(4), atol=1e-4, rtol=0)
+    # Whitened: on these images the stem's (unpadded) responses are uncorrelated, each of unit variance.
+    responses = F.conv2d(model.normalize(images), weight[:4], stride=2)
+    torch.testing.assert_close(torch.cov(responses.transpose(0, 1).flatten(1)), torch.eye(4), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="images"):
+        model.init_from_data(torch.rand(2, 1, 32, 32))
+    frozen = create_model("fastnet", num_classes=10, widths=(8, 16), stem_width=8, freeze_stem=True)
+    assert not frozen.features[0][0].weight.requires_grad and frozen.features[0][1].weight.requires_grad
+
+
 def test_models_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "vit", "simplenet"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -175,6 +175,22 @@ def test_feature_keys_are_validated_by_name(data: Path) -> None:
         apply_overrides(config(data, Path("unused")), ["auto_augment=autoaugment"])
 
 
+# ---------------------------------------------------------------- initialisation from data
+
+
+@pytest.mark.parametrize("loader", ["dataloader", "cache"])
+def test_data_init_whitens_the_stem_before_the_first_step(data: Path, tmp_path: Path, loader: str) -> None:
+    small = {"widths": [8, 16], "stem_width": 8, "freeze_stem": True}
+    run = train(config(data, tmp_path, model="fastnet", model_kwargs=small, data_init=True, epochs=1,
+                       loader=loader), progress=False)
+    weight = load_checkpoint(run / "checkpoints" / "last.pt")["state_dict"]["features.0.0.weight"]
+    # Components and their negatives: set from the training images (a random init has no such pairs), and
+    # frozen since (the steps would have moved the two halves apart).
+    torch.testing.assert_close(weight[:4], -weight[4:])
+    with pytest.raises(ConfigError, match="data_init.*simplenet"):
+        resolve(config(data, Path("unused"), data_init=True))
+
+
 # ---------------------------------------------------------------- progressive resizing
 
 

@@ -116,6 +116,8 @@ class TrainConfig:
                            "0 disables it")
     color_jitter: float = _key(0.15, "brightness, contrast and saturation factors drawn from [1 - j, 1 + j], "
                                "j in [0, 1); 0 disables it")
+    data_init: bool = _key(False, "before the first step, models whose card allows it set initial weights from "
+                                  "training images (fastnet: a whitening stem, as airbench's)")
     progressive_start_size: int | None = _key(
         None, "progressive resizing (FFCV): training side at `progressive_start_epoch`, rising linearly in steps of "
         "8 px to `image_size` at `progressive_end_epoch`; validation stays at `image_size`; null disables it")
@@ -290,6 +292,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_ranges(config)
     adversarial_spec(config)
     _check_features(config, card.size_argument)
+    if config.data_init and not card.data_init:
+        raise ConfigError(f"key 'data_init': model {config.model!r} has no initialisation from data; "
+                          "remove data_init (fastnet has one)")
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
     return config

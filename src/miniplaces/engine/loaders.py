@@ -147,6 +147,16 @@ class TrainBatches:
         return itertools.islice(self.loader, start_step, None)
 
 
+def first_images(batches: TrainBatches, count: int) -> torch.Tensor:
+    """The first `count` training images of epoch 0 as the loader makes them (all of them when it has fewer)."""
+    taken: list[torch.Tensor] = []
+    for x, _ in batches.position(0, 0):
+        taken.append(x)
+        if sum(len(t) for t in taken) >= count:
+            break
+    return torch.cat(taken)[:count]
+
+
 def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.device) -> TrainBatches:
     batch = per_process_batch(config, info)
     if config.loader == "cache":

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from miniplaces.layers import Normalize
@@ -55,7 +56,8 @@ class FastNet(Classifier, nn.Module):
     classifier_name = "fc"
 
     def __init__(self, num_classes: int = 100, widths: tuple[int, ...] | list[int] = (64, 128, 256),
-                 stem_width: int = 32, residual: bool = True, zero_init_residual: bool = True) -> None:
+                 stem_width: int = 32, residual: bool = True, zero_init_residual: bool = True,
+                 freeze_stem: bool = False) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1 or stem_width < 1:
@@ -74,6 +76,8 @@ class FastNet(Classifier, nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights(zero_init_residual)
+        # A fixed change of basis, as airbench keeps its whitening layer (its BN still learns).
+        self.features[0][0].weight.requires_grad_(not freeze_stem)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
@@ -85,6 +89,32 @@ class FastNet(Classifier, nn.Module):
                 # The last BN scale of the residual branch (Goyal et al.; torchvision's zero_init_residual): every
                 # stage starts as its first convolution alone; the branch's convolutions learn from the second step.
                 nn.init.zeros_(module.extra[1].weight)
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening stem (airbench): the stem's filters become the principal components of the stem-sized
+        patches of `images` ((B, 3, H, W) in [0, 1]), the largest first, each scaled by 1/√(variance + eps)
+        and paired with its negative (the GELU after the stem's BN keeps one sign of each)."""
+        conv: nn.Conv2d = self.features[0][0]
+        if images.ndim != 4 or images.shape[1] != 3 or min(images.shape[-2:]) < conv.kernel_size[0]:
+            raise ValueError(f"need images (B, 3, H, W) of at least {conv.kernel_size[0]} px, "
+                             f"got {tuple(images.shape)}")
+        size = conv.weight[0].numel()  # 3·k·k
+        total, outer, count = torch.zeros(size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64), 0
+        for chunk in images.split(64):  # the patches of all images at once would take gigabytes
+            x = self.normalize(chunk.to(conv.weight.device, torch.float32))
+            # (B·L, 3·k·k) patches at the stem's stride, without its zero padding (not image statistics).
+            patches = F.unfold(x, conv.kernel_size, stride=conv.stride).transpose(1, 2).reshape(-1, size).double().cpu()
+            total += patches.sum(0)
+            outer += patches.T @ patches
+            count += len(patches)
+        covariance = (outer - torch.outer(total, total) / count) / max(count - 1, 1)
+        variance, components = torch.linalg.eigh(covariance)  # ascending
+        keep = min(-(-conv.out_channels // 2), size)
+        filters = (components[:, -keep:].flip(1) / (variance[-keep:].flip(0).clamp_min(0) + eps).sqrt()).T
+        filters = torch.cat([filters, -filters])  # (2·count, 3·k·k): a component and its negative
+        weight = filters.repeat(-(-conv.out_channels // len(filters)), 1)[: conv.out_channels]
+        conv.weight.copy_(weight.reshape(conv.weight.shape).to(conv.weight.dtype))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.normalize(x))  # (B, widths[-1], H/2^(1+stages), W/2^(1+stages))
@@ -99,7 +129,7 @@ class FastNet(Classifier, nn.Module):
 
 # Any side works (global pooling); a side divisible by 2^(1+stages) (16 for three stages) keeps every pool exact.
 # SGD at the fast recipe's lr and weight decay: BatchNorm takes a 4× higher lr than SimpleNet's 0.1.
-FASTNET_CARD = ModelCard(family="cnn", lr=0.4, weight_decay=5e-4, gradcam_layer="features")
+FASTNET_CARD = ModelCard(family="cnn", lr=0.4, weight_decay=5e-4, gradcam_layer="features", data_init=True)
 
 
 @register_model("fastnet", "BatchNorm CNN of the fast recipe, after airbench96 (stem, 3 conv-pool stages with "

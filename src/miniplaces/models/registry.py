@@ -40,6 +40,8 @@ class ModelCard:
         optimizer, lr, weight_decay: the training defaults; None → the family's optimiser and its defaults.
         gradcam_layer: the module Grad-CAM reads (the last convolutional block), None when the model has none.
         weight_arguments: builder arguments that fetch weights; a checkpoint rebuilds the model without them.
+        data_init: the model has `init_from_data(images)`, which sets some of its initial weights from
+            training images (the `data_init` config key calls it before the first step).
     """
 
     family: Family
@@ -50,6 +52,7 @@ class ModelCard:
     weight_decay: float | None = None
     gradcam_layer: str | None = None
     weight_arguments: tuple[str, ...] = field(default_factory=tuple)
+    data_init: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_OPTIMIZERS:

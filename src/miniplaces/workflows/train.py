@@ -51,7 +51,7 @@ from miniplaces.engine.distributed import (
     wrap_model,
 )
 from miniplaces.engine.ema import ModelEma
-from miniplaces.engine.loaders import TrainBatches, build_train_batches, build_val_batches
+from miniplaces.engine.loaders import TrainBatches, build_train_batches, build_val_batches, first_images
 from miniplaces.engine.metrics import RunningSums, peak_memory, reset_peak_memory
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
@@ -90,6 +90,9 @@ class RunExistsError(MiniPlacesError):
 class RunBusyError(MiniPlacesError):
     """Another live process holds the run folder (it is training or resuming that run)."""
 
+
+# Training images `data_init` shows the model (airbench whitens its stem from 5,000 CIFAR images).
+DATA_INIT_IMAGES = 2048
 
 # What a resume may change; every other key must equal the checkpoint's (see `check_resume`).
 RESUME_MAY_CHANGE: dict[str, str] = {
@@ -378,10 +381,13 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    batches = build_train_batches(config, info, device)
+    if config.data_init and checkpoint is None:
+        # Before DDP wraps the model: DDP then gives every process rank 0's weights.
+        model.init_from_data(first_images(batches, DATA_INIT_IMAGES))  # type: ignore[operator]
     ddp_model = wrap_model(model, info, device, sync_bn=config.sync_bn)
     train_model = torch.compile(ddp_model) if config.compile else ddp_model
 
-    batches = build_train_batches(config, info, device)
     val_loader = build_val_batches(config.root, config, info, device)
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                 momentum=config.momentum, no_wd_norm_bias=config.no_wd_norm_bias)
