@@ -191,6 +191,19 @@ def test_data_init_whitens_the_stem_before_the_first_step(data: Path, tmp_path: 
         resolve(config(data, Path("unused"), data_init=True))
 
 
+def test_resumed_fast_recipe_run_is_bit_identical(data: Path, tmp_path: Path) -> None:
+    # The fast recipe's own keys: a whitened, frozen stem (not set again on resume) and a cache of larger images.
+    changes = {"model": "fastnet", "model_kwargs": {"widths": [8, 16], "stem_width": 8, "freeze_stem": True},
+               "data_init": True, "loader": "cache", "image_size": 16, "cache_size": 32, "ema": True,
+               "ema_decay": 0.5, "label_smoothing": 0.1}
+    reference = train(config(data, tmp_path / "a", **changes), progress=False)
+    with pytest.raises(TrainingInterrupted, match="after step 2/3"):
+        train(config(data, tmp_path / "b", **changes), on_step=interrupt_at(2), progress=False)
+    assert main(["train", "--resume", str(tmp_path / "b" / "run")]) == 0
+    assert_same_state(tmp_path / "b" / "run" / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+    assert without_timing(rows(tmp_path / "b" / "run")) == without_timing(rows(reference))
+
+
 # ---------------------------------------------------------------- progressive resizing
 
 
