@@ -107,6 +107,7 @@ def test_cache_size_stores_larger_images_and_validates_like_the_per_sample_loade
                           **changes)
         return torch.cat([x for x, _ in build_val_batches(str(root), cfg, DistInfo(), CPU)])
 
+    shutil.rmtree(root / "cache", ignore_errors=True)  # the copy may hold caches other tests built
     stored = TrainConfig(root=str(root), loader="cache", batch_size=8, image_size=16, workers=0, device="cpu",
                          cache_size=32)
     x, _ = next(iter(build_train_batches(stored, DistInfo(), CPU).loader))

@@ -38,9 +38,11 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     """The recipe in `path` with the benchmark's data, size and budget.
 
     A progressive-resizing start side keeps its ratio to the file's `image_size` (96 of 128 → 48 of 64),
-    rounded down to a multiple of 8 px and at least 16. The batch limits count batches of `limit_batch_size`
-    (the baseline's) when given: a recipe with another batch size gets as many training images at most
-    (whole batches) and at least as many validation images, so both recipes see the same images.
+    rounded down to a multiple of 8 px and at least 16; its start and end epochs keep their fraction of the
+    file's `epochs` (an end one epoch past a 10-epoch run stays one tenth past a run of any length).
+    The batch limits count batches of `limit_batch_size` (the baseline's) when given: a recipe with another
+    batch size gets as many training images at most (whole batches) and at least as many validation images,
+    so both recipes see the same images.
     """
     path = Path(path)
     if not path.is_file():
@@ -51,6 +53,10 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     if start is not None:
         scaled = int(start * image_size / config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
         start = min(image_size, max(16, scaled))
+    start_epoch, end_epoch = config.progressive_start_epoch, config.progressive_end_epoch
+    if start is not None:
+        start_epoch = round(start_epoch * epochs / config.epochs)
+        end_epoch = None if end_epoch is None else max(start_epoch, round(end_epoch * epochs / config.epochs))
     batch = batch_size or config.batch_size
     if limit_batch_size is not None and limit_batch_size != batch:
         if limit_train_batches is not None:
@@ -59,7 +65,8 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
             limit_val_batches = -(-limit_val_batches * limit_batch_size // batch)  # rounded up
     return dataclasses.replace(
         config, root=str(root), image_size=image_size, epochs=epochs, out_dir=str(out_dir), name=name,
-        device=str(device), progressive_start_size=start, limit_train_batches=limit_train_batches,
+        device=str(device), progressive_start_size=start, progressive_start_epoch=start_epoch,
+        progressive_end_epoch=end_epoch, limit_train_batches=limit_train_batches,
         limit_val_batches=limit_val_batches, batch_size=batch,
         # The cache loader makes its batches in this process; workers would only compete for the cores.
         workers=0,

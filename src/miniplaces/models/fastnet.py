@@ -1,15 +1,17 @@
 """FastNet: a small BatchNorm CNN for the fast recipe (`configs/fast.yaml`), after airbench's CIFAR-10 networks.
 
-stem: conv 4×4/2 (3→stem_width 32), BN, GELU                    (side/2)
+stem: conv 4×4/2 (3→stem_width 64), BN, GELU                    (side/2)
 per stage (widths, default 64/128/256):
     conv 3×3 (→width), max-pool 2, BN, GELU                      (side/2 per stage)
     conv 3×3, BN, GELU, conv 3×3, BN, GELU, plus the stage's pooled input (`residual`, the default:
     airbench96's block); without `residual` the second conv alone (airbench94's)
 global average pool, linear → num_classes
+`init_from_data(images)` turns the stem into airbench's whitening layer (principal components of its patches,
+each with its negative); `freeze_stem` keeps it fixed. The fast recipe does both (`data_init` config key).
 
 Why this shape: the stride-2 stem and a max-pool right after each stage's first convolution put most of the
 computation at small sides, where a CPU (and a GPU) runs convolutions efficiently; BatchNorm lets the
-learning rate go high, which is what a 10-epoch schedule needs. At 64 px it costs 2.9× SimpleNet's MACs;
+learning rate go high, which is what a 10-epoch schedule needs. At 64 px it costs 3.4× SimpleNet's MACs;
 channels-last and progressive resizing make its recipe cheaper per training image than SimpleNet's
 (docs/benchmarks.md).
 """
@@ -56,7 +58,7 @@ class FastNet(Classifier, nn.Module):
     classifier_name = "fc"
 
     def __init__(self, num_classes: int = 100, widths: tuple[int, ...] | list[int] = (64, 128, 256),
-                 stem_width: int = 32, residual: bool = True, zero_init_residual: bool = True,
+                 stem_width: int = 64, residual: bool = True, zero_init_residual: bool = True,
                  freeze_stem: bool = False) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
