@@ -105,8 +105,9 @@ class FastNet(Classifier, nn.Module):
         total, outer, count = torch.zeros(size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64), 0
         for chunk in images.split(64):  # the patches of all images at once would take gigabytes
             x = self.normalize(chunk.to(conv.weight.device, torch.float32))
-            # (B·L, 3·k·k) patches at the stem's stride, without its zero padding (not image statistics).
-            patches = F.unfold(x, conv.kernel_size, stride=conv.stride).transpose(1, 2).reshape(-1, size).double().cpu()
+            # (B·L, 3·k·k) patches at the stem's stride, without its zero padding (not image statistics); summed
+            # in float64 on the CPU: sums over millions of patches want it, and MPS has no float64.
+            patches = F.unfold(x, conv.kernel_size, stride=conv.stride).transpose(1, 2).reshape(-1, size).cpu().double()
             total += patches.sum(0)
             outer += patches.T @ patches
             count += len(patches)
