@@ -50,11 +50,10 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
                               "folder of a source checkout")
     config = load_config(path)
     start = config.progressive_start_size
+    start_epoch, end_epoch = config.progressive_start_epoch, config.progressive_end_epoch
     if start is not None:
         scaled = int(start * image_size / config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
         start = min(image_size, max(16, scaled))
-    start_epoch, end_epoch = config.progressive_start_epoch, config.progressive_end_epoch
-    if start is not None:
         start_epoch = round(start_epoch * epochs / config.epochs)
         end_epoch = None if end_epoch is None else max(start_epoch, round(end_epoch * epochs / config.epochs))
     batch = batch_size or config.batch_size

@@ -97,12 +97,13 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
     from miniplaces.data.cache import CacheError
     from miniplaces.data.loader import build_cache, cached_loader
 
+    side = cache_side(config)
     if info.enabled:
         # Several processes decoding into the same files would race; one builds, the rest wait for it.
         failure: Exception | None = None
         if info.is_main:
             try:
-                build_cache(root, split, image_size=cache_side(config))
+                build_cache(root, split, image_size=side)
             except Exception as err:  # every rank must reach the gather below, or the others wait forever
                 failure = err
         # Gathering rank 0's outcome is also the barrier: nobody opens the files before they are written.
@@ -114,9 +115,8 @@ def _cached(root: str, split: str, batch: int, *, train: bool, config: TrainConf
     extra: dict[str, Any] = ({"auto_augment": config.auto_augment, "random_erasing": config.random_erasing,
                               **augment_strength(config)} if train else {"val_crop": val_crop})
     return cached_loader(root, split, batch, train=train, device=device, seed=config.seed,
-                         image_size=config.image_size, cache_size=cache_side(config), rank=info.rank,
-                         world_size=info.world_size,
-                         build=not info.enabled, **extra)
+                         image_size=config.image_size, cache_size=side, rank=info.rank,
+                         world_size=info.world_size, build=not info.enabled, **extra)
 
 
 def cache_side(config: TrainConfig) -> int:
@@ -150,9 +150,11 @@ class TrainBatches:
 def first_images(batches: TrainBatches, count: int) -> torch.Tensor:
     """The first `count` training images of epoch 0 as the loader makes them (all of them when it has fewer)."""
     taken: list[torch.Tensor] = []
+    seen = 0
     for x, _ in batches.position(0, 0):
         taken.append(x)
-        if sum(len(t) for t in taken) >= count:
+        seen += len(x)
+        if seen >= count:
             break
     return torch.cat(taken)[:count]
 

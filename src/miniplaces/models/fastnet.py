@@ -115,7 +115,7 @@ class FastNet(Classifier, nn.Module):
         variance, components = torch.linalg.eigh(covariance)  # ascending
         keep = min(-(-conv.out_channels // 2), size)
         filters = (components[:, -keep:].flip(1) / (variance[-keep:].flip(0).clamp_min(0) + eps).sqrt()).T
-        filters = torch.cat([filters, -filters])  # (2·count, 3·k·k): a component and its negative
+        filters = torch.cat([filters, -filters])  # (2·keep, 3·k·k): a component and its negative
         weight = filters.repeat(-(-conv.out_channels // len(filters)), 1)[: conv.out_channels]
         conv.weight.copy_(weight.reshape(conv.weight.shape).to(conv.weight.dtype))
 
