@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 
 
 def find_real_root() -> Path | None:
-    """`shared/miniplaces` in the nearest folder above the working directory or this checkout that has one
-    (`../shared/miniplaces` for a clone beside it)."""
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parents[3]):
+    """`shared/miniplaces` in the nearest folder above the working directory or, when the package runs from a
+    source checkout, above the checkout (`../shared/miniplaces` for a clone beside it)."""
+    starts = [Path.cwd().resolve()]
+    checkout = Path(__file__).resolve().parents[3]  # src/miniplaces/bench/data.py → the checkout
+    if (checkout / "pyproject.toml").is_file():  # not an installed wheel's site-packages
+        starts.append(checkout)
+    for start in starts:
         for folder in (start, *start.parents):
             candidate = folder / "shared" / "miniplaces"
             if (candidate / "train.txt").is_file():

@@ -23,9 +23,10 @@ from miniplaces.bench.data import find_real_root
 from miniplaces.bench.result import BenchResult
 from miniplaces.config import TrainConfig, load_config
 from miniplaces.errors import MiniPlacesError
+from miniplaces.presets import presets_dir
 from miniplaces.rundir import RunDir, read_metrics
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = presets_dir()
 # (label, config file); the first is the baseline.
 RECIPES = (("simplenet (study)", "simplenet.yaml"), ("fast", "fast.yaml"))
 PROGRESSIVE_STEP = 8
@@ -46,8 +47,8 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     """
     path = Path(path)
     if not path.is_file():
-        raise MiniPlacesError(f"recipe file {path} does not exist; the recipes benchmark reads the configs/ "
-                              "folder of a source checkout")
+        raise MiniPlacesError(f"recipe file {path} does not exist; the recipes benchmark reads the packaged "
+                              f"presets in {presets_dir()}")
     config = load_config(path)
     start = config.progressive_start_size
     start_epoch, end_epoch = config.progressive_start_epoch, config.progressive_end_epoch

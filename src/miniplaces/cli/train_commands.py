@@ -16,7 +16,8 @@ def register(subparsers: Any) -> None:
     train = add_command(subparsers, "train", run_train)
     train.add_argument("--model", help="registered model name (see `miniplaces models`)")
     train.add_argument("--root", help="dataset folder in the MiniPlaces layout")
-    train.add_argument("--config", help="YAML file of config keys (see configs/)")
+    train.add_argument("--config", help="YAML file of config keys, or the name of a packaged preset (fast, "
+                       "simplenet, simplenet_unfold, vit, msvit, resnet18; see configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="set one config key, e.g. --set epochs=10 --set amp=bf16 (repeatable)")
     train.add_argument("--name", help="run name: the run directory is <out_dir>/<name>")
@@ -58,6 +59,7 @@ def _setup_logging() -> None:
 def run_train(args: argparse.Namespace) -> int:
     from miniplaces.config import load_config
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.presets import config_file
     from miniplaces.workflows.train import RunExistsError, TrainingInterrupted, resume_config, train
 
     _setup_logging()
@@ -66,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = [f"{key}={value}" for key, value in flags if value is not None]
     overrides += args.overrides
     base = resume_config(args.resume) if args.resume else None
-    config = load_config(args.config, overrides, base=base)
+    config = load_config(config_file(args.config) if args.config else None, overrides, base=base)
     try:
         run_dir = train(config, resume=args.resume)
     except RunExistsError as err:
