@@ -88,7 +88,8 @@ def run_data_benchmark(
         synthetic: without `root`, use a synthetic set even when the real one is found.
 
     Returns one row per loader: `loader`, `device`, `images_per_s`, `seconds`, `images`,
-    `ratio` (to the per-sample loader), `data`, plus `cache_build_s` on the first cache row
+    `ratio` (to the per-sample loader), `data`, on the cache rows `threads` and `augmented` (training
+    batches, or unaugmented ones as validation makes), plus `cache_build_s` on the first cache row
     (0 when an up-to-date cache was reused).
 
     Raises:
@@ -149,6 +150,7 @@ def run_data_benchmark(
             rows.append({
                 "loader": name, "device": device, "images_per_s": rate, "seconds": seconds, "images": count,
                 "ratio": rate / baseline, "data": data, "threads": used if device == "cpu" else None,
+                "augmented": train,
             })
         rows[1]["cache_build_s"] = build_s
     return rows
