@@ -96,7 +96,12 @@ def load_model_any(path: Path | str, device: str | torch.device = "cpu") -> tupl
     resolved = resolve_model_path(path)
     if resolved.is_dir():
         return load_exported(resolved, device=device)
-    return load_model(resolved, device=device)
+    try:
+        return load_model(resolved, device=device)
+    except CheckpointError:
+        raise  # names the file already
+    except MiniPlacesError as err:  # a model the checkpoint names but this version cannot build, say
+        raise CheckpointError(f"{resolved}: {err}") from err
 
 
 # --- an export folder's config.json ------------------------------------------------------------------------
