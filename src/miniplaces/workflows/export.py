@@ -4,8 +4,8 @@ Every format is written to its own folder, beside a `config.json` that describes
 arguments, class names, input size, the normalisation the model applies inside itself), so each folder is
 self-describing. The safetensors folder is the layout the Hugging Face Hub and timm use;
 `miniplaces.models.io.load_exported` (and through it `load_model_any`, used by every command that runs a
-model) rebuilds the model from it. A folder is only written into when it is empty, or holds an export of the
-same format: a model file or `config.json` that this package did not write is never replaced unless asked.
+model) rebuilds the model from it. A folder holds one export; a model file or `config.json` that this
+package did not write is never replaced unless asked (`check_output_folder`).
 
 Each export is checked before it is written: the exported model (ONNX through onnxruntime, TorchScript after
 a save/load round trip, safetensors after loading it back into a fresh model) is run on the check inputs at
