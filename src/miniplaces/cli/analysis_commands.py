@@ -60,7 +60,9 @@ def _mode_help() -> str:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by miniplaces train")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a checkpoint written by miniplaces train, a run folder (its checkpoints/best.pt) "
+                        "or a safetensors export folder")
     parser.add_argument("--root", required=True, type=Path, help="the dataset folder (MiniPlaces layout)")
     parser.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to use (default: val)")
     parser.add_argument("--image-size", type=image_size,

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "predict", run_predict)
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders")
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a checkpoint of `miniplaces train`, or a safetensors folder of `miniplaces export`")
+                        help="a checkpoint of `miniplaces train`, a run folder (its checkpoints/best.pt), "
+                             "or a safetensors folder of `miniplaces export`")
     parser.add_argument("--top", type=positive_int, default=5, help="how many categories per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--challenge", action="store_true", help="write the challenge file for --root's test split")

@@ -38,7 +38,9 @@ def register(subparsers: Any) -> None:
                        "without writing anything")
 
     ev = add_command(subparsers, "eval", run_eval)
-    ev.add_argument("--checkpoint", required=True, help="a .pt file written by `miniplaces train`")
+    ev.add_argument("--checkpoint", required=True,
+                    help="a .pt file written by `miniplaces train`, a run folder (its checkpoints/best.pt) "
+                         "or a safetensors export folder")
     ev.add_argument("--root", required=True, help="dataset folder in the MiniPlaces layout")
     ev.add_argument("--split", default="val", choices=("val", "train"), help="labelled split (default val)")
     ev.add_argument("--tta", choices=("none", *TTA_MODES), default="none",

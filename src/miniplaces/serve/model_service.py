@@ -24,8 +24,8 @@ from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.predict import eval_transform, image_files
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain.saliency import SALIENCY_METHODS, default_gradcam_layer, saliency
+from miniplaces.models.io import load_model_any
 from miniplaces.pixels import parse_eps
-from miniplaces.workflows.export import load_model_any
 
 __all__ = [
     "ATTACKS",

@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from miniplaces.attacks.evaluate import attack_batch, evaluate_attack, robustness_sweep
 from miniplaces.attacks.spec import AttackSpec
 from miniplaces.data import MiniPlaces
-from miniplaces.engine.checkpoint import checkpoint_image_size, load_model
+from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.predict import eval_transform
 from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot
+from miniplaces.models.io import load_model_any, resolve_model_path
 from miniplaces.rundir import AttackFiles, AttackResult, AttackSource, RunDir, Sweep, saliency_png
 
 
@@ -44,18 +45,22 @@ class AnalysisInputs:
 
     @property
     def run(self) -> RunDir:
-        """The run the checkpoint belongs to (where reports go by default)."""
+        """The run the checkpoint belongs to (where reports go by default); an export folder stands for itself."""
+        if self.checkpoint_path.is_dir():
+            return RunDir(self.checkpoint_path)
         return RunDir.of_checkpoint(self.checkpoint_path)
 
 
 def load_for_analysis(checkpoint: Path | str, root: Path | str, *, split: str = "val", image_size: int | None = None,
                       device: str | torch.device = "cpu") -> AnalysisInputs:
-    """Load `checkpoint` on `device` and the labelled `split` of `root` at `image_size`.
+    """Load `checkpoint` (a checkpoint file, a run folder or an export folder: see `miniplaces.models.io`) on
+    `device` and the labelled `split` of `root` at `image_size`.
 
     `image_size=None` takes the checkpoint's training image size (else 128). Raises
     `MiniPlacesError` when the split is empty or its classes do not match the model's outputs.
     """
-    model, payload = load_model(checkpoint, device=device)
+    checkpoint = resolve_model_path(checkpoint)
+    model, payload = load_model_any(checkpoint, device=device)
     if image_size is None:
         image_size = checkpoint_image_size(payload)
     dataset = MiniPlaces(root, split, transform=eval_transform(image_size))

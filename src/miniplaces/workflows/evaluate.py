@@ -9,12 +9,12 @@ from typing import Literal
 
 from miniplaces.config import TTA_MODES, TrainConfig, config_from_dict
 from miniplaces.data import read_categories
-from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import DistInfo
 from miniplaces.engine.loaders import build_val_batches
 from miniplaces.engine.train import MULTI_CROP, evaluate
 from miniplaces.errors import MiniPlacesError
+from miniplaces.models.io import CONFIG_NAME, load_model_any, resolve_model_path
 from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
 
 
@@ -24,8 +24,9 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
                         limit: int | None = None, progress: bool = True) -> tuple[EvalResult, Path]:
     """Evaluate a checkpoint on a labelled split; write the `EvalResult` and return it with its path.
 
-    The JSON goes to `out`, else `eval_<split>.json` beside the checkpoint (for a run's
-    checkpoint: `RunDir.eval_json(split)`). Nothing is written when the evaluation fails.
+    `path` is a checkpoint file, a run folder (its best.pt) or a safetensors export folder. The JSON goes to
+    `out`, else `eval_<split>.json` beside the checkpoint (for a run's checkpoint: `RunDir.eval_json(split)`;
+    for an export folder: inside it). Nothing is written when the evaluation fails.
 
     Args:
         loader: "dataloader" (per-sample decoding) or "cache" (the decoded cache at the checkpoint's
@@ -39,12 +40,8 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
         raise MiniPlacesError(f"loader {loader!r} is not one of dataloader, cache")
     if limit is not None and limit < 1:
         raise MiniPlacesError(f"the evaluation's image limit must be ≥ 1; got {limit}")
-    path = Path(path)
-    checkpoint = load_checkpoint(path)
-    try:
-        model = build_model(checkpoint)
-    except MiniPlacesError as err:
-        raise err if isinstance(err, CheckpointError) else CheckpointError(f"{path}: {err}") from err
+    path = resolve_model_path(path)
+    model, checkpoint = load_model_any(path)
     if tta is not None and tta not in TTA_MODES:
         raise MiniPlacesError(f"unknown test-time augmentation {tta!r}; use {', '.join(TTA_MODES)} or none")
     if split not in ("train", "val"):
@@ -75,5 +72,5 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
                                                                                strict=True)],
         confusion=confusion.tolist(),
     )
-    target = Path(out) if out is not None else eval_json_beside(path, split)
+    target = Path(out) if out is not None else eval_json_beside(path / CONFIG_NAME if path.is_dir() else path, split)
     return result, result.write(target)

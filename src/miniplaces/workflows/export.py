@@ -2,8 +2,10 @@
 
 Every format is written to its own folder, beside a `config.json` that describes the model (architecture,
 arguments, class names, input size, the normalisation the model applies inside itself), so each folder is
-self-describing. The safetensors folder is the layout the Hugging Face Hub and timm use; `load_exported`
-(and through it `load_model_any`, used by `predict`) rebuilds the model from it.
+self-describing. The safetensors folder is the layout the Hugging Face Hub and timm use;
+`miniplaces.models.io.load_exported` (and through it `load_model_any`, used by every command that runs a
+model) rebuilds the model from it. A folder holds one export; a model file or `config.json` that this
+package did not write is never replaced unless asked (`check_output_folder`).
 
 Each export is checked before it is written: the exported model (ONNX through onnxruntime, TorchScript after
 a save/load round trip, safetensors after loading it back into a fresh model) is run on the check inputs at
@@ -19,7 +21,6 @@ for tracing each `UnfoldConv2d` is swapped, in a copy, for the same computation 
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import io
 import json
@@ -28,28 +29,29 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniplaces.engine.checkpoint import (
-    CheckpointError,
-    build_model,
-    describe_model,
-    load_checkpoint,
-    load_model,
-)
+from miniplaces.engine.checkpoint import build_model, describe_model
 from miniplaces.errors import MiniPlacesError
 from miniplaces.layers.normalize import Normalize
+from miniplaces.models.io import (
+    CONFIG_NAME,
+    EXPORT_FORMAT_VERSION,
+    FORMATS,
+    LIBRARY,
+    MODEL_FILES,
+    ExportError,
+    load_model_any,
+    require,
+    resolve_model_path,
+    without_weight_arguments,
+)
 from miniplaces.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
-EXPORT_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
 # The exported logits must equal PyTorch's within |a - b| <= ATOL + RTOL·|b| (fp32, CPU). Kernels differ
 # between runtimes (ONNX Runtime's convolutions and GEMMs sum in another order), so equality is not exact.
@@ -58,11 +60,10 @@ RTOL = 1e-4
 ONNX_OPSET = 17
 # The batch the graph is traced with; the check runs other batch sizes, so a batch baked in would fail it.
 TRACE_BATCH = 2
-INSTALL_HINT = "pip install 'miniplaces[export]'"
 
 
-class ExportError(MiniPlacesError):
-    """An export cannot be written, checked or read back."""
+class ForeignFolderError(ExportError):
+    """The output folder holds files that no miniplaces export of this format wrote."""
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,6 @@ class ExportResult:
     model_file: Path
     max_abs_diff: float
     batch_sizes: tuple[int, ...]
-
-
-def _require(module: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ExportError(f"this export needs the {module} package, which is not installed: {INSTALL_HINT}") from err
 
 
 # --- the unfold convolution, traceable ---------------------------------------------------------------------
@@ -138,27 +132,16 @@ def normalisation(model: nn.Module) -> dict[str, Any]:
     return {"inside_model": True, "mean": mean, "std": std}
 
 
-def _without_weight_arguments(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop the arguments that fetch weights (the model card names them): an export brings its own."""
-    from miniplaces.models import model_card
-
-    try:
-        fetching = model_card(name).weight_arguments
-    except MiniPlacesError:
-        fetching = ()  # an unknown model is refused where it is built, with the file named
-    return {k: v for k, v in kwargs.items() if k not in fetching}
-
-
 def export_config(model: nn.Module, categories: Sequence[str], image_size: int, fmt: str) -> dict[str, Any]:
     """The `config.json` written beside every export."""
     from miniplaces.data.transforms import resize_for
 
     spec = describe_model(model)
     # Arguments that fetch weights (resnet18's weights='imagenet') are dropped: the export brings its own.
-    spec["kwargs"] = _without_weight_arguments(spec["name"], spec["kwargs"])
+    spec["kwargs"] = without_weight_arguments(spec["name"], spec["kwargs"])
     num_classes = int(spec["kwargs"].get("num_classes", getattr(model, "num_classes", len(categories))))
     return {
-        "library": "miniplaces",
+        "library": LIBRARY,
         "format_version": EXPORT_FORMAT_VERSION,
         "format": fmt,
         "model_file": MODEL_FILES[fmt],
@@ -174,44 +157,6 @@ def export_config(model: nn.Module, categories: Sequence[str], image_size: int, 
         **({"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "dynamic_axes": {INPUT_NAME: {"0": BATCH_AXIS}}}
            if fmt == "onnx" else {}),
     }
-
-
-def _field(config: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, what: str) -> Any:
-    if key not in config:
-        raise ExportError(f"{path}: key '{key}' is missing ({what}); re-export the model")
-    value = config[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ExportError(f"{path}: key '{key}' is {value!r}, expected {what}; re-export the model")
-    return value
-
-
-def read_export_config(folder: Path | str) -> dict[str, Any]:
-    """The checked `config.json` of an export folder; every problem is an `ExportError` naming file and key."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise ExportError(f"{Path(folder)} holds no {CONFIG_NAME}: it is not a miniplaces export folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path} is not valid JSON ({err}); re-export the model") from err
-    if not isinstance(config, dict):
-        raise ExportError(f"{path} holds a {type(config).__name__}, expected a JSON object; re-export the model")
-    version = _field(config, "format_version", int, path, "an integer")
-    if version != EXPORT_FORMAT_VERSION:
-        raise ExportError(f"{path}: key 'format_version' is {version}, this miniplaces reads "
-                          f"{EXPORT_FORMAT_VERSION}; use the miniplaces version that wrote it")
-    fmt = _field(config, "format", str, path, f"one of {', '.join(FORMATS)}")
-    if fmt not in FORMATS:
-        raise ExportError(f"{path}: key 'format' is {fmt!r}, expected one of {', '.join(FORMATS)}")
-    _field(config, "architecture", str, path, "a registered model name")
-    _field(config, "model_args", dict, path, "an object of model arguments")
-    labels = _field(config, "label_names", list, path, "a list of class names")
-    if not all(isinstance(label, str) for label in labels):
-        raise ExportError(f"{path}: key 'label_names' must hold strings only; re-export the model")
-    size = _field(config, "input_size", list, path, "[3, S, S]")
-    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size) or size[0] != 3 or size[1] != size[2]:
-        raise ExportError(f"{path}: key 'input_size' is {size!r}, expected [3, S, S] with S > 0")
-    return config
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -243,8 +188,8 @@ def _check(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, inputs
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, name: str) -> tuple[bytes, float]:
-    ort = _require("onnxruntime")
-    _require("onnx")  # the TorchScript-based exporter serialises through it
+    ort = require("onnxruntime")
+    require("onnx")  # the TorchScript-based exporter serialises through it
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of the torch.export one, which needs
@@ -287,7 +232,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, inputs: torch.T
 
 
 def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tuple[bytes, float]:
-    st = _require("safetensors.torch")
+    st = require("safetensors.torch")
     # Contiguous copies: safetensors refuses views and tensors sharing storage.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     data = st.save(tensors, metadata={"format": "pt"})
@@ -295,20 +240,32 @@ def _export_safetensors(model: nn.Module, inputs: torch.Tensor, name: str) -> tu
     return data, _check(reloaded, model, inputs, f"the safetensors export of {name!r}")
 
 
-def _refuse_other_format(folder: Path, fmt: str) -> None:
-    """One folder, one export: its config.json describes one model file."""
-    try:
-        other = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
-        return  # no readable config.json: nothing to overwrite by mistake
-    if other != fmt:
-        raise ExportError(f"{folder} already holds the {other} export of a model ({folder / CONFIG_NAME}); "
-                          f"write the {fmt} export to another folder")
+def check_output_folder(folder: Path, fmt: str, *, overwrite: bool = False) -> None:
+    """Refuse a folder this export would spoil: one folder holds one export, and what another program wrote is
+    replaced only with `overwrite` (a `ForeignFolderError`). An export of `fmt` is replaced (a re-export)."""
+    config_path, model_file = folder / CONFIG_NAME, folder / MODEL_FILES[fmt]
+    if config_path.exists():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            config = None
+        ours = config if isinstance(config, dict) and config.get("library") == LIBRARY else None
+        if ours is not None and ours.get("format") != fmt:
+            raise ExportError(f"{folder} already holds the {ours.get('format')} export of a model ({config_path}); "
+                              f"write the {fmt} export to another folder")
+        if ours is None and not overwrite:
+            what = "a JSON object of another program" if isinstance(config, dict) else "no miniplaces export config"
+            raise ForeignFolderError(f"{config_path} is {what}: {folder} was not written by miniplaces export, "
+                                     "and the export would replace it; choose another output folder")
+    elif model_file.exists() and not overwrite:
+        raise ForeignFolderError(f"{model_file} exists without a {CONFIG_NAME}: it was not written by miniplaces "
+                                 "export, and the export would replace it; choose another output folder")
 
 
 @torch.no_grad()
 def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.Tensor,
-                 categories: Sequence[str] = (), image_size: int | None = None) -> ExportResult:
+                 categories: Sequence[str] = (), image_size: int | None = None, *,
+                 overwrite: bool = False) -> ExportResult:
     """Export `model` (made by `create_model`) to `folder` as `fmt`, after checking it against PyTorch.
 
     Args:
@@ -318,13 +275,15 @@ def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.T
             at batch sizes 1 and N (the graph is traced at batch `TRACE_BATCH`).
         categories: class names, index order.
         image_size: the crop S the model takes; defaults to the side of `inputs`.
+        overwrite: replace a model file or config.json that no miniplaces export wrote (see
+            `check_output_folder`).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if inputs.dim() != 4 or inputs.shape[1] != 3 or len(inputs) == 0:
         raise ExportError(f"check inputs must be (N, 3, S, S) images, got shape {tuple(inputs.shape)}")
     folder = Path(folder)
-    _refuse_other_format(folder, fmt)
+    check_output_folder(folder, fmt, overwrite=overwrite)
     name = describe_model(model)["name"]
     image_size = image_size or int(inputs.shape[-1])
     model = model.cpu().eval()
@@ -349,72 +308,6 @@ def export_model(model: nn.Module, fmt: str, folder: Path | str, inputs: torch.T
         raise ExportError(f"cannot write the export to {folder}: {err.strerror or err}; "
                           "choose a writable output folder") from err
     return ExportResult(fmt, folder, model_file, worst, tuple(config["check"]["batch_sizes"]))
-
-
-# --- reading -----------------------------------------------------------------------------------------------
-
-
-def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path) -> None:
-    """An `ExportError` naming the first mismatching tensors when `tensors` does not fit the model."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [f"{k} {tuple(tensors[k].shape)} (model {tuple(v.shape)})"
-             for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if keys:
-            problems.append(f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}")
-    if problems:
-        raise ExportError(f"{path} does not fit the model of {path.parent / CONFIG_NAME} ({'; '.join(problems)}); "
-                          "the weights and config.json come from different exports")
-
-
-def load_exported(folder: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model rebuilt from a safetensors export folder, in eval mode on `device`, and a checkpoint-like dict.
-
-    The dict has what `predict` reads from a checkpoint: `model`, `categories` and `config.image_size`.
-    """
-    folder = Path(folder)
-    config = read_export_config(folder)
-    config_path = folder / CONFIG_NAME
-    if config["format"] != "safetensors":
-        raise ExportError(f"{folder} holds the {config['format']} export of a model ({config_path}); a model is "
-                          "loaded back from the safetensors export or a checkpoint")
-    st = _require("safetensors.torch")
-    weights = folder / MODEL_FILES["safetensors"]
-    if not weights.is_file():
-        raise ExportError(f"{weights} does not exist; the export folder is incomplete, export it again")
-    try:
-        tensors = st.load_file(str(weights))
-    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for corrupt files)
-        raise ExportError(f"cannot read {weights}: it is truncated or not a safetensors file ({err})") from err
-    from miniplaces.models import create_model
-
-    kwargs = _without_weight_arguments(config["architecture"], config["model_args"])
-    try:
-        model = create_model(config["architecture"], **kwargs)
-    except MiniPlacesError as err:
-        raise ExportError(f"{config_path}: keys 'architecture'/'model_args' do not build a model: {err}") from err
-    classes = model.model_kwargs["num_classes"]
-    if config["label_names"] and len(config["label_names"]) != classes:
-        raise ExportError(f"{config_path}: key 'label_names' has {len(config['label_names'])} names for a model of "
-                          f"{classes} classes; re-export the model")
-    _check_tensors(tensors, model.state_dict(), weights)
-    model.load_state_dict(tensors)
-    size = config["input_size"][1]
-    checkpoint = {"model": describe_model(model), "categories": config["label_names"],
-                  "config": {"image_size": size}, "export": config}
-    return model.to(device).eval(), checkpoint
-
-
-def load_model_any(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model from a checkpoint file or a safetensors export folder, in eval mode, and its description."""
-    path = Path(path)
-    if path.is_dir():
-        return load_exported(path, device=device)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; give a checkpoint file or an export folder")
-    return load_model(path, device=device)
 
 
 # --- from a checkpoint -------------------------------------------------------------------------------------
@@ -451,22 +344,29 @@ def check_inputs(checkpoint: dict[str, Any], image_size: int, images: Sequence[P
     return pixels, f"{count} random images ({reason})"
 
 
-def default_folder(checkpoint_path: Path | str, fmt: str) -> Path:
-    """`<run>/export/<format>` for a checkpoint of a run (see `RunDir.export`)."""
-    return RunDir.of_checkpoint(checkpoint_path).export(fmt)
+def default_folder(source: Path | str, fmt: str) -> Path:
+    """Where a format goes by default: `<run>/export/<format>` for a checkpoint of a run (see `RunDir.export`),
+    the sibling `<format>` folder for an export folder (`<run>/export/safetensors` → `<run>/export/onnx`)."""
+    source = Path(source)
+    if source.is_dir():
+        return source.resolve().parent / fmt
+    return RunDir.of_checkpoint(source).export(fmt)
 
 
 def export_checkpoint(checkpoint_path: Path | str, fmt: str, folder: Path | str | None = None,
-                      images: Sequence[Path | str] = ()) -> tuple[ExportResult, str]:
-    """Export the model of a checkpoint (see `export_model`); returns the result and what it was checked on."""
+                      images: Sequence[Path | str] = (), *, overwrite: bool = False) -> tuple[ExportResult, str]:
+    """Export the model of a checkpoint, a run folder (its best.pt) or a safetensors export folder (see
+    `export_model`); returns the result and what it was checked on."""
     from miniplaces.engine.checkpoint import checkpoint_image_size
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint).eval()
+    source = resolve_model_path(checkpoint_path)
+    folder = Path(folder) if folder is not None else default_folder(source, fmt)
+    check_output_folder(folder, fmt, overwrite=overwrite)  # before the model is loaded: refusals come first
+    model, checkpoint = load_model_any(source)
     image_size = checkpoint_image_size(checkpoint)
     inputs, described = check_inputs(checkpoint, image_size, images)
-    folder = Path(folder) if folder is not None else default_folder(checkpoint_path, fmt)
-    result = export_model(model, fmt, folder, inputs, checkpoint.get("categories") or [], image_size)
+    result = export_model(model, fmt, folder, inputs, checkpoint.get("categories") or [], image_size,
+                          overwrite=overwrite)
     return result, described

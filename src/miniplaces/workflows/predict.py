@@ -1,4 +1,5 @@
-"""Predictions of a checkpoint: the top classes of image files, and the MiniPlaces challenge file."""
+"""Predictions of a model (a checkpoint, a run folder or an export folder): the top classes of image files, and
+the MiniPlaces challenge file."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.predict import Prediction, challenge_lines, image_files, predict_images
+from miniplaces.models.io import load_model_any
 from miniplaces.rundir import atomic_write_text
-from miniplaces.workflows.export import load_model_any
 
 
 def write_challenge(lines: Sequence[str], out: Path | str) -> Path:
