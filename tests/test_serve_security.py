@@ -29,7 +29,7 @@ from miniplaces.models import create_model
 pytest.importorskip("werkzeug")
 
 from miniplaces.serve.app import Server, build_app  # noqa: E402 (after the importorskip of the extra)
-from miniplaces.serve.guard import TOKEN_HEADER  # noqa: E402
+from miniplaces.serve.guard import TOKEN_HEADER, allowed_hosts  # noqa: E402
 from miniplaces.serve.images import MAX_UPLOAD_STORE_BYTES, Gallery, ServeError  # noqa: E402
 
 TORCH_THREADS = 1
@@ -156,6 +156,16 @@ def test_a_served_address_answers_its_host_and_port_only(root: Path, ckpt: Path)
         assert status(f"127.0.0.1:{server.port}") == status(f"localhost:{server.port}") == 200
         assert status("evil.example") == status(f"evil.example:{server.port}") == 403
         assert status(f"127.0.0.1:{server.port + 1}") == status("localhost") == 403
+
+
+def test_a_wildcard_address_answers_this_machines_addresses_only() -> None:
+    interface = next(a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+                     if a.family == socket.AF_INET)
+    hosts = allowed_hosts("0.0.0.0", 8000)
+    assert {f"{interface}:8000", "127.0.0.1:8000", "localhost:8000"} <= hosts
+    assert "evil.example:8000" not in hosts and f"{interface}:8001" not in hosts
+    assert allowed_hosts("192.0.2.7", 80) >= {"192.0.2.7", "192.0.2.7:80"}  # port 80: browsers omit it
+    assert f"{interface}:8000" not in allowed_hosts("127.0.0.1", 8000) or interface == "127.0.0.1"
 
 
 # --- 2. memory --------------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
 from typing import Any
 
+import psutil
 from werkzeug.wrappers import Request, Response
 
 from miniplaces.serve.images import ServeError
@@ -26,6 +28,7 @@ from miniplaces.serve.images import ServeError
 TOKEN_HEADER = "X-Miniplaces-Token"
 TOKEN_PARAM = "token"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+WILDCARDS = ("0.0.0.0", "::", "")  # listen on every interface
 MAX_JSON_BYTES = 64 * 1024  # a request names an image and a few settings: a few hundred bytes
 SECURITY_HEADERS = {
     # Only the page's own script, style and images (PNG data URLs); no framing, no plugins, no forms elsewhere.
@@ -43,10 +46,22 @@ def host_name(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def machine_names() -> set[str]:
+    """This machine's addresses (every interface) and names: what another machine may type to reach it."""
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    for addresses in psutil.net_if_addrs().values():
+        names |= {host_name(a.address.split("%")[0]) for a in addresses
+                  if a.family in (socket.AF_INET, socket.AF_INET6)}
+    return names
+
+
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    """The `Host` values of requests to `host:port`: the loopback names and `host`, with the port
-    (and without it on port 80, as browsers send it)."""
+    """The `Host` values of requests to `host:port`: the loopback names and `host` (for a wildcard
+    address, this machine's addresses and names), with the port (and without it on port 80, as
+    browsers send it)."""
     names = {*LOOPBACK_NAMES, host_name(host)}
+    if host.strip() in WILDCARDS:
+        names |= machine_names()
     hosts = {f"{name}:{port}" for name in names}
     return frozenset(hosts | names if port == 80 else hosts)
 

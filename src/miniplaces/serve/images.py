@@ -31,6 +31,8 @@ THUMB_SIZE = 112
 SOURCES: tuple[str, ...] = ("val", "folder", "upload")
 _ID_INDEX = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() accepts "²", which int() refuses
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+# At most two images decode at once: concurrent large uploads wait instead of multiplying the peak memory.
+_DECODING = threading.BoundedSemaphore(2)
 
 
 class ServeError(MiniPlacesError):
@@ -68,7 +70,7 @@ def decode_image(source: bytes | Path, name: str, *, max_pixels: int = MAX_UPLOA
     as `predict` does) and CMYK are converted; an animation gives its first frame.
     """
     try:
-        with warnings.catch_warnings():
+        with _DECODING, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 check_size(name, *image.size, max_pixels=max_pixels)
