@@ -37,3 +37,17 @@ def train_checkpoint(root: Path, path: Path, name: str = "simplenet", *, steps: 
     model.eval()
     return save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict(),
                             "categories": categories, "config": {"image_size": image_size}}, path)
+
+
+def api_client(app: Any) -> Any:
+    """A Werkzeug test client of a `ServeApp` that sends the server's token, as the page does."""
+    from werkzeug.test import Client
+
+    from miniplaces.serve.guard import TOKEN_HEADER
+
+    class TokenClient(Client):
+        def open(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs["headers"] = {TOKEN_HEADER: app.token, **dict(kwargs.get("headers") or {})}
+            return super().open(*args, **kwargs)
+
+    return TokenClient(app)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from serve_models import TINY_VIT, train_checkpoint
+from serve_models import TINY_VIT, api_client, train_checkpoint
 
 from miniplaces.cli import main
 from miniplaces.data.synth import synthesize
@@ -22,9 +22,10 @@ from miniplaces.engine.predict import eval_transform
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model
 
-werkzeug_test = pytest.importorskip("werkzeug.test")
+pytest.importorskip("werkzeug")
 
 from miniplaces.serve.app import Server, build_app  # noqa: E402 (after the importorskip of the extra)
+from miniplaces.serve.guard import TOKEN_HEADER  # noqa: E402
 from miniplaces.serve.images import MAX_UPLOAD_BYTES, ServeError  # noqa: E402
 from miniplaces.serve.worker import InferenceWorker  # noqa: E402
 
@@ -49,7 +50,7 @@ def checkpoints(root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 @pytest.fixture(scope="module")
 def client(root: Path, checkpoints: dict[str, Path]) -> Any:
     app = build_app([checkpoints["simplenet"], checkpoints["vit"]], root, threads=1)
-    yield werkzeug_test.Client(app)
+    yield api_client(app)
     app.worker.close()
 
 
@@ -185,12 +186,13 @@ def test_uploads_of_any_mode_are_converted(client: Any, root: Path, mode: str) -
     assert item["id"] in [i["id"] for i in client.get("/api/images?source=upload").get_json()["items"]]
 
 
-def test_raw_body_upload(client: Any, root: Path) -> None:
+def test_uploads_are_multipart_only(client: Any, root: Path) -> None:
+    """A raw body is refused: text/plain and form-urlencoded are what a cross-site form can send."""
     data = (root / "images" / "val" / "00000003.jpg").read_bytes()
-    for content_type in ("image/jpeg", "application/x-www-form-urlencoded"):  # the latter is curl's default
-        response = client.post("/api/upload", data=data, headers={"X-Filename": "raw.jpg"},
-                               content_type=content_type)
-        assert response.status_code == 200 and response.get_json()["item"]["name"] == "raw.jpg"
+    for content_type in ("image/jpeg", "application/x-www-form-urlencoded", "text/plain"):
+        response = client.post("/api/upload", data=data, content_type=content_type)
+        assert response.status_code == 415 and "multipart/form-data" in response.get_json()["error"]
+    assert upload(client, data, "../../etc/raw.jpg").get_json()["item"]["name"] == "raw.jpg"
 
 
 def test_bad_uploads_are_refused_with_a_message(client: Any) -> None:
@@ -204,7 +206,7 @@ def test_bad_uploads_are_refused_with_a_message(client: Any) -> None:
         response = upload(client, data)
         body = response.get_json()
         assert response.status_code == status and words in body["error"], (status, body)
-    big = client.post("/api/upload", data=b"\x00" * (MAX_UPLOAD_BYTES + 100_000))
+    big = upload(client, b"\x00" * (MAX_UPLOAD_BYTES + 100_000))
     assert big.status_code == 413 and "MB" in big.get_json()["error"]
     wrong_field = client.post("/api/upload", data={"file": (io.BytesIO(b"x"), "x.png")},
                               content_type="multipart/form-data")
@@ -220,7 +222,7 @@ def test_bad_uploads_are_refused_with_a_message(client: Any) -> None:
     ("/api/saliency", {"image": "val:0", "target": 6}, 400, "target must lie in 0..5"),
     ("/api/saliency", {"image": "val:0", "target": 1.5}, 400, "whole number"),
     ("/api/attack", {"image": "val:0", "eps": 300}, 400, "1/255 units"),
-    ("/api/attack", {"image": "val:0", "eps": "8"}, 400, "1/255 units"),
+    ("/api/attack", {"image": "val:0", "eps": "8"}, 400, "eps must be a number"),
     ("/api/attack", {"image": "val:0", "attack": "cw"}, 400, "unknown attack"),
     ("/api/attack", {"image": "val:0", "steps": 0}, 400, "steps must lie in 1..100"),
 ])
@@ -272,10 +274,11 @@ def test_server_on_a_free_port_stops_by_itself(root: Path, checkpoints: dict[str
     app = build_app([checkpoints["simplenet"]], root, threads=1)
     with Server(app, "127.0.0.1", 0) as server:
         assert server.port > 0 and server.url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(server.url + "api/info", timeout=30) as response:
+        request = urllib.request.Request(server.url + "api/info", headers={TOKEN_HEADER: app.token})
+        with urllib.request.urlopen(request, timeout=30) as response:
             assert [m["name"] for m in json.load(response)["models"]] == ["simplenet"]
         request = urllib.request.Request(server.url + "api/saliency", data=b'{"image": "val:0", "method": "x"}',
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", TOKEN_HEADER: app.token})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 400 and "unknown saliency method" in json.load(refused.value)["error"]
@@ -289,7 +292,7 @@ def test_folder_source(tmp_path: Path, root: Path, checkpoints: dict[str, Path])
     Image.open(root / "images" / "val" / "00000002.jpg").save(tmp_path / "pics" / "a.jpg")
     app = build_app([checkpoints["simplenet"]], None, tmp_path / "pics", threads=1)
     try:
-        client = werkzeug_test.Client(app)
+        client = api_client(app)
         page = client.get("/api/images?source=folder").get_json()
         assert [(i["id"], i["name"], i["label"]) for i in page["items"]] == [("folder:0", "a.jpg", None),
                                                                              ("folder:1", "sub/b.png", None)]
@@ -315,5 +318,7 @@ def test_models_of_different_classes_are_not_served_together(tmp_path: Path, roo
     model = create_model("simplenet", num_classes=3)
     three = save_checkpoint({"model": describe_model(model), "state_dict": model.state_dict(), "categories": []},
                             tmp_path / "three.pt")
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "a.png")
     with pytest.raises(MiniPlacesError, match=r"different numbers of classes: .*simplenet.pt \(6\), .*three.pt \(3\)"):
-        build_app([checkpoints["simplenet"], three], root)
+        build_app([checkpoints["simplenet"], three], folder=tmp_path / "pics")

@@ -55,6 +55,9 @@ class Page:
                 self.errors.append(json.dumps(message["params"]["exceptionDetails"])[:500])
             elif message.get("method") == "Runtime.consoleAPICalled" and message["params"]["type"] == "error":
                 self.errors.append(json.dumps(message["params"]["args"])[:500])
+            elif (message.get("method") == "Log.entryAdded" and message["params"]["entry"]["level"] == "error"
+                  and message["params"]["entry"]["source"] != "network"):  # e.g. a Content-Security-Policy refusal
+                self.errors.append(json.dumps(message["params"]["entry"])[:500])
             elif message.get("id") == self.next_id:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
@@ -119,6 +122,7 @@ def page(tmp_path: Path) -> Iterator[Page]:
             targets = [t for t in json.load(response) if t["type"] == "page"]
         tab = Page(targets[0]["webSocketDebuggerUrl"])
         tab.call("Runtime.enable")
+        tab.call("Log.enable")
         tab.call("Page.enable")
         yield tab
         tab.ws.close()
@@ -147,6 +151,8 @@ def test_pick_an_image_then_move_the_eps_slider(server: Server, page: Page, tmp_
     for column in columns:
         assert column["saliency"].startswith("vanilla:") and all("%" in row for row in column["rows"])
     assert page.evaluate("document.querySelector('.thumb.active').dataset.id") == "val:3"
+    # The probability bars are sized through the CSSOM, which the page's Content-Security-Policy allows.
+    assert page.evaluate("document.querySelector('#models ol.top5 .bar').style.width").endswith("%")
     assert "true class" in page.evaluate("document.getElementById('true-label').textContent")
 
     # Grad-CAM of another class, chosen in the menus.

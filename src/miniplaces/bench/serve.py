@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -55,11 +56,20 @@ def _forward_backward_ms(model: torch.nn.Module, image_size: int, repeats: int) 
     return 1000 * statistics.median(times[warm:])
 
 
-def _post(url: str, payload: dict[str, Any]) -> dict[str, Any]:
+def _post(url: str, payload: dict[str, Any], token: str) -> dict[str, Any]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Miniplaces-Token": token})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
+
+
+def _page_token(url: str, timeout: float) -> str:
+    """The API token the server embeds in its page, as the page's own script reads it."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        found = re.search(r'<meta name="miniplaces-token" content="([^"]+)">', response.read().decode())
+    if found is None:
+        raise MiniPlacesError(f"the page at {url} carries no API token")
+    return found[1]
 
 
 def _import_torch_cost() -> tuple[float, float]:
@@ -100,7 +110,9 @@ def measure_serve_latency(model_name: str = "simplenet", image_size: int = 128, 
                     break
             if url is None:
                 raise MiniPlacesError(f"`miniplaces serve` exited before serving (exit {process.wait()})")
-            with urllib.request.urlopen(url + "api/info", timeout=startup_timeout):
+            token = _page_token(url, startup_timeout)
+            info = urllib.request.Request(url + "api/info", headers={"X-Miniplaces-Token": token})
+            with urllib.request.urlopen(info, timeout=startup_timeout):
                 startup = time.perf_counter() - start
             # CPU time is what start-up costs on an idle machine; wall time grows with whatever else runs.
             cpu = psutil.Process(process.pid).cpu_times()
@@ -109,11 +121,11 @@ def measure_serve_latency(model_name: str = "simplenet", image_size: int = 128, 
                     {"name": "start-up, CPU time of the server", "ms": 1000 * server_cpu, "ratio": None}]
             for endpoint, extra in REQUESTS:
                 payload = {"image": "val:0", **extra}
-                _post(url + f"api/{endpoint}", payload)  # warm-up
+                _post(url + f"api/{endpoint}", payload, token)  # warm-up
                 times = []
                 for _ in range(repeats):
                     begin = time.perf_counter()
-                    _post(url + f"api/{endpoint}", payload)
+                    _post(url + f"api/{endpoint}", payload, token)
                     times.append(time.perf_counter() - begin)
                 ms = 1000 * statistics.median(times)
                 name = " ".join([endpoint, *(str(v) for k, v in extra.items() if k != "eps")])

@@ -81,7 +81,9 @@ COMMANDS: dict[str, CommandText] = {
         "explore checkpoints in a local web page: top-5, saliency, attacks, two models side by side",
         "Serve a local web page to browse images with a model's top-5, its saliency maps "
         "(vanilla, SmoothGrad, Grad-CAM) and adversarial attacks (PGD, FGSM); with two checkpoints, "
-        "side by side, including whether an attack made on one model transfers to the other.",
+        "side by side, including whether an attack made on one model transfers to the other. It listens on "
+        "127.0.0.1 and answers only its own page (a per-server token, Host and Origin checks), so other web "
+        "pages cannot drive it; the checkpoints' class names must match the --root dataset's.",
     ),
     "study": CommandText(
         "the whole study in one command: train, eval, attack, saliency, report (resumable)",

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from miniplaces.attacks.spec import AttackSpec
-from miniplaces.data.dataset import load_rgb
+from miniplaces.data.dataset import DEFAULT_MAX_ASPECT, load_rgb
 from miniplaces.data.layout import images_dir, read_categories, read_split
+from miniplaces.data.transforms import resize_for
 from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.predict import eval_transform, image_files
 from miniplaces.errors import MiniPlacesError
@@ -29,16 +31,19 @@ from miniplaces.pixels import parse_eps
 
 __all__ = [
     "ATTACKS",
+    "MAX_ASPECT",
     "SALIENCY_METHODS",
     "ServedModel",
     "attack_image",
     "fit_to",
     "folder_images",
+    "input_side",
     "load_rgb",
     "load_served_model",
     "overlay",
     "parse_eps",
     "saliency_heat",
+    "shrink",
     "to_input",
     "top_k",
     "val_samples",
@@ -49,6 +54,8 @@ __all__ = [
 # The page's attack names → the attack modes of `AttackSpec`.
 ATTACK_MODES: dict[str, str] = {"pgd-least-likely": "least-likely", "pgd-untargeted": "untargeted", "fgsm": "fgsm"}
 ATTACKS: tuple[str, ...] = tuple(ATTACK_MODES)
+# `predict`'s limit: a 200000×1 image passes any pixel cap, and becomes gigabytes once resized for a model.
+MAX_ASPECT = DEFAULT_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -69,12 +76,27 @@ class ServedModel:
                 "methods": [m for m in SALIENCY_METHODS if m != "gradcam" or self.gradcam_layer is not None]}
 
 
-def load_served_model(path: Path | str, key: str, fallback_categories: Sequence[str] = (),
+def load_served_model(path: Path | str, key: str, dataset_categories: Sequence[str] = (),
                       device: str | torch.device = "cpu") -> ServedModel:
-    """Load a checkpoint for serving; class names from the checkpoint, else `fallback_categories`."""
+    """Load a checkpoint for serving, with the class names of the dataset it is shown.
+
+    Raises `MiniPlacesError` when `dataset_categories` (the dataset's class names, when one is
+    browsed) differ from the checkpoint's, or from its number of outputs: the page would name
+    the model's classes with the dataset's names.
+    """
     model, checkpoint = load_model_any(path, device=device)
     num_classes = int(getattr(model, "num_classes", 0) or 0)
-    categories = list(checkpoint.get("categories") or fallback_categories)
+    saved = list(checkpoint.get("categories") or [])
+    dataset = list(dataset_categories)
+    if dataset and num_classes and len(dataset) != num_classes:
+        raise MiniPlacesError(f"checkpoint {path} predicts {num_classes} classes but the dataset has {len(dataset)}; "
+                              "serve it with the dataset it was trained on")
+    if dataset and saved and saved != dataset:
+        first = next(i for i, (a, b) in enumerate(zip(saved, dataset, strict=False)) if a != b)
+        raise MiniPlacesError(f"the dataset's class names differ from those checkpoint {path} was trained on "
+                              f"(class {first} is {dataset[first]!r}, the checkpoint's is {saved[first]!r}); "
+                              "serve it with the dataset it was trained on")
+    categories = saved or dataset
     if num_classes and len(categories) != num_classes:
         categories = [str(i) for i in range(num_classes)]
     try:
@@ -101,6 +123,19 @@ def to_input(image: Image.Image, served: ServedModel) -> torch.Tensor:
     """(1, 3, S, S) in [0, 1]: the val transform at the model's own size."""
     device = next(served.model.parameters()).device
     return eval_transform(served.image_size)(image).unsqueeze(0).to(device)
+
+
+def input_side(served: ServedModel) -> int:
+    """The short side the val transform resizes an image to for `served`, before its centre crop."""
+    return resize_for(served.image_size)
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """`image` with its short side brought down to `side` as the val transform resizes it (unchanged if smaller)."""
+    if min(image.size) <= side:
+        return image
+    # On the uint8 tensor, as `eval_transform` does: its own resize to `side` is then the identity.
+    return TF.to_pil_image(TF.resize(TF.pil_to_tensor(image), side, antialias=True))
 
 
 def fit_to(x: torch.Tensor, served: ServedModel) -> torch.Tensor:

@@ -6,12 +6,15 @@ const state = { info: null, source: "val", offset: 0, image: null, clean: {}, se
 const PAGE = 60;
 const METHOD_NAMES = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", gradcam: "Grad-CAM" };
 const $ = (id) => document.getElementById(id);
+// The server's token: every API call must carry it, which a page from another site cannot read.
+const TOKEN = document.querySelector('meta[name="miniplaces-token"]').content;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
+    else if (key === "style") node.style.cssText = value;  // the CSP refuses style attributes, not the CSSOM
     else node.setAttribute(key, value);
   }
   for (const child of children) node.append(child);
@@ -24,9 +27,10 @@ function status(message, isError = false) {
 }
 
 async function api(path, body) {
-  const options = body === undefined ? {} : (body instanceof FormData
-    ? { method: "POST", body } : { method: "POST", headers: { "Content-Type": "application/json" },
-                                   body: JSON.stringify(body) });
+  const headers = { "X-Miniplaces-Token": TOKEN };
+  const options = body === undefined ? { headers } : (body instanceof FormData
+    ? { method: "POST", headers, body } : { method: "POST", headers: { ...headers, "Content-Type": "application/json" },
+                                            body: JSON.stringify(body) });
   const response = await fetch(path, options);
   let payload;
   try { payload = await response.json(); } catch (err) { payload = { error: `${response.status} ${response.statusText}` }; }
@@ -68,7 +72,8 @@ async function loadGallery(reset) {
   for (const item of page.items) {
     const button = el("button", { class: "thumb", type: "button", "data-id": item.id,
                                   title: item.label_name ? `${item.name}: ${item.label_name}` : item.name },
-      el("img", { src: `/api/thumb/${encodeURIComponent(item.id)}`, alt: item.name, loading: "lazy" }),
+      el("img", { src: `/api/thumb/${encodeURIComponent(item.id)}?token=${encodeURIComponent(TOKEN)}`,
+                  alt: item.name, loading: "lazy" }),
       el("span", { text: item.label_name ?? item.name }));
     button.addEventListener("click", () => selectImage(item));
     $("gallery").append(button);
