@@ -370,11 +370,14 @@ def test_accuracy_legend_has_a_line_style_per_split_and_coinciding_runs_stay_vis
     assert coinciding(runs, "val_top1") == [("native", "twin")]
     figure = curves_figure(runs, ACCURACY_PANELS, "accuracy (%)")
     assert figure is not None
+    # One legend, beside the last panel: a colour and marker per run, then a line style per split.
+    assert [axes.get_legend() is None for axes in figure.axes] == [True, False]
+    handles = figure.axes[-1].get_legend().legend_handles
+    assert [h.get_label() for h in handles] == ["native", "unfold", "twin", "train", "val"]
+    styles = {h.get_label(): h.get_linestyle() for h in handles}
+    assert styles["train"] == "--" and styles["val"] == "-"
+    assert len({h.get_marker() for h in handles[:3]}) == 3
     for axes in figure.axes:
-        handles = axes.get_legend().legend_handles
-        styles = {h.get_label(): h.get_linestyle() for h in handles}
-        assert styles["train"] == "--" and styles["val"] == "-" and "val EMA" not in styles
-        assert [h.get_label() for h in handles][:3] == ["native", "unfold", "twin"]
         # The twin's curves lie on the native run's: a different, smaller marker keeps both visible, and a
         # note under the panel says they coincide.
         lines = {line.get_label(): line for line in axes.get_lines()}

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from miniplaces.report.study import ComparisonRow
 
 FIGURES = (
-    ("accuracy.png", figures.accuracy_curves, "Top-1 and top-5 accuracy per epoch (train dashed, val solid)"),
-    ("loss.png", figures.loss_curves, "Loss per epoch (train dashed, val solid)"),
+    ("accuracy.png", figures.accuracy_curves,
+     "Top-1 and top-5 accuracy per epoch (train dashed, val solid, EMA val dotted; a colour and marker per run)"),
+    ("loss.png", figures.loss_curves, "Loss per epoch (train dashed, val solid, EMA val dotted)"),
     ("time_memory.png", figures.time_and_memory, "Mean time per epoch and peak memory per run"),
     ("attack_accuracy.png", figures.attack_accuracy, "Top-1 accuracy under attack"),
 )

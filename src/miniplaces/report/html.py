@@ -50,6 +50,8 @@ details { margin: 0.5rem 0 1rem; }
 summary { cursor: pointer; color: #245; }
 th.sub { font-weight: normal; text-align: left; }
 .legend { font-size: 0.85rem; color: #555; max-width: 60rem; }
+.confusion { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
+.confusion > div { margin-top: 1.5rem; }
 code { background: #f6f6f6; padding: 0 0.2rem; }
 """
 
@@ -145,12 +147,13 @@ def _results(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _confusion(section: Confusion) -> list[str]:
     """The matrix, then its most confused pairs by name and every class's accuracy (worst first, behind a toggle)."""
-    parts = [_figure(section.picture)]
+    parts = ['<div class="confusion">', _figure(section.picture), "<div>"]
     if section.pairs:
         rows = "".join(f'<tr><td class="text">{escape(p.true)}</td><td class="text">{escape(p.predicted)}</td>'
                        f'<td class="num">{p.count}</td><td class="num">{p.percent:.1f}</td></tr>'
                        for p in section.pairs)
-        parts.append("<table><thead><tr><th>True class</th><th>Predicted as</th><th>Images</th>"
+        parts.append(f'<p class="legend">The {len(section.pairs)} most confused pairs</p>'
+                     "<table><thead><tr><th>True class</th><th>Predicted as</th><th>Images</th>"
                      f"<th>% of the true class</th></tr></thead><tbody>{rows}</tbody></table>")
     if section.classes:
         rows = "".join(f'<tr><td class="num">{rank}</td><td class="text">{escape(name)}</td>'
@@ -159,7 +162,7 @@ def _confusion(section: Confusion) -> list[str]:
         parts.append(f"<details><summary>Top-1 of each of the {len(section.classes)} classes, worst first</summary>"
                      "<table><thead><tr><th>#</th><th>Class</th><th>Top-1 %</th><th>Images</th></tr></thead>"
                      f"<tbody>{rows}</tbody></table></details>")
-    return parts
+    return [*parts, "</div></div>"]
 
 
 def _settings_table(settings: Sequence[dict[str, Any]]) -> str:
