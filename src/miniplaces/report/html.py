@@ -219,10 +219,13 @@ def render_html(
         *_results(rows),
     ]
     if settings:
+        # Behind a toggle: the figures come first on screen, the settings a click away.
         parts.append("<h2>Runs: data and hyper-parameters</h2>")
+        parts.append(f"<details><summary>{len(SETTING_COLUMNS) - 1} settings of each run: dataset, classes, image "
+                     "size, model, optimiser, schedule, loader</summary>")
         parts.append(_settings_table(settings))
-        parts.append("<p>From each run's resolved <code>config.yaml</code>; image counts from its eval files. "
-                     "— marks a value the run does not record.</p>")
+        parts.append('<p class="legend">From each run\'s resolved <code>config.yaml</code>; image counts from its '
+                     "eval files. — marks a value the run does not record.</p></details>")
     if notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in notes)
         parts.append(f'<ul class="notes">{items}</ul>')
