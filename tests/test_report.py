@@ -69,7 +69,10 @@ def test_report_on_two_runs_writes_everything_and_numbers_match(produced_runs: P
     assert table["native"]["attack"] == "untargeted ε=4/255" and table["unfold"]["adv_top1"] == ""
 
     markdown = (out / "results.md").read_text()
-    unfold_line = next(line for line in markdown.splitlines() if line.startswith("| unfold "))
+    main_table, details = markdown.split("## Details")
+    unfold_line = next(line for line in main_table.splitlines() if line.startswith("| unfold "))
+    assert unfold_line.rstrip().endswith("| raw | — |")  # no EMA; no attack data: attacked
+    unfold_line = next(line for line in details.splitlines() if line.startswith("| unfold "))
     assert unfold_line.rstrip().endswith("| — | — | — |")  # no attack data: clean, attacked, attack
 
     page = (out / "report.html").read_text()
@@ -289,3 +292,179 @@ def test_embedded_copies_are_small_and_full_size_files_are_linked(produced_runs:
     with Image.open(io.BytesIO(base64.b64decode(source))) as embedded:
         assert embedded.format == "JPEG" and embedded.size == (EMBED_MAX_WIDTH, 675)
     assert len(page) < full / 2
+
+
+def _tables_after(page: str, heading: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(headers, rows of cell texts) of each table in the section that starts at `heading` (up to the next h2)."""
+    section = page.split(heading, 1)[1].split("<h2>", 1)[0]
+    tables = []
+    for table in re.findall(r"<table>(.*?)</table>", section, re.S):
+        head, body = table.split("</thead>")
+        tables.append((re.findall(r"<th>(.*?)</th>", head),
+                       [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]))
+    return tables
+
+
+def test_main_table_is_narrow_and_the_details_hold_every_column(produced_runs: Path, tmp_path: Path) -> None:
+    from miniplaces.report.tables import COLUMNS, MAIN_COLUMNS, results_rows
+
+    report = build_report([produced_runs], tmp_path / "out")
+    page = report.html.read_text()
+    (main_head, main_rows), (details_head, details_rows) = _tables_after(page, "<h2>Results</h2>")
+    assert len(main_head) <= 7 and main_head[:3] == ["Run", "Model", "Epochs"]
+    assert "Best val top-1 %" in main_head and "Weights" in main_head
+    # The details sit behind a toggle and hold every field of the rows: both runs were attacked or not, so
+    # only the EMA and eval-TTA-less columns no run has may be missing (the native run was evaluated).
+    toggle = page.split("<h2>Results</h2>", 1)[1]
+    assert toggle.index("<details>") < toggle.index("Last val top-1 % (raw)") < toggle.index("</details>")
+    rows = results_rows(report.runs)
+    assert set(rows[0]) == {c.key for c in COLUMNS} and set(MAIN_COLUMNS) <= set(rows[0])
+    headers = {c.header: c.key for c in COLUMNS}
+    assert {headers[h] for h in details_head} == {c.key for c in COLUMNS} - {"best_val_top1_raw"}
+    assert [r[0] for r in details_rows] == [r[0] for r in main_rows] == ["native", "unfold"]
+    native = dict(zip(details_head, details_rows[0], strict=True))
+    best = max(metrics_of(produced_runs / "native"), key=lambda r: r["val_top1"])
+    assert float(native["Best val top-1 %"]) == pytest.approx(best["val_top1"], abs=0.005)
+    assert native["Weights"] == "raw" and native["Time per epoch s"] != "—"
+    assert "Time/epoch s" not in page  # "Time per epoch s" wraps between words, not inside one
+    # The settings, 16 rows of reading, are a click away too, so the figures come up first.
+    settings = page.split("data and hyper-parameters</h2>", 1)[1].split("<h2>", 1)[0]
+    assert settings.lstrip().startswith("<details>") and settings.index("<table>") < settings.index("</details>")
+
+
+def test_ema_run_says_its_best_belongs_to_the_ema(synth_root: Path, tmp_path: Path) -> None:
+    """best.pt holds the EMA: the main table's best is the EMA's, the raw best has its own column."""
+    from tiny_runs import config
+
+    from miniplaces.report.tables import results_rows
+    from miniplaces.workflows.evaluate import evaluate_checkpoint
+    from miniplaces.workflows.train import train
+
+    run = train(config(synth_root, tmp_path, name="ema", ema=True, ema_decay=0.5, epochs=2), progress=False)
+    evaluate_checkpoint(run / "checkpoints" / "best.pt", synth_root, workers=0, progress=False)
+    metrics = metrics_of(run)
+    (row,) = results_rows([load_run(run)])
+    best = max(metrics, key=lambda r: r["val_top1_ema"])
+    assert (row["best_val_top1"], row["best_val_top5"]) == (best["val_top1_ema"], best["val_top5_ema"])
+    assert row["best_epoch"] == best["epoch"] == torch_load_epoch(run)
+    assert row["weights"] == "EMA" and row["best_val_top1_raw"] == max(r["val_top1"] for r in metrics)
+    report = build_report([run], tmp_path / "out")
+    page = report.html.read_text()
+    (main_head, main_rows), (details_head, _) = _tables_after(page, "<h2>Results</h2>")
+    assert dict(zip(main_head, main_rows[0], strict=True))["Weights"] == "EMA"
+    assert "Best raw val top-1 %" in details_head
+    assert "confusion matrix on val (best.pt, EMA weights)" in page
+
+
+def torch_load_epoch(run: Path) -> int:
+    from miniplaces.engine.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run / "checkpoints" / "best.pt")["epoch"])
+
+
+def test_accuracy_legend_has_a_line_style_per_split_and_coinciding_runs_stay_visible(
+        produced_runs: Path, tmp_path: Path) -> None:
+    from miniplaces.report.figures import ACCURACY_PANELS, coinciding, curves_figure
+
+    first, second = copy_runs(produced_runs, tmp_path, "native", "unfold")
+    twin = Path(shutil.copytree(first, tmp_path / "runs" / "twin"))
+    runs = [load_run(p) for p in (first, second, twin)]
+    assert coinciding(runs, "val_top1") == [("native", "twin")]
+    figure = curves_figure(runs, ACCURACY_PANELS, "accuracy (%)")
+    assert figure is not None
+    # One legend, beside the last panel: a colour and marker per run, then a line style per split.
+    assert [axes.get_legend() is None for axes in figure.axes] == [True, False]
+    handles = figure.axes[-1].get_legend().legend_handles
+    assert [h.get_label() for h in handles] == ["native", "unfold", "twin", "train", "val"]
+    styles = {h.get_label(): h.get_linestyle() for h in handles}
+    assert styles["train"] == "--" and styles["val"] == "-"
+    assert len({h.get_marker() for h in handles[:3]}) == 3
+    for axes in figure.axes:
+        # The twin's curves lie on the native run's: a different, smaller marker keeps both visible, and a
+        # note under the panel says they coincide.
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        native, twin_line = lines["native val"], lines["twin val"]
+        assert list(native.get_ydata()) == list(twin_line.get_ydata())
+        assert native.get_marker() != twin_line.get_marker()
+        assert twin_line.get_markersize() < native.get_markersize()
+        assert any("native = twin" in text.get_text() for text in axes.texts)
+
+
+def test_confused_pairs_and_per_class_accuracy_of_a_known_matrix(produced_runs: Path, tmp_path: Path) -> None:
+    from miniplaces.report.tables import ConfusedPair, confused_pairs, per_class_accuracy
+
+    confusion = [[5, 3, 0, 2], [0, 10, 0, 0], [0, 0, 0, 0], [1, 0, 6, 3]]
+    result = _eval_result(4, confusion)
+    assert confused_pairs(result, top=3) == [ConfusedPair("class3", "class2", 6, 60.0),
+                                             ConfusedPair("class0", "class1", 3, 30.0),
+                                             ConfusedPair("class0", "class3", 2, 20.0)]
+    assert len(confused_pairs(result)) == 4  # every non-zero off-diagonal cell, no more
+    # Worst first; the class without images has no accuracy and is left out.
+    assert per_class_accuracy(result) == [("class3", 30.0, 10), ("class0", 50.0, 10), ("class1", 100.0, 10)]
+
+    # In the page: the pairs by name with their counts, and every class's accuracy behind a toggle.
+    report = build_report([produced_runs / "native"], tmp_path / "out")
+    page = report.html.read_text()
+    evaluated = report.runs[0].evals["val"]
+    tables = _tables_after(page, "<h2>Confusion matrices</h2>")
+    (pairs_head, pairs_rows), (classes_head, classes_rows) = tables
+    assert pairs_head == ["True class", "Predicted as", "Images", "% of the true class"]
+    expected = confused_pairs(evaluated)
+    assert [(r[0], r[1], int(r[2])) for r in pairs_rows] == [(p.true, p.predicted, p.count) for p in expected]
+    assert classes_head == ["#", "Class", "Top-1 %", "Images"]
+    assert len(classes_rows) == len(evaluated.per_class)
+    accuracies = [float(r[2]) for r in classes_rows]
+    assert accuracies == sorted(accuracies)
+
+
+def test_percent_axes_fit_the_data(produced_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from miniplaces.report import figures
+
+    axes = Figure().add_subplot()
+    assert figures.fit_percent_axis(axes, [40.0, 50.0]) == pytest.approx((39.0, 51.0))
+    assert axes.get_ylim() == pytest.approx((39.0, 51.0))
+    assert figures.fit_percent_axis(axes, [99.0, 99.5]) == pytest.approx((96.75, 100.0))  # ≥ 5 points, ≤ 100
+    assert figures.fit_percent_axis(axes, [0.0, 30.0]) == pytest.approx((0.0, 33.0))
+
+    drawn: list[Figure] = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda figure, path: (drawn.append(figure), save(figure, path))[1])
+    run = load_run(produced_runs / "native")
+    assert figures.attack_accuracy([run], tmp_path / "attack.png") is not None
+    values = [p.top1 for p in run.sweep_points()]
+    low, high = drawn[0].axes[0].get_ylim()
+    assert low <= min(values) and high >= max(values) and high - low <= max(max(values) - min(values), 5) * 1.25
+
+
+def test_sweep_plot_fits_its_axis_and_grids_name_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from miniplaces.explain import overlay
+
+    saved: list[Figure] = []
+    monkeypatch.setattr(overlay, "_save", lambda figure, path: (saved.append(figure), Path(path))[1])
+    rows = [{"eps": e / 255, "adv_top1": t1, "adv_top5": t5} for e, t1, t5 in ((0, 41, 62), (2, 35, 58), (4, 30, 50))]
+    overlay.sweep_plot(rows, tmp_path / "sweep.png")
+    assert saved[0].axes[0].get_ylim() == pytest.approx((26.8, 65.2))  # 30..62, 10% of the range on each side
+    assert overlay.run_label(Path("runs/fast/checkpoints/best.pt")) == "fast"
+    assert overlay.run_label(Path("runs/fast/checkpoints/last.pt")) == "fast (last.pt)"
+    assert overlay.run_label(Path("weights/model.pt")) == "model.pt"
+    assert overlay.run_label(tmp_path) == tmp_path.name
+
+
+def test_saliency_and_attack_pictures_are_titled_by_run_name(produced_runs: Path, synth_root: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniplaces.workflows import analysis
+
+    titles: list[str] = []
+    for name in ("saliency_grid", "sweep_plot"):
+        original = getattr(analysis, name)
+        monkeypatch.setattr(analysis, name, lambda *a, _f=original, **k: (titles.append(k["title"]), _f(*a, **k))[1])
+    (run,) = copy_runs(produced_runs, tmp_path, "native")
+    common = ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--root", str(synth_root), "--device", "cpu"]
+    assert main(["saliency", *common, "--n", "2"]) == 0
+    assert main(["attack", *common, "--mode", "fgsm", "--eps", "4/255", "--limit", "8", "--grid", "2",
+                 "--sweep", "2/255"]) == 0
+    assert len(titles) == 2 and all("· native ·" in t and "best.pt" not in t for t in titles)

@@ -14,7 +14,10 @@ from PIL import Image
 
 from miniplaces.report import build_report
 
-CHROMIUM = Path("/usr/bin/chromium")
+# The browser on PATH under the names Debian, Ubuntu and Google give it.
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+CHROMIUM = next((Path(found) for found in map(shutil.which, BROWSERS) if found), None)
+WIDTH = 1400  # a laptop's browser window
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -30,14 +33,21 @@ window.addEventListener("load", () => {
   const images = Array.from(document.images).map(i => ({alt: i.alt, width: i.naturalWidth, height: i.naturalHeight}));
   const pre = document.createElement("pre");
   pre.id = "probe";
-  pre.textContent = JSON.stringify({images: images, errors: window.__errors});
+  const main = document.querySelector("table");
+  const layout = {page: document.documentElement.scrollWidth, table: main.getBoundingClientRect().width,
+                  headers: Array.from(main.querySelectorAll("th")).map(h => {
+                    const range = document.createRange();
+                    range.selectNodeContents(h);
+                    return range.getClientRects().length;  // one rectangle per line of text
+                  })};
+  pre.textContent = JSON.stringify({images: images, errors: window.__errors, layout: layout});
   document.body.appendChild(pre);
 });
 </script>"""
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (Debian package `chromium`)"),
+    pytest.mark.skipif(CHROMIUM is None, reason=f"none of {', '.join(BROWSERS)} on PATH (Debian package `chromium`)"),
 ]
 
 
@@ -54,7 +64,8 @@ def test_report_html_renders_in_chromium(produced_runs: Path, tmp_path: Path) ->
     probed = tmp_path / "report" / "probed.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
 
-    result = chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", probed.as_uri())
+    result = chromium(tmp_path, "--enable-logging=stderr", "--v=0", f"--window-size={WIDTH},1000", "--dump-dom",
+                      probed.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
     assert match, f"the page's load event never ran; stderr: {result.stderr[-2000:]}"
@@ -64,13 +75,17 @@ def test_report_html_renders_in_chromium(produced_runs: Path, tmp_path: Path) ->
     assert len(probe["images"]) == len(report.figures) + len(report.grids) + len(report.confusion) == 8
     for image in probe["images"]:
         assert image["width"] > 0 and image["height"] > 0, image
+    # At 1,400 px the page does not scroll sideways, and the main results table's headers each fit on one line.
+    layout = probe["layout"]
+    assert layout["page"] <= WIDTH and layout["table"] < WIDTH * 0.8, layout
+    assert layout["headers"] and set(layout["headers"]) == {1}, layout
 
     screenshot = tmp_path / "report.png"
-    result = chromium(tmp_path, "--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={screenshot}",
+    result = chromium(tmp_path, "--hide-scrollbars", f"--window-size={WIDTH},2400", f"--screenshot={screenshot}",
                       report.html.as_uri())
     assert result.returncode == 0 and screenshot.is_file(), result.stderr[-2000:]
     with Image.open(screenshot) as shot:
-        assert shot.size == (1280, 2400)
+        assert shot.size == (WIDTH, 2400)
         colours = shot.convert("RGB").resize((64, 120)).getcolors(64 * 120)
         assert colours is not None and len(colours) > 20  # text, table and plots, not a blank page
     keep = os.environ.get("MINIPLACES_SCREENSHOT_DIR")

@@ -25,7 +25,9 @@ pytest.importorskip("werkzeug")
 
 from miniplaces.serve.app import Server, build_app  # noqa: E402 (after the importorskip of the extra)
 
-CHROMIUM = Path("/usr/bin/chromium")
+# The browser on PATH under the names Debian, Ubuntu and Google give it.
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+CHROMIUM = next((Path(found) for found in map(shutil.which, BROWSERS) if found), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
          "--remote-debugging-port=0", "--window-size=1360,1000"]
@@ -34,7 +36,7 @@ SIZE = 32
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (Debian package `chromium`)"),
+    pytest.mark.skipif(CHROMIUM is None, reason=f"none of {', '.join(BROWSERS)} on PATH (Debian package `chromium`)"),
 ]
 
 

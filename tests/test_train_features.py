@@ -281,10 +281,10 @@ def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path,
     report, _ = evaluate_checkpoint(run / "checkpoints" / "best.pt", data, tta="five-crop", workers=0,
                                     progress=False)
     row = results_rows([load_run(run)])[0]
-    assert row["best_val_top1_ema"] == max(r["val_top1_ema"] for r in rows(run))
+    assert row["best_val_top1"] == max(r["val_top1_ema"] for r in rows(run)) and row["weights"] == "EMA"
     assert row["eval_top1"] == report.top1 and row["eval_tta"] == "five-crop"
-    header = to_markdown([row]).splitlines()[0]
-    assert "Best EMA val top-1 %" in header and "Eval TTA" in header
+    header = to_markdown([row], details=True).splitlines()[0]
+    assert "Best raw val top-1 %" in header and "Eval TTA" in header
     from miniplaces.report import figures
 
     drawn = []
@@ -293,5 +293,5 @@ def test_report_shows_the_ema_and_the_multi_crop_eval(ema_run: Path, data: Path,
     assert figures.accuracy_curves([load_run(run)], tmp_path / "accuracy.png") is not None
     labels = [line.get_label() for line in drawn[0].axes[0].get_lines()]
     assert labels == ["run train", "run val", "run val EMA"]
-    plain = {**row, "best_val_top1_ema": None, "eval_top1": None, "eval_tta": None}
-    assert "EMA" not in to_markdown([plain]) and "Eval" not in to_markdown([plain])
+    plain = {**row, "best_val_top1_raw": None, "eval_top1": None, "eval_tta": None}
+    assert "raw val" not in to_markdown([plain], details=True) and "Eval" not in to_markdown([plain], details=True)

@@ -86,6 +86,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_saliency(args: argparse.Namespace) -> int:
+    from miniplaces.explain.overlay import run_label
     from miniplaces.explain.saliency import GradCamLayerError
     from miniplaces.workflows.analysis import saliency_report
 
@@ -94,7 +95,7 @@ def run_saliency(args: argparse.Namespace) -> int:
         report = saliency_report(
             inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples,
             sigma=args.sigma, columns=args.columns,
-            title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
+            title=f"{args.method} saliency · {run_label(args.checkpoint)} · {args.split}",
         )
     except GradCamLayerError as err:
         raise MiniPlacesError(f"{err} (--layer NAME picks the layer; --method vanilla or smoothgrad needs none)") \
@@ -107,6 +108,7 @@ def run_saliency(args: argparse.Namespace) -> int:
 
 def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.attacks.spec import AttackSpec
+    from miniplaces.explain.overlay import run_label
     from miniplaces.pixels import parse_eps_list
     from miniplaces.workflows.analysis import attack_report
 
@@ -117,7 +119,7 @@ def run_attack(args: argparse.Namespace) -> int:
     inputs = _load(args)
     report = attack_report(
         inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,
-        seed=args.seed, title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
+        seed=args.seed, title=f"{args.mode} · {run_label(args.checkpoint)} · {args.split}",
     )
     result = report.result
     success = "n/a" if result.success_rate is None else f"{result.success_rate:.1f}%"

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from miniplaces.data.layout import short_category_name
+from miniplaces.report.figures import fit_percent_axis
 
 
 def robust_scale(maps: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
@@ -144,6 +145,18 @@ def attack_grid(
     return _save(figure, path)
 
 
+def run_label(checkpoint: Path | str) -> str:
+    """How pictures name a checkpoint: its run's name (`runs/fast/checkpoints/best.pt` → `fast`, `last.pt` →
+    `fast (last.pt)`, a run folder → its name); a file outside a run keeps its own name."""
+    path = Path(checkpoint)
+    if path.is_dir() or not path.suffix:
+        return path.name
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        run = path.parent.parent.name
+        return run if path.name == "best.pt" else f"{run} ({path.name})"
+    return path.name
+
+
 def sweep_plot(rows: Sequence[dict[str, Any]], path: Path | str, *, title: str = "") -> Path:
     """Robust top-1 and top-5 accuracy (percent) against ε (in 1/255 units) from `robustness_sweep` rows."""
     eps = [row["eps"] * 255 for row in rows]
@@ -153,7 +166,7 @@ def sweep_plot(rows: Sequence[dict[str, Any]], path: Path | str, *, title: str =
     axis.plot(eps, [row["adv_top5"] for row in rows], marker="s", label="top-5 under attack")
     axis.set_xlabel("ε (× 1/255, pixel units)")
     axis.set_ylabel("accuracy (%)")
-    axis.set_ylim(0, 102)
+    fit_percent_axis(axis, [row[key] for row in rows for key in ("adv_top1", "adv_top5")])
     axis.grid(alpha=0.3)
     axis.legend()
     if title:

@@ -9,17 +9,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from miniplaces.report import figures
-from miniplaces.report.html import Picture, render_html
+from miniplaces.report.html import Confusion, Picture, render_html
 from miniplaces.report.runs import Run, load_runs
-from miniplaces.report.tables import results_rows, settings_rows, to_markdown, write_csv
+from miniplaces.report.tables import (
+    confused_pairs,
+    per_class_accuracy,
+    results_rows,
+    settings_rows,
+    to_markdown,
+    write_csv,
+)
 from miniplaces.rundir import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from miniplaces.report.study import ComparisonRow
 
 FIGURES = (
-    ("accuracy.png", figures.accuracy_curves, "Top-1 and top-5 accuracy per epoch (train dashed, val solid)"),
-    ("loss.png", figures.loss_curves, "Loss per epoch (train dashed, val solid)"),
+    ("accuracy.png", figures.accuracy_curves,
+     "Top-1 and top-5 accuracy per epoch (train dashed, val solid, EMA val dotted; a colour and marker per run)"),
+    ("loss.png", figures.loss_curves, "Loss per epoch (train dashed, val solid, EMA val dotted)"),
     ("time_memory.png", figures.time_and_memory, "Mean time per epoch and peak memory per run"),
     ("attack_accuracy.png", figures.attack_accuracy, "Top-1 accuracy under attack"),
 )
@@ -51,18 +59,23 @@ def _link(path: Path, out: Path) -> str:
     return path.relative_to(out).as_posix()
 
 
-def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list[Picture]:
-    """One confusion-matrix figure per eval file of each run; a note for each run that has none."""
-    pictures = []
+def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list[Confusion]:
+    """One confusion-matrix figure (with its confused pairs and per-class accuracy) per eval file of each run;
+    a note for each run that has none."""
+    sections = []
     for run in runs:
         if not run.evals:
             notes.append(f"{run.name}: no confusion matrix, the run has no checkpoints/eval_<split>.json "
                          "(`miniplaces eval` writes it)")
         for split, result in run.evals.items():
             path = figures.confusion_matrix(result, run.name, out / "confusion" / f"{_safe(run.name)}_{split}.png")
-            pictures.append(Picture(path, f"{run.name}: confusion matrix on {split} ({Path(result.checkpoint).name}); "
-                                          "rows are true classes, each normalised to 100%", _link(path, out)))
-    return pictures
+            checkpoint = Path(result.checkpoint).name
+            if checkpoint == "best.pt":
+                checkpoint += ", EMA weights" if run.keeps_ema else ", raw weights"
+            picture = Picture(path, f"{run.name}: confusion matrix on {split} ({checkpoint}); "
+                                    "rows are true classes, each normalised to 100%", _link(path, out))
+            sections.append(Confusion(picture, confused_pairs(result), per_class_accuracy(result)))
+    return sections
 
 
 def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report",
@@ -83,9 +96,11 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     table = to_markdown(rows) if rows else ""
     compared = comparison_markdown(comparison, attack) if comparison is not None else ""
     markdown = out / "results.md"
-    text = f"# {title}\n\n{table}"
+    details = f"\n## Details\n\n{to_markdown(rows, details=True)}" if rows else ""
+    text = f"# {title}\n\n{table}{details}"
     if comparison is not None:
-        text = f"# {title}\n\n## Study vs this project\n\n{compared}\n## Runs\n\n{table or 'No run finished.'}\n"
+        text = (f"# {title}\n\n## Study vs this project\n\n{compared}\n## Runs\n\n{table or 'No run finished.'}"
+                f"{details}\n")
     atomic_write_text(markdown, text)
     csv_path = write_csv(rows, out / "results.csv")
 
@@ -109,4 +124,4 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
                                         settings=settings_rows(runs), confusion=confusion, comparison=comparison,
                                         attack=attack))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
-                  table, [p.path for p in confusion], compared)
+                  table, [c.picture.path for c in confusion], compared)

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from miniplaces.report.runs import Run
@@ -33,39 +35,98 @@ def _save(figure: Figure, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def fit_percent_axis(axis: Axes, values: Sequence[float], margin: float = 0.1,
+                     least: float = 5.0) -> tuple[float, float]:
+    """Fit the y axis of percentages to `values`: their range widened by `margin` of it on each side (at least
+    `least` points in all, so flat curves are not magnified into noise), kept within [0, 100]. Returns the limits."""
+    low, high = (min(values), max(values)) if values else (0.0, 100.0)
+    pad = max((high - low) * margin, (least - (high - low)) / 2, 0.0)
+    low, high = max(0.0, low - pad), min(100.0, high + pad)
+    axis.set_ylim(low, high)
+    return low, high
+
+
 def _has(runs: Sequence[Run], *keys: str) -> bool:
     return any(run.series(key)[0] for run in runs for key in keys)
 
 
-def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, str]], ylabel: str) -> Path | None:
+# Each run gets a marker as well as a colour, drawn smaller for each later run, so that runs whose
+# curves coincide (same seed and weights) still show every run's markers.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+SPLIT_STYLES = (("train", "--"), ("val", "-"), ("val EMA", ":"))
+
+
+def _marker(index: int) -> tuple[str, float]:
+    return MARKERS[index % len(MARKERS)], max(2.5, 6.0 - 1.5 * index)
+
+
+def curve_legend(runs: Sequence[Run], splits: Sequence[str]) -> list[Line2D]:
+    """Legend entries: one per run (its colour and marker), then one per split drawn (its line style, grey)."""
+    handles = [Line2D([], [], color=color, marker=_marker(index)[0], linestyle="-", label=run.name)
+               for index, (run, color) in enumerate(zip(runs, _colors(len(runs)), strict=True))]
+    handles += [Line2D([], [], color="0.35", linestyle=style, label=split)
+                for split, style in SPLIT_STYLES if split in splits]
+    return handles
+
+
+def coinciding(runs: Sequence[Run], key: str) -> list[tuple[str, str]]:
+    """Pairs of runs whose `key` series are equal to the eye (same epochs, values within 0.1%): one hides the other
+    (e.g. native and unfold convolution from the same seed, whose losses differ by float rounding)."""
+    pairs = []
+    for index, first in enumerate(runs):
+        xs, ys = first.series(key)
+        for second in runs[index + 1:]:
+            other_xs, other_ys = second.series(key)
+            if xs and xs == other_xs and np.allclose(ys, other_ys, rtol=1e-3, atol=1e-9):
+                pairs.append((first.name, second.name))
+    return pairs
+
+
+def curves_figure(runs: Sequence[Run], panels: Sequence[tuple[str, str, str]], ylabel: str) -> Figure | None:
     """One panel per (title, train key, val key); train dashed, val solid, the val of the weights' EMA
-    dotted (runs that kept one), one colour per run."""
+    dotted (runs that kept one), one colour and marker per run; one legend, right of the last panel, so it
+    hides no curve; a note under a panel names the runs whose curves coincide."""
     if not _has(runs, *(key for _, train, val in panels for key in (train, val))):
         return None
-    figure = Figure(figsize=(5.2 * len(panels), 3.8))
+    figure = Figure(figsize=(5.2 * len(panels) + 1.6, 4.1))
+    drawn: set[str] = set()
     for index, (title, train_key, val_key) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
-        for run, color in zip(runs, _colors(len(runs)), strict=True):
+        for number, (run, color) in enumerate(zip(runs, _colors(len(runs)), strict=True)):
+            marker, size = _marker(number)
             for key, style, split in ((train_key, "--", "train"), (val_key, "-", "val"),
                                       (f"{val_key}_ema", ":", "val EMA")):
                 xs, ys = run.series(key)
                 if xs:
-                    axes.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{run.name} {split}")
+                    drawn.add(split)
+                    axes.plot(xs, ys, style, color=color, marker=marker, markersize=size,
+                              label=f"{run.name} {split}")
+        same = [pair for key in (train_key, val_key) for pair in coinciding(runs, key)]
+        if same:
+            names = sorted({f"{a} = {b}" for a, b in same})
+            axes.text(0.0, -0.2, "curves coincide: " + "; ".join(names), transform=axes.transAxes,
+                      fontsize=7, color="0.3", va="top")
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-    return _save(figure, path)
+    figure.axes[-1].legend(handles=curve_legend(runs, sorted(drawn)), fontsize=7, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return figure
+
+
+def _curves(runs: Sequence[Run], path: Path, panels: Sequence[tuple[str, str, str]], ylabel: str) -> Path | None:
+    figure = curves_figure(runs, panels, ylabel)
+    return None if figure is None else _save(figure, path)
+
+
+ACCURACY_PANELS = (("Top-1 accuracy", "train_top1", "val_top1"), ("Top-5 accuracy", "train_top5", "val_top5"))
 
 
 def accuracy_curves(runs: Sequence[Run], path: Path) -> Path | None:
     """Train (dashed), val (solid) and EMA val (dotted) top-1 and top-5 accuracy per epoch."""
-    return _curves(
-        runs, path, [("Top-1 accuracy", "train_top1", "val_top1"), ("Top-5 accuracy", "train_top5", "val_top5")],
-        "accuracy (%)",
-    )
+    return _curves(runs, path, ACCURACY_PANELS, "accuracy (%)")
 
 
 def loss_curves(runs: Sequence[Run], path: Path) -> Path | None:
@@ -114,6 +175,7 @@ def attack_accuracy(runs: Sequence[Run], path: Path) -> Path | None:
         for run, color in zip(swept, _colors(len(swept)), strict=True):
             points = run.sweep_points()
             axes.plot([p.eps * 255 for p in points], [p.top1 for p in points], "-o", color=color, label=run.name)
+        fit_percent_axis(axes, [p.top1 for run in swept for p in run.sweep_points()])
         axes.set_title("Top-1 under attack")
         axes.set_xlabel("ε (×1/255, L∞)")
         axes.set_ylabel("top-1 accuracy (%)")

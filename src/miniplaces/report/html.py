@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from miniplaces.report.tables import SETTING_COLUMNS, format_cell, visible_columns
+from miniplaces.report.tables import (
+    SETTING_COLUMNS,
+    Column,
+    ConfusedPair,
+    format_cell,
+    visible_columns,
+)
 
 EMBED_MAX_WIDTH = 1200
 JPEG_QUALITY = 85
@@ -40,6 +46,12 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; }
 figcaption a { margin-left: 0.5rem; }
 .notes { font-size: 0.85rem; color: #8a5a00; }
+details { margin: 0.5rem 0 1rem; }
+summary { cursor: pointer; color: #245; }
+th.sub { font-weight: normal; text-align: left; }
+.legend { font-size: 0.85rem; color: #555; max-width: 60rem; }
+.confusion { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
+.confusion > div { margin-top: 1.5rem; }
 code { background: #f6f6f6; padding: 0 0.2rem; }
 """
 
@@ -51,6 +63,15 @@ class Picture:
     path: Path
     caption: str
     link: str | None = None
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """One eval's confusion matrix: its picture, its most confused pairs and its per-class accuracy, worst first."""
+
+    picture: Picture
+    pairs: Sequence[ConfusedPair]
+    classes: Sequence[tuple[str, float, int]]
 
 
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -98,8 +119,7 @@ def _figure(picture: Picture) -> str:
             f'<figcaption>{caption}<a href="{link}">full size</a></figcaption></figure>')
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> str:
-    columns = visible_columns(rows)
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     head = "".join(f"<th>{escape(c.header)}</th>" for c in columns)
     body = []
     for row in rows:
@@ -108,6 +128,41 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
         )
         body.append(f"<tr>{cells}</tr>")
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _results(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The narrow main table, what its numbers are, and every column behind a toggle."""
+    details = visible_columns(rows)
+    return [
+        _table(rows, visible_columns(rows, details=False)),
+        '<p class="legend">Best = the epoch <code>best.pt</code> was saved at, scored with the weights it holds: '
+        "<b>EMA</b> (the exponential moving average of the weights) when the run keeps one, otherwise <b>raw</b> "
+        "(the trained weights); the raw model's own best is in the details. Last = the final epoch, raw weights. "
+        "— marks a value the run does not have.</p>",
+        f"<details><summary>All {len(details)} columns: last epoch, time, memory, eval and attack</summary>"
+        f"{_table(rows, details)}<p class=\"legend\">Time per epoch is the mean over epochs, peak memory the "
+        "maximum.</p></details>",
+    ]
+
+
+def _confusion(section: Confusion) -> list[str]:
+    """The matrix, then its most confused pairs by name and every class's accuracy (worst first, behind a toggle)."""
+    parts = ['<div class="confusion">', _figure(section.picture), "<div>"]
+    if section.pairs:
+        rows = "".join(f'<tr><td class="text">{escape(p.true)}</td><td class="text">{escape(p.predicted)}</td>'
+                       f'<td class="num">{p.count}</td><td class="num">{p.percent:.1f}</td></tr>'
+                       for p in section.pairs)
+        parts.append(f'<p class="legend">The {len(section.pairs)} most confused pairs</p>'
+                     "<table><thead><tr><th>True class</th><th>Predicted as</th><th>Images</th>"
+                     f"<th>% of the true class</th></tr></thead><tbody>{rows}</tbody></table>")
+    if section.classes:
+        rows = "".join(f'<tr><td class="num">{rank}</td><td class="text">{escape(name)}</td>'
+                       f'<td class="num">{accuracy:.1f}</td><td class="num">{count}</td></tr>'
+                       for rank, (name, accuracy, count) in enumerate(section.classes, 1))
+        parts.append(f"<details><summary>Top-1 of each of the {len(section.classes)} classes, worst first</summary>"
+                     "<table><thead><tr><th>#</th><th>Class</th><th>Top-1 %</th><th>Images</th></tr></thead>"
+                     f"<tbody>{rows}</tbody></table></details>")
+    return [*parts, "</div></div>"]
 
 
 def _settings_table(settings: Sequence[dict[str, Any]]) -> str:
@@ -138,12 +193,12 @@ def render_html(
     sources: Sequence[Path],
     title: str = "miniplaces report",
     settings: Sequence[dict[str, Any]] = (),
-    confusion: Sequence[Picture] = (),
+    confusion: Sequence[Confusion] = (),
     comparison: Sequence[ComparisonRow] | None = None,
     attack: str = "",
 ) -> str:
     """The whole page as a string; a study's comparison rows, when given, come first; `settings` are
-    `tables.settings_rows`, `confusion` the runs' matrices."""
+    `tables.settings_rows`, `confusion` the runs' matrices with their confused pairs and per-class accuracy."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -161,15 +216,16 @@ def render_html(
                   "images.</p>"]
     parts += [
         "<h2>Results</h2>",
-        _table(rows),
-        "<p>Final = last epoch; best = the epoch of the highest val top-1; time per epoch is the mean over "
-        "epochs, peak memory the maximum. — marks a value the run does not have.</p>",
+        *_results(rows),
     ]
     if settings:
+        # Behind a toggle: the figures come first on screen, the settings a click away.
         parts.append("<h2>Runs: data and hyper-parameters</h2>")
+        parts.append(f"<details><summary>{len(SETTING_COLUMNS) - 1} settings of each run: dataset, classes, image "
+                     "size, model, optimiser, schedule, loader</summary>")
         parts.append(_settings_table(settings))
-        parts.append("<p>From each run's resolved <code>config.yaml</code>; image counts from its eval files. "
-                     "— marks a value the run does not record.</p>")
+        parts.append('<p class="legend">From each run\'s resolved <code>config.yaml</code>; image counts from its '
+                     "eval files. — marks a value the run does not record.</p></details>")
     if notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in notes)
         parts.append(f'<ul class="notes">{items}</ul>')
@@ -178,7 +234,8 @@ def render_html(
         parts.extend(_figure(p) for p in figures)
     if confusion:
         parts.append("<h2>Confusion matrices</h2>")
-        parts.extend(_figure(p) for p in confusion)
+        for section in confusion:
+            parts.extend(_confusion(section))
     if grids:
         parts.append("<h2>Saliency and attack grids</h2>")
         parts.extend(_figure(p) for p in grids)

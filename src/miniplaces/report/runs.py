@@ -61,6 +61,11 @@ class Run:
         model = self.config.get("model")
         return str(model) if model else None
 
+    @property
+    def keeps_ema(self) -> bool:
+        """Whether the run keeps an EMA of its weights: then `best.pt` holds the EMA's weights, not the raw ones."""
+        return any(row.val_top1_ema is not None for row in self.epochs)
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(epochs, values) of one metric, skipping epochs where it is not a finite number."""
         xs, ys = [], []

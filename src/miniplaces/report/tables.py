@@ -1,11 +1,13 @@
 """The results table of the study: one row per run, as Markdown and CSV.
 
-Per run: model, epochs, train and val top-1/top-5 at the final epoch and at the best val
-top-1 epoch, the minimum train loss, the mean time per epoch, the peak memory, the best val
-top-1 of the weights' EMA when the run kept one, `miniplaces eval`'s val top-1 and its test-time
-augmentation when the run has been evaluated, and accuracy under attack when the run has been
-attacked (columns no run has are left out of the Markdown and HTML). A value the run lacks is `None`;
-Markdown and HTML show it as "—", CSV as an empty cell.
+The main table is narrow (`MAIN_COLUMNS`: run, model, epochs, the best val top-1/top-5, which weights
+scored them, accuracy under attack when a run was attacked); the details table holds every column.
+Per run: model, epochs, train and val top-1/top-5 at the final epoch, val top-1/top-5 at the best epoch
+(of the weights `best.pt` holds: the EMA's when the run kept one, as training chose it; the raw model's
+best then has its own column), the minimum train loss, the mean time per epoch, the peak memory,
+`miniplaces eval`'s val top-1 and its test-time augmentation when the run has been evaluated, and
+accuracy under attack when the run has been attacked (columns no run has are left out of the Markdown
+and HTML). A value the run lacks is `None`; Markdown and HTML show it as "—", CSV as an empty cell.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.report.runs import Run, number
-from miniplaces.rundir import atomic_write_text
+from miniplaces.rundir import EvalResult, atomic_write_text
 
 MISSING = "—"
 MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "cpu_max_rss": "CPU peak RSS"}
@@ -35,25 +37,29 @@ COLUMNS: tuple[Column, ...] = (
     Column("run", "Run", ""),
     Column("model", "Model", ""),
     Column("epochs", "Epochs", ""),
-    Column("train_top1", "Train top-1 %", ".2f"),
-    Column("train_top5", "Train top-5 %", ".2f"),
-    Column("val_top1", "Val top-1 %", ".2f"),
-    Column("val_top5", "Val top-5 %", ".2f"),
+    Column("train_top1", "Last train top-1 %", ".2f"),
+    Column("train_top5", "Last train top-5 %", ".2f"),
+    Column("val_top1", "Last val top-1 % (raw)", ".2f"),
+    Column("val_top5", "Last val top-5 % (raw)", ".2f"),
     Column("best_val_top1", "Best val top-1 %", ".2f"),
     Column("best_val_top5", "Best val top-5 %", ".2f"),
+    Column("weights", "Weights", ""),
     Column("best_epoch", "Best epoch", "d"),
+    Column("best_val_top1_raw", "Best raw val top-1 %", ".2f"),
     Column("min_train_loss", "Min train loss", ".4f"),
-    Column("epoch_time_s", "Time/epoch s", ".1f"),
+    Column("epoch_time_s", "Time per epoch s", ".1f"),
     Column("images_per_s", "Images/s", ".0f"),
     Column("peak_memory_mb", "Peak memory MB", ".0f"),
     Column("memory_kind", "Memory measured", ""),
-    Column("best_val_top1_ema", "Best EMA val top-1 %", ".2f"),
     Column("eval_top1", "Eval top-1 %", ".2f"),
     Column("eval_tta", "Eval TTA", ""),
     Column("clean_top1", "Clean top-1 %", ".2f"),
     Column("adv_top1", "Attacked top-1 %", ".2f"),
     Column("attack", "Attack", ""),
 )
+
+# The main table: what a reader compares runs by. Every other column is in the details table.
+MAIN_COLUMNS: tuple[str, ...] = ("run", "model", "epochs", "best_val_top1", "best_val_top5", "weights", "adv_top1")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -67,13 +73,20 @@ def summarize(run: Run) -> dict[str, Any]:
     planned = number(run.config.get("epochs"))
     epochs = f"{done} of {int(planned)}" if planned is not None and planned > done else str(done)
 
-    best_epoch = best_top1 = best_top5 = None
+    # The best epoch as training chose it for best.pt: by the EMA's val top-1 when the run keeps one, and
+    # never an epoch whose val loss is not finite.
+    ema = run.keeps_ema
+    best_epoch = best_top1 = best_top5 = best_raw = None
     for row in run.epochs:
-        top1 = number(row.val_top1)
-        if top1 is not None and (best_top1 is None or top1 > best_top1):
-            best_top1, best_top5, best_epoch = top1, number(row.val_top5), row.epoch
+        top1, top5, loss = ((row.val_top1_ema, row.val_top5_ema, row.val_loss_ema) if ema
+                            else (row.val_top1, row.val_top5, row.val_loss))
+        top1 = number(top1)
+        if top1 is not None and number(loss) is not None and (best_top1 is None or top1 > best_top1):
+            best_top1, best_top5, best_epoch = top1, number(top5), row.epoch
+        raw = number(row.val_top1)
+        if ema and raw is not None and (best_raw is None or raw > best_raw):
+            best_raw = raw
 
-    ema_top1 = [number(row.val_top1_ema) for row in run.epochs if row.val_top1_ema is not None]
     evaluated = run.evals.get("val")
     losses = run.series("train_loss")[1]
     memory = run.series("peak_memory_mb")[1]
@@ -92,13 +105,14 @@ def summarize(run: Run) -> dict[str, Any]:
         "val_top5": number(last.val_top5),
         "best_val_top1": best_top1,
         "best_val_top5": best_top5,
+        "weights": "EMA" if ema else "raw",
         "best_epoch": best_epoch,
+        "best_val_top1_raw": best_raw,
         "min_train_loss": min(losses) if losses else None,
         "epoch_time_s": _mean(run.series("epoch_time_s")[1]),
         "images_per_s": _mean(run.series("images_per_s")[1]),
         "peak_memory_mb": max(memory) if memory else None,
         "memory_kind": ", ".join(MEMORY_KINDS.get(k, k) for k in kinds) or None,
-        "best_val_top1_ema": max((v for v in ema_top1 if v is not None), default=None),
         "eval_top1": evaluated.top1 if evaluated else None,
         "eval_tta": (evaluated.tta or "none") if evaluated else None,
         "clean_top1": attack.clean_top1 if attack else None,
@@ -119,18 +133,20 @@ def format_cell(value: Any, column: Column) -> str:
     return str(value)
 
 
-def visible_columns(rows: Sequence[dict[str, Any]]) -> list[Column]:
-    """All columns, less the attack, EMA and eval columns when no run has them."""
+def visible_columns(rows: Sequence[dict[str, Any]], details: bool = True) -> list[Column]:
+    """The details table's columns (all, less the attack, raw-best and eval columns when no run has them),
+    or with `details=False` those of them in `MAIN_COLUMNS`."""
     attacked = any(row["attack"] or row["adv_top1"] is not None for row in rows)
     hidden = set() if attacked else {"clean_top1", "adv_top1", "attack"}
-    for keys in (("best_val_top1_ema",), ("eval_top1", "eval_tta")):
+    for keys in (("best_val_top1_raw",), ("eval_top1", "eval_tta")):
         if all(row[keys[0]] is None for row in rows):
             hidden.update(keys)
-    return [c for c in COLUMNS if c.key not in hidden]
+    return [c for c in COLUMNS if c.key not in hidden and (details or c.key in MAIN_COLUMNS)]
 
 
-def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    columns = visible_columns(rows)
+def to_markdown(rows: Sequence[dict[str, Any]], details: bool = False) -> str:
+    """The main table, or with `details` every column a run has (see `visible_columns`)."""
+    columns = visible_columns(rows, details)
     lines = [
         "| " + " | ".join(c.header for c in columns) + " |",
         "|" + "|".join("---" if not c.fmt else "---:" for c in columns) + "|",
@@ -244,3 +260,43 @@ def settings_row(run: Run) -> dict[str, Any]:
 
 def settings_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return [settings_row(run) for run in runs]
+
+
+# ---------------------------------------------------------------- what an eval's confusion matrix says, in words
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """Images of class `true` predicted as `predicted`: `count` of them, `percent` of the true class's images."""
+
+    true: str
+    predicted: str
+    count: int
+    percent: float
+
+
+def _class_names(result: EvalResult) -> list[str]:
+    names = [c.name.rsplit("/", 1)[-1] for c in result.per_class]
+    return names if len(names) == len(result.confusion) else [str(i) for i in range(len(result.confusion))]
+
+
+def confused_pairs(result: EvalResult, top: int = 10) -> list[ConfusedPair]:
+    """The `top` largest off-diagonal cells of the confusion matrix, most images first (ties: class order)."""
+    names = _class_names(result)
+    cells = []
+    for i, row in enumerate(result.confusion):
+        total = sum(row)
+        cells.extend(ConfusedPair(names[i], names[j], count, 100.0 * count / total)
+                     for j, count in enumerate(row) if j != i and count > 0)
+    return sorted(cells, key=lambda pair: -pair.count)[:top]
+
+
+def per_class_accuracy(result: EvalResult) -> list[tuple[str, float, int]]:
+    """(class, top-1 %, images) for every class with images, worst first (ties: class order)."""
+    names = _class_names(result)
+    rows = []
+    for i, row in enumerate(result.confusion):
+        total = sum(row)
+        if total:
+            rows.append((names[i], 100.0 * row[i] / total, total))
+    return sorted(rows, key=lambda item: item[1])
