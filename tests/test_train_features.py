@@ -143,10 +143,10 @@ class Recorder:
 @pytest.mark.parametrize("loader", ["dataloader", "cache"])
 def test_mixup_targets_are_soft_and_reach_the_loss(data: Path, tmp_path: Path, loader: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import miniplaces.workflows.train as workflow
+    import miniplaces.engine.loop as loop
 
     recorder = Recorder(0.1)
-    monkeypatch.setattr(workflow.nn, "CrossEntropyLoss", lambda label_smoothing: recorder)
+    monkeypatch.setattr(loop.nn, "CrossEntropyLoss", lambda label_smoothing: recorder)
     train(config(data, tmp_path, epochs=1, mixup_alpha=1.0, label_smoothing=0.1, loader=loader), progress=False)
     assert len(recorder.targets) == 3
     for target in recorder.targets:
