@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from miniplaces.attacks.training import Adversary, make_adversary
-from miniplaces.config import TrainConfig, adversarial_spec
+from miniplaces.config import ConfigError, TrainConfig, adversarial_spec
 from miniplaces.engine.device import synchronize
 from miniplaces.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, unwrap_model, wrap_model
 from miniplaces.engine.ema import ModelEma
@@ -260,6 +260,9 @@ def build_trainer(config: TrainConfig, model: nn.Module, batches: TrainBatches, 
     optimiser, the warm-up + cosine schedule over all the run's steps, fp16's gradient scaler, the EMA
     (a copy of the initial weights, which a checkpoint's replaces), the loss and the adversary follow.
     """
+    if config.sync_bn and info.enabled and device.type != "cuda":
+        # torch's SyncBatchNorm has kernels for GPUs only: it would fail in the first forward.
+        raise ConfigError(f"key 'sync_bn' needs CUDA devices, and this run trains on {device.type}; set it to false")
     wrapped = wrap_model(model, info, device, sync_bn=config.sync_bn)
     train_model = torch.compile(wrapped) if config.compile else wrapped
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
