@@ -7,6 +7,7 @@ by epoch in one and by global step in the other.
 from __future__ import annotations
 
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from miniplaces.rundir import MetricsRow, RunDir
@@ -43,3 +44,10 @@ class RunBoard:
     def close(self) -> None:
         self.epochs.close()
         self.steps.close()
+
+    def __enter__(self) -> RunBoard:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -9,7 +9,7 @@ run folder is claimed (`miniplaces.rundir.claim_run`); a resume refuses settings
 checkpoint (`miniplaces.engine.resume`).
 
 Read top to bottom: `train` → `open_resume` → `_claim_on_main` → `_build` → `_open_run`
-→ `_train_epochs` (one `_train_epoch` each) → the writer closes, the claim is released.
+→ `_train_epochs` (one `_train_epoch` each) → the TensorBoard writers close, the claim is released.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,8 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
             config, run = dataclasses.replace(config, name=name), RunDir(Path(config.out_dir) / name)
         claim = _claim_on_main(run, info, device, fresh=resume is None)
         parts = _build(run, config, info, device, checkpoint)
-        board = _open_run(parts)
-        try:
-            _train_epochs(parts, board, on_step, progress)
-        finally:
-            if board is not None:
-                board.close()
+        _open_run(parts)
+        _train_epochs(parts, on_step, progress)
         return run.path
     finally:
         if claim is not None:
@@ -178,9 +175,9 @@ def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.devic
     return _Parts(run, info, state, trainer, batches.steps_per_epoch, val_loader, mixcut)
 
 
-def _open_run(parts: _Parts) -> RunBoard | None:
-    """Write the config, drop metrics rows past the checkpoint, open TensorBoard; the board (rank 0) or None."""
-    board, run, info, state, config = None, parts.run, parts.info, parts.state, parts.state.config
+def _open_run(parts: _Parts) -> None:
+    """Write the config (rank 0) and drop the metrics rows past the checkpoint."""
+    run, info, state, config = parts.run, parts.info, parts.state, parts.state.config
     if info.is_main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         # Temporary files of writes a killed process left (best.pt's would otherwise wait for a better epoch).
@@ -191,25 +188,26 @@ def _open_run(parts: _Parts) -> RunBoard | None:
         kept = [row for row in read_metrics(run.metrics) if row.epoch <= state.epoch]
         write_metrics(run.metrics, kept)
         write_metrics_csv(run.metrics_csv, kept)
-        board = RunBoard(run, epoch=state.epoch, global_step=state.epoch * parts.steps + state.step_in_epoch)
     barrier(info)
     spec = adversarial_spec(config)
     logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images%s", run.path, config.model, state.device,
                 f" × {info.world_size} processes" if info.enabled else "", config.epochs, parts.steps,
                 config.batch_size, "" if spec is None else f", adversarial training: {spec.describe()}")
-    return board
 
 
-def _train_epochs(parts: _Parts, board: RunBoard | None, on_step: Callable[[int], None] | None, progress: bool) -> None:
+def _train_epochs(parts: _Parts, on_step: Callable[[int], None] | None, progress: bool) -> None:
     """The epochs left; each ends with a metrics row, `last.pt` and maybe `best.pt`. Signals stop it cleanly."""
     run, info, state, config = parts.run, parts.info, parts.state, parts.state.config
     rows = read_metrics(run.metrics) if info.is_main else []
+    board = (RunBoard(run, epoch=state.epoch, global_step=state.epoch * parts.steps + state.step_in_epoch)
+             if info.is_main else None)
 
     def on_log(step: int, values: dict[str, float]) -> None:
         # Per-step scalars at the global step; this process's own window (rank 0's, the one that writes).
-        board.log_step(state.epoch * parts.steps + step, values)  # type: ignore[union-attr]
+        if board is not None:
+            board.log_step(state.epoch * parts.steps + step, values)
 
-    with stop_on_signals() as should_stop:
+    with stop_on_signals() as should_stop, board or nullcontext():
         while state.epoch < config.epochs:
             row = _train_epoch(parts, on_step, progress and info.is_main, should_stop,
                                on_log if board is not None else None)
