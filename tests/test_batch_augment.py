@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from miniplaces.config import TrainConfig
 from miniplaces.data.batch_augment import (
     MixCut,
     auto_augment_groups,
@@ -19,6 +20,9 @@ from miniplaces.data.batch_augment import (
 )
 from miniplaces.data.loader import CachedLoader
 from miniplaces.data.transforms import train_transform
+from miniplaces.engine.distributed import DistInfo
+from miniplaces.engine.loaders import TrainBatches
+from miniplaces.engine.loop import build_trainer
 
 
 def batch(b: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -55,14 +59,21 @@ def test_mix_is_a_function_of_its_seed_and_prob_zero_leaves_the_batch() -> None:
     assert same is x and torch.equal(one_hot, torch.nn.functional.one_hot(y, 4).float())
 
 
-def test_soft_targets_with_label_smoothing_match_timm_targets() -> None:
-    # CrossEntropyLoss smooths probability targets as timm's mixup_target does: on = 1-ε+ε/C, off = ε/C.
-    logits, eps, classes = torch.randn(4, 5), 0.1, 5
-    target = torch.tensor([[0.7, 0.3, 0, 0, 0]] * 4)
-    timm = target * (1 - eps) + eps / classes
-    expected = -(timm * logits.log_softmax(1)).sum(1).mean()
-    got = torch.nn.CrossEntropyLoss(label_smoothing=eps)(logits, target)
-    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+def test_a_training_step_on_mixed_targets_takes_timm_label_smoothed_targets() -> None:
+    # The run's loss (build_trainer: label_smoothing 0.1) on MixUp's probabilities is the cross-entropy with
+    # timm's mixup_target, which smooths the mixed one-hot targets: on = 1-ε+ε/C, off = ε/C.
+    eps, classes = 0.1, 5
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, classes))
+    x, target = MixCut(classes, mixup_alpha=1.0)(batch(), torch.arange(8) % classes, batch_rng(0, 0, 0))
+    with torch.no_grad():
+        log_p = model(x).log_softmax(1)
+    expected = -((target * (1 - eps) + eps / classes) * log_p).sum(1).mean()
+    config = TrainConfig(root="unused", label_smoothing=eps, optimizer="sgd", lr=0.1, weight_decay=0.0, epochs=1)
+    trainer = build_trainer(config, model, TrainBatches([], None, 1), DistInfo(), torch.device("cpu"), None)
+    loss, _ = trainer.step(x, target)
+    assert ((target > 0) & (target < 1)).any()  # soft targets
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["trivialaugment", "randaugment"])
@@ -114,11 +125,22 @@ def test_cache_loader_applies_the_batch_augmentations_deterministically() -> Non
 
 
 def test_per_sample_transform_gains_the_v2_transforms() -> None:
-    transform = train_transform(32, 36, auto_augment="randaugment", random_erasing=0.25)
-    names = [type(t).__name__ for t in transform.transforms]
-    assert names[-3:] == ["RandAugment", "ToDtype", "RandomErasing"]
-    assert "RandAugment" not in [type(t).__name__ for t in train_transform(32, 36).transforms]
     image = v2.functional.to_image(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    still = {"rotation": 0.0, "color_jitter": 0.0}
+
+    def seeded(seed: int, **kw: object) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return train_transform(32, 36, **still, **kw)(image)  # type: ignore[arg-type]
+
+    # RandAugment changes what the same crop (same seed) shows; random erasing zeroes a rectangle of the
+    # float image (after the conversion: the other pixels keep their values).
+    assert not torch.equal(seeded(3, auto_augment="randaugment"), seeded(3))
+    plain, erased = seeded(4), seeded(4, random_erasing=1.0)
+    assert erased.dtype == torch.float32 and 0 < (erased != plain).float().mean() < 1
+    changed = (erased != plain).any(0)
+    assert (erased[:, changed] == 0).all()
+    rows, cols = changed.any(1), changed.any(0)
+    assert torch.equal(changed, rows.view(-1, 1) & cols.view(1, -1))
     transform = train_transform(32, 36, auto_augment="trivialaugment")
     torch.manual_seed(5)
     a = transform(image)
@@ -138,14 +160,21 @@ def test_augmentation_strength_reaches_both_loaders() -> None:
     assert (batch() < 1).any()
     assert torch.equal(batch(crop_min_area=1.0, rotation=0.0, color_jitter=0.0), torch.ones(8, 3, 16, 16))
     assert (batch(crop_min_area=1.0, rotation=0.0) < 1).any()  # jitter alone still changes pixels
-    names = [type(t).__name__ for t in train_transform(16, 18).transforms]
-    assert "RandomRotation" in names and "ColorJitter" in names
-    light = train_transform(16, 18, crop_min_area=0.5, rotation=0.0, color_jitter=0.0)
-    names = [type(t).__name__ for t in light.transforms]
-    assert "RandomRotation" not in names and "ColorJitter" not in names
-    assert light.transforms[names.index("RandomResizedCrop")].scale == (0.5, 1.0)
     image = v2.functional.to_image(images[0])
+    torch.manual_seed(0)
+    assert any((train_transform(16, 18)(image) < 1).any() for _ in range(4))
     assert torch.equal(train_transform(16, 18, rotation=0.0, color_jitter=0.0)(image), torch.ones(3, 16, 16))
+    # The crop's smallest area: on an image half black, half white, whole-image crops (area 1) all show half
+    # white, while crops of a quarter of the image and more see either side.
+    halves = v2.functional.to_image(np.repeat(np.repeat([[[0], [255]]], 3, 2), 12, 1).astype(np.uint8).repeat(24, 0))
+
+    def white_shares(crop_min_area: float) -> list[float]:
+        transform = train_transform(16, 18, crop_min_area=crop_min_area, rotation=0.0, color_jitter=0.0)
+        return [transform(halves).mean().item() for _ in range(20)]
+
+    assert all(abs(share - 0.5) < 0.1 for share in white_shares(1.0))
+    quarter = white_shares(0.25)
+    assert max(quarter) - min(quarter) > 0.3
 
 
 def test_progressive_size_schedule() -> None:

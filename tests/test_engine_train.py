@@ -14,7 +14,7 @@ from tiny_runs import config, rows, tiny_dataset, without_timing
 
 from miniplaces.cli import main
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from miniplaces.engine.train import NonFiniteLossError
+from miniplaces.engine.loop import NonFiniteLossError
 from miniplaces.rundir import METRIC_KEYS, EvalResult
 from miniplaces.workflows.evaluate import evaluate_checkpoint
 from miniplaces.workflows.train import TrainingInterrupted, train
@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_pa
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # A schedule whose learning rate turns NaN in epoch 2 (step 3 on); the config refuses such values
     # (min_lr = inf), so the schedule is patched.
-    import miniplaces.workflows.train as workflow
+    import miniplaces.engine.loop as loop
 
     def poisoned(optimizer: torch.optim.Optimizer, **kwargs: object) -> torch.optim.lr_scheduler.LambdaLR:
         scheduler = warmup_cosine(optimizer, **kwargs)  # type: ignore[arg-type]
@@ -132,8 +132,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: Path, tmp_pa
         scheduler.lr_lambdas[0] = lambda step: good(step) if step < 3 else float("nan")
         return scheduler
 
-    warmup_cosine = workflow.warmup_cosine
-    monkeypatch.setattr(workflow, "warmup_cosine", poisoned)
+    warmup_cosine = loop.warmup_cosine
+    monkeypatch.setattr(loop, "warmup_cosine", poisoned)
     with pytest.raises(NonFiniteLossError, match="non-finite in epoch 2"):
         train(config(data, tmp_path), progress=False)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

@@ -35,7 +35,8 @@ import torch
 torch.set_num_threads(1)
 import miniplaces.engine.checkpoint as checkpoint
 from miniplaces.config import config_from_dict
-from miniplaces.workflows.train import resume_config, train
+from miniplaces.engine.resume import resume_config
+from miniplaces.workflows.train import train
 
 config = config_from_dict(json.loads(sys.argv[1]))
 run = Path(config.out_dir) / config.name

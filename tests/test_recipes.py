@@ -22,7 +22,10 @@ STUDY = CONFIGS / "simplenet.yaml"
 
 def test_fast_recipe_loads_resolves_and_uses_the_features_it_names() -> None:
     fast, study = (resolve(load_config(path, ["root=x"])) for path in (FAST, STUDY))
-    assert "Goals" in FAST.read_text() and "54.09" in FAST.read_text() and "43.86" in FAST.read_text()
+    # A lighter augmentation than the study's, as the recipe says: a 10-epoch run underfits.
+    assert fast.crop_min_area > study.crop_min_area and fast.rotation == 0 < study.rotation
+    assert fast.color_jitter < study.color_jitter and fast.auto_augment == "none"
+    assert fast.mixup_alpha == fast.cutmix_alpha == 0
     assert fast.model_kwargs.get("weights") is None  # from scratch
     assert fast.ema and fast.label_smoothing == 0.1 and fast.channels_last and fast.loader == "cache"
     assert fast.warmup_epochs < study.warmup_epochs and fast.lr > study.lr and fast.epochs <= 10

@@ -18,8 +18,8 @@ import torch
 
 from miniplaces.config import TrainConfig
 from miniplaces.engine.checkpoint import load_checkpoint
-from miniplaces.rundir import RunDir
-from miniplaces.workflows.train import RunBusyError, RunExistsError, claim_run, train
+from miniplaces.rundir import RunBusyError, RunDir, RunExistsError, claim_run
+from miniplaces.workflows.train import train
 
 TORCH_THREADS = 1
 
@@ -60,7 +60,7 @@ def test_a_live_owner_in_another_process_blocks_until_it_dies(tmp_path: Path) ->
     run = RunDir(tmp_path / "held")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from miniplaces.rundir import RunDir; "
-         "from miniplaces.workflows.train import claim_run; claim_run(RunDir(sys.argv[1]), fresh=True); "
+         "from miniplaces.rundir import claim_run; claim_run(RunDir(sys.argv[1]), fresh=True); "
          "print('held', flush=True); time.sleep(60)", str(run.path)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -109,7 +109,7 @@ def test_a_start_killed_before_its_first_checkpoint_can_start_again(synth_root: 
     run.config.write_text("model: simplenet\n")
     run.metrics.write_text("")
     (run.checkpoints / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
-    with caplog.at_level(logging.WARNING, logger="miniplaces.workflows.train"):
+    with caplog.at_level(logging.WARNING, logger="miniplaces.rundir"):
         assert train(tiny(synth_root, tmp_path), progress=False) == run.path
     assert "holds no checkpoint" in caplog.text and "starting it again" in caplog.text
     assert load_checkpoint(run.last)["epoch"] == 2

@@ -143,11 +143,12 @@ class Recorder:
 @pytest.mark.parametrize("loader", ["dataloader", "cache"])
 def test_mixup_targets_are_soft_and_reach_the_loss(data: Path, tmp_path: Path, loader: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import miniplaces.workflows.train as workflow
+    import miniplaces.engine.loop as loop
 
-    recorder = Recorder(0.1)
-    monkeypatch.setattr(workflow.nn, "CrossEntropyLoss", lambda label_smoothing: recorder)
+    recorder, given = Recorder(0.1), []
+    monkeypatch.setattr(loop.nn, "CrossEntropyLoss", lambda label_smoothing: given.append(label_smoothing) or recorder)
     train(config(data, tmp_path, epochs=1, mixup_alpha=1.0, label_smoothing=0.1, loader=loader), progress=False)
+    assert given == [0.1]  # the config's smoothing reaches the loss (test_engine_loop checks its value end to end)
     assert len(recorder.targets) == 3
     for target in recorder.targets:
         assert target.shape == (16, 4) and target.dtype == torch.float32

@@ -6,6 +6,7 @@ temporary file left by a killed writer is removed by the next write of the same 
 
 `RunDir` names every path of a run; `MetricsRow`, `EvalResult`, `AttackResult` and `Sweep` are
 written and read by the same class, so the report reads exactly what the commands wrote.
+`claim_run` locks a run folder for the one training that writes it.
 
 This module imports only the standard library (and the project's error base), so every layer
 (data, engine, report, workflows) may use it.
@@ -16,8 +17,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -149,7 +152,7 @@ class RunDir:
         self.metrics_csv = self.path / METRICS_CSV
         self.checkpoints = self.path / "checkpoints"
         self.last, self.best = self.checkpoints / "last.pt", self.checkpoints / "best.pt"
-        self.lock = self.path / ".train.lock"  # locked by the process training the run (workflows.train)
+        self.lock = self.path / ".train.lock"  # locked by the process training the run (`claim_run`)
         self.tensorboard = self.path / "tb"
         self.tensorboard_steps = self.tensorboard / "steps"  # per-step scalars, at the global step
         self.saliency = self.path / "saliency"
@@ -508,3 +511,101 @@ class StudyRecord(JsonRecord):
             raise RunFileError(f"{where}: experiments is not a list of objects")
         rows = [_build(StudyEntry, e, f"{where} experiment {i}") for i, e in enumerate(entries, 1)]
         return _build(cls, {**data, "experiments": rows}, where)
+
+
+# ---------------------------------------------------------------- the run folder, claimed by one training
+
+logger = logging.getLogger(__name__)
+
+class RunExistsError(MiniPlacesError):
+    """A new run would overwrite a run folder that already holds one."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class RunBusyError(MiniPlacesError):
+    """Another live process holds the run folder (it is training or resuming that run)."""
+
+
+@dataclass
+class RunClaim:
+    """This process's hold on a run folder: an open, exclusively locked `.train.lock` (see `claim_run`)."""
+
+    run: RunDir
+    fd: int
+    reused: bool  # a folder a previous start left without a checkpoint, started again
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the lock; the file stays (unlinking it would race a claimer)
+            self.fd = -1
+
+
+def claim_run(run: RunDir, *, fresh: bool) -> RunClaim:
+    """Take `run`'s folder for this process, before anything is built or written in it.
+
+    The folder is created if needed, then `.train.lock` in it is locked (`flock`, exclusive, not
+    waiting): a second process gets `RunBusyError`, whatever the timing, and the kernel drops the
+    lock when its holder dies, even by SIGKILL. A `fresh` start then refuses a folder that holds a
+    checkpoint (`RunExistsError`: resume it instead), and takes over one that holds none (a start
+    killed before its first checkpoint), saying so in the log.
+    """
+    try:
+        run.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir()
+            created = True
+        except FileExistsError:
+            if not run.path.is_dir():
+                raise RunWriteError(f"cannot create the run directory {run.path}: a file of that name exists; "
+                                    "give the run another name") from None
+            created = False
+        fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunWriteError(f"cannot create the run directory {run.path}: {err.strerror or err}; "
+                            "choose a writable out_dir") from err
+    if not _lock(fd):
+        owner = _owner(fd)
+        os.close(fd)
+        raise RunBusyError(f"run directory {run.path} is in use by another training (pid {owner}); wait for it "
+                           "to end, or give this run another name")
+    pid = f"{os.getpid()}\n".encode()
+    os.pwrite(fd, pid, 0)
+    os.ftruncate(fd, len(pid))
+    claim = RunClaim(run, fd, reused=False)
+    if fresh and not created:
+        # last.pt makes a run (it is what resumes); a best.pt alone is the first epoch's, cut off before
+        # last.pt was written, and a restart writes both again.
+        if run.last.exists():
+            claim.release()
+            raise RunExistsError(f"run directory {run.path} already holds a run; resume it, or give the new run "
+                                 "another name (config key 'name')", run.path)
+        if run.holds_training() or run.config.exists():
+            claim.reused = True
+            logger.warning("run directory %s holds no checkpoint (a start stopped before its first epoch ended); "
+                           "starting it again from scratch", run.path)
+    return claim
+
+
+def _owner(fd: int) -> str:
+    """The pid the lock's holder wrote; a holder that has just taken the lock gets a moment to write it."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.005)
+    return "unknown"
+
+def _lock(fd: int) -> bool:
+    """Lock `fd` exclusively without waiting; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the folder's creation is then the only guard
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

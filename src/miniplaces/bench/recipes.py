@@ -22,6 +22,7 @@ import torch
 from miniplaces.bench.data import find_real_root
 from miniplaces.bench.result import BenchResult
 from miniplaces.config import TrainConfig, load_config, resolve_progressive
+from miniplaces.data.batch_augment import PROGRESSIVE_STEP
 from miniplaces.errors import MiniPlacesError
 from miniplaces.presets import presets_dir
 from miniplaces.rundir import RunDir, read_metrics
@@ -29,7 +30,6 @@ from miniplaces.rundir import RunDir, read_metrics
 CONFIGS = presets_dir()
 # (label, config file); the first is the baseline.
 RECIPES = (("simplenet (study)", "simplenet.yaml"), ("fast", "fast.yaml"))
-PROGRESSIVE_STEP = 8
 
 
 def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs: int, out_dir: Path | str,
@@ -39,8 +39,8 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     """The recipe in `path` with the benchmark's data, size and budget.
 
     A progressive-resizing start side keeps its ratio to the file's `image_size` (96 of 128 → 48 of 64),
-    rounded down to a multiple of 8 px and at least 16; its start and end epochs keep their fraction of the
-    file's `epochs` (an end one epoch past a 10-epoch run stays one tenth past a run of any length).
+    rounded down to a multiple of `PROGRESSIVE_STEP` (8 px) and at least 16; its start and end epochs keep their
+    fraction of the file's `epochs` (an end one epoch past a 10-epoch run stays one tenth past a run of any length).
     The batch limits count batches of `limit_batch_size` (the baseline's) when given: a recipe with another
     batch size gets as many training images at most (whole batches) and at least as many validation images,
     so both recipes see the same images.

@@ -66,9 +66,11 @@ def _setup_logging() -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from miniplaces.config import config_yaml, load_config, resolve
+    from miniplaces.engine.resume import resume_config
     from miniplaces.errors import MiniPlacesError
     from miniplaces.presets import config_file
-    from miniplaces.workflows.train import RunExistsError, TrainingInterrupted, resume_config, train
+    from miniplaces.rundir import RunExistsError
+    from miniplaces.workflows.train import TrainingInterrupted, train
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),

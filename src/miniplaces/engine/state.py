@@ -22,6 +22,8 @@ from miniplaces.config import TrainConfig, to_dict
 from miniplaces.engine.checkpoint import describe_model
 from miniplaces.engine.distributed import DistInfo, all_gather_objects
 from miniplaces.engine.ema import ModelEma
+from miniplaces.engine.metrics import RunningSums
+from miniplaces.rundir import MetricsRow
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -76,6 +78,33 @@ class TrainState:
     epoch_sums: list[float] | None = None
     best_top1: float = -math.inf
     ema: ModelEma | None = None
+
+    def finish_epoch(self, row: MetricsRow) -> bool:
+        """Move to the end of the epoch of `row`; whether its val top-1 is the run's best so far.
+
+        The score is the EMA's when the run keeps one (the weights best.pt is used with). An epoch whose
+        val loss is NaN or inf has diverged: its weights are never the best.
+        """
+        score, loss = ((row.val_top1_ema, row.val_loss_ema) if row.val_top1_ema is not None
+                       else (row.val_top1, row.val_loss))
+        improved = loss is not None and math.isfinite(loss) and score > self.best_top1
+        if improved:
+            self.best_top1 = score
+        self.epoch, self.step_in_epoch, self.epoch_sums = row.epoch, 0, None
+        return improved
+
+    def running_sums(self) -> RunningSums:
+        """The sums the current epoch continues from: those of its steps done before a stop, else zeros."""
+        sums = RunningSums(self.device)
+        if self.epoch_sums is not None:
+            sums.load_state(self.epoch_sums)
+        return sums
+
+    def pause(self, steps: int, sums: list[float]) -> None:
+        """Stop mid-epoch after its first `steps` steps, this process's running `sums` all-reduced (a collective)."""
+        reduced = RunningSums(self.device)
+        reduced.load_state(sums)
+        self.step_in_epoch, self.epoch_sums = steps, reduced.all_reduce().state()
 
     def state_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint payload. A collective under DDP (it gathers every process's RNG state)."""
