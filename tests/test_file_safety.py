@@ -68,7 +68,9 @@ def test_a_really_full_disk_gives_no_space_left(tmp_path: Path, monkeypatch: pyt
 
     def on_full_disk(**kwargs: Any) -> tuple[int, str]:
         fd, name = real_mkstemp(**kwargs)
-        os.dup2(os.open("/dev/full", os.O_WRONLY), fd)  # every write to the temporary file: ENOSPC
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)  # every write to the temporary file: ENOSPC
+        os.close(full)
         return fd, name
 
     monkeypatch.setattr(rundir.tempfile, "mkstemp", on_full_disk)
