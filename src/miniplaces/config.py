@@ -189,6 +189,38 @@ def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
     setattr(config, key, converted)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice: PyYAML keeps the last silently, which hides a typo."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        where = f" (lines {first_line} and {line})" if first_line != line else ""
+        super().__init__(f"key {key!r} appears twice{where}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (at any depth)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys, as it means to
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text read as `yaml.safe_load` does, except that a key given twice is a `DuplicateKeyError`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
     """Apply the keys of a YAML file (a flat mapping) to `config`; errors name the file and line."""
     path = Path(path)
@@ -204,7 +236,10 @@ def apply_yaml(config: TrainConfig, path: Path | str) -> TrainConfig:
                           "save the config file as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}:{err.line}: key {err.key!r} is given twice (first on line {err.first_line}); "
+                          "keep one") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{_yaml_where(path, err)}: not valid YAML: {_yaml_problem(err)}") from err
     if data is None:
@@ -260,7 +295,7 @@ def _accepts(tp: Any, kind: type) -> bool:
 
 def _parse_value(raw: str, where: str) -> Any:
     try:
-        return yaml.safe_load(raw)
+        return load_yaml(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: cannot read value {raw!r}: {_yaml_problem(err)}") from err
 

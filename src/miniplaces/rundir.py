@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -54,9 +55,9 @@ def remove_stale_tmp(path: Path) -> list[Path]:
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it to `path`.
 
-    The folder is created if needed. On any failure the temporary file is removed and the
-    previous `path` (if any) is untouched. An `OSError` (full disk, no permission) becomes a
-    `RunWriteError` that names `path`.
+    The folder is created if needed, and the file gets the permissions `open` would give it (0o666 less
+    the umask). On any failure the temporary file is removed and the previous `path` (if any) is untouched.
+    An `OSError` (full disk, no permission) becomes a `RunWriteError` that names `path`.
     """
     path = Path(path)
     try:
@@ -67,6 +68,8 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
         raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file 0600; give it what `open` would, so teammates can read a shared run.
+            os.chmod(tmp_name, 0o666 & ~current_umask())
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -77,6 +80,24 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
             raise _write_error(path, err) from err
         raise
     return path
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (another thread may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _write_error(path: Path, err: OSError) -> RunWriteError:

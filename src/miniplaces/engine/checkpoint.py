@@ -16,9 +16,11 @@ categories      class names, index order (may be empty)
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -33,29 +35,135 @@ class CheckpointError(MiniPlacesError):
     """A checkpoint file is missing, truncated, foreign or from another format version."""
 
 
+# The file is torch.save's zip, then this trailer: the SHA-256 of every byte before it. torch.load ignores
+# bytes after the zip, so the file stays a plain torch file; a file without the trailer (written before it
+# existed, or by torch.save directly) still loads, unchecked.
+_TRAILER_TAG = b"\nminiplaces-sha256:"
+_TRAILER_SIZE = len(_TRAILER_TAG) + 64 + 1
+_CHUNK = 1 << 20
+
+
+def _trailer(digest: str) -> bytes:
+    return _TRAILER_TAG + digest.encode("ascii") + b"\n"
+
+
+class _HashingWriter:
+    """A write-only file for torch.save that hashes what passes through and keeps the disk's own error."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, rename.
 
-    A crash mid-write leaves the previous file intact.
+    A crash mid-write leaves the previous file intact. The file ends with the SHA-256 of its bytes,
+    which `load_checkpoint` checks. A full disk is a `RunWriteError` naming `path`.
     """
     payload = {"format_version": CHECKPOINT_FORMAT, **payload}
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+    def write(handle: IO[bytes]) -> None:
+        sink = _HashingWriter(handle)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError as err:
+            # torch's zip writer reports a short write as "[enforce fail at inline_container.cc…]".
+            if sink.error is not None:
+                raise sink.error from err
+            if "inline_container" in str(err) or "PytorchStreamWriter" in str(err):
+                raise OSError(errno.ENOSPC, "the write stopped short (is the disk full?)") from err
+            raise
+        handle.write(_trailer(sink.digest.hexdigest()))
+
+    return atomic_write(path, write)
+
+
+def read_torch_file(path: Path | str, *, map_location: str | torch.device = "cpu", label: str = "checkpoint",
+                    what: str = "miniplaces checkpoint", hint: str = "use a file written by `miniplaces train`",
+                    require_zip: bool = True) -> Any:
+    """The object a torch.save file holds, read with `weights_only=True`, its checksum checked when it has one.
+
+    A file without a checksum must end as torch.save's zip files do, unless `require_zip` is False
+    (weights files from elsewhere may be in torch's older format).
+
+    Every file that cannot be read (missing, empty, cut short, flipped bytes, text, another format) is a
+    `CheckpointError` naming it: `cannot read <label> PATH: it is not a <what> (<why>); <hint>`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{label} {path} does not exist")
+
+    def refuse(reason: str, advice: str = hint) -> CheckpointError:
+        return CheckpointError(f"cannot read {label} {path}: it is not a {what} ({reason}); {advice}")
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            if size >= _TRAILER_SIZE:
+                handle.seek(size - _TRAILER_SIZE)
+                tail = handle.read(_TRAILER_SIZE)
+            else:
+                tail = b""
+            if tail.startswith(_TRAILER_TAG):
+                expected = tail[len(_TRAILER_TAG):-1]
+                digest = hashlib.sha256()
+                handle.seek(0)
+                left = size - _TRAILER_SIZE
+                while left > 0:
+                    chunk = handle.read(min(_CHUNK, left))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    left -= len(chunk)
+                if digest.hexdigest().encode("ascii") != expected or not tail.endswith(b"\n"):
+                    raise refuse("checksum mismatch: the file is damaged",
+                                 "use an undamaged copy, or delete it and train again")
+            elif size == 0:
+                raise refuse("the file is empty")
+            elif require_zip and not _ends_with_zip_directory(path, size):
+                raise refuse("not a file written by torch.save, or cut short: it has neither a checksum "
+                             "nor the end of a torch zip file")
+    except OSError as err:
+        raise CheckpointError(f"cannot read {label} {path}: {err.strerror or err}") from err
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a damaged file can raise nearly anything from the unpickler
+        # torch's weights-only refusal spans many lines about trusting the file: say what it means instead.
+        reason = ("written by torch.save with objects other than tensors and plain values, or damaged"
+                  if isinstance(err, pickle.UnpicklingError)
+                  else f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}")
+        raise refuse(reason) from err
+
+
+def _ends_with_zip_directory(path: Path, size: int) -> bool:
+    """Whether the file ends with a zip's end-of-central-directory record, as every torch.save file does."""
+    if size < 22:
+        return False
+    with path.open("rb") as handle:
+        handle.seek(size - 22)
+        end = handle.read(22)
+    return end[:4] == b"PK\x05\x06" and end[-2:] == b"\x00\x00"
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; every failure is a `CheckpointError` that names the file."""
+    """Load and check a checkpoint; every failure is a `CheckpointError` that names the file.
+
+    Every command that opens a checkpoint comes through here (or `load_model`, which does).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
-        # torch's weights-only refusal spans many lines about trusting the file: say what it means instead.
-        reason = ("not written by torch.save, or it holds objects other than tensors and plain values"
-                  if isinstance(err, pickle.UnpicklingError) else (str(err).strip().splitlines() or [repr(err)])[0])
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a miniplaces checkpoint ({reason})"
-        ) from err
+    payload = read_torch_file(path, map_location=map_location)
     if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
         raise CheckpointError(
             f"{path} is not a miniplaces checkpoint (no model description); "

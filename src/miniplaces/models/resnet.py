@@ -9,7 +9,7 @@
   (its 1000-class head is dropped) or a miniplaces resnet18 checkpoint/state dict (its
   head is kept when it has `num_classes` outputs).
 
-Files are read with `torch.load(..., weights_only=True)`; anything else fails with a
+Files are read by `read_torch_file` (`torch.load(..., weights_only=True)`); anything else fails with a
 `MiniPlacesError` that names the file and says what is wrong.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -27,6 +26,7 @@ import torch
 from torchvision.models import ResNet, ResNet18_Weights
 from torchvision.models.resnet import BasicBlock
 
+from miniplaces.engine.checkpoint import read_torch_file
 from miniplaces.errors import MiniPlacesError
 from miniplaces.layers import Normalize
 from miniplaces.models.base import Classifier
@@ -49,13 +49,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MiniPlacesError(f"weights file {path} does not exist; pass weights=PATH to an existing file, "
                               "weights='imagenet' or weights=None")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
-        raise MiniPlacesError(
-            f"cannot read weights file {path}: it is not a state dict saved with torch.save(model.state_dict()) "
-            f"(or it is corrupt, or holds objects other than tensors) ({err})"
-        ) from err
+    obj = read_torch_file(path, label="weights file", what="state dict saved with torch.save(model.state_dict())",
+                          hint="save one with torch.save(model.state_dict(), PATH)", require_zip=False)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a miniplaces checkpoint
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):

@@ -36,6 +36,7 @@ from miniplaces.config import TrainConfig, apply_mapping, load_config, resolve, 
 from miniplaces.data.layout import read_split
 from miniplaces.engine.device import resolve_device
 from miniplaces.errors import MiniPlacesError
+from miniplaces.models.resnet import read_state_dict
 from miniplaces.presets import presets_dir
 from miniplaces.report import Report, build_report
 from miniplaces.rundir import (
@@ -173,6 +174,8 @@ def plan_study(
     configs = Path(configs_dir) if configs_dir is not None else default_configs_dir()
     if resnet_weights is not None and not Path(resnet_weights).is_file():
         raise StudyError(f"resnet18 weights file {resnet_weights} does not exist")
+    if resnet_weights is not None:
+        read_state_dict(resnet_weights)  # a damaged file is refused now, not after the other experiments trained
     files = StudyFiles(out)
     train_count, val_count = len(read_split(root, "train")), len(read_split(root, "val"))
     torch_device = resolve_device(device)
