@@ -100,7 +100,7 @@ def test_class_without_train_images_and_unlisted_files(synth_root: Path, tmp_pat
 
 
 def test_missing_folder_and_files(tmp_path: Path) -> None:
-    assert "no such folder; download it (download_dataset)" in verify_dataset(tmp_path / "absent").problems[0]
+    assert "no such folder; download the dataset there" in verify_dataset(tmp_path / "absent").problems[0]
     report = verify_dataset(tmp_path)
     text = "\n".join(report.problems)
     for name in ("images: missing", "categories.txt: missing", "train.txt: missing", "val.txt: missing"):

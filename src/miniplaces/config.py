@@ -118,11 +118,15 @@ class TrainConfig:
                                "j in [0, 1); 0 disables it")
     data_init: bool = _key(False, "before the first step, models whose card allows it set initial weights from "
                                   "training images (fastnet: a whitening stem, as airbench's)")
-    progressive_start_size: int | None = _key(
+    progressive_start_size: int | float | None = _key(
         None, "progressive resizing (FFCV): training side at `progressive_start_epoch`, rising linearly in steps of "
-        "8 px to `image_size` at `progressive_end_epoch`; validation stays at `image_size`; null disables it")
-    progressive_start_epoch: int = _key(0, "0-based epoch where progressive resizing starts")
-    progressive_end_epoch: int | None = _key(None, "0-based epoch where it reaches `image_size`; null → the last epoch")
+        "8 px to `image_size` at `progressive_end_epoch`; validation stays at `image_size`; null disables it. "
+        "A fraction in (0, 1) is that share of `image_size` (0.75 of 128 → 96), rounded down to a multiple of 8 px")
+    progressive_start_epoch: int | float = _key(
+        0, "0-based epoch where progressive resizing starts; a fraction in [0, 1) is that share of `epochs`")
+    progressive_end_epoch: int | float | None = _key(
+        None, "0-based epoch where it reaches `image_size`; null → the last epoch. A fraction in (0, 1] is that "
+        "share of `epochs` (1.0 → `epochs`: one past the last epoch, so training stays below `image_size`)")
 
 
 def config_keys() -> list[str]:
@@ -290,6 +294,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.weight_decay is None:
         config.weight_decay = weight_decay
     check_ranges(config)
+    config = resolve_progressive(config)
     adversarial_spec(config)
     _check_features(config, card.size_argument)
     if config.data_init and not card.data_init:
@@ -297,6 +302,42 @@ def resolve(config: TrainConfig) -> TrainConfig:
                           "remove data_init (fastnet has one)")
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
+    return config
+
+
+def _fraction(config: TrainConfig, key: str, low: float, high: float, closed_high: bool) -> float | None:
+    """The key's value when it is a fraction (a float) in [low, high] (or [low, high)), None when it is a whole
+    number; a float outside the range is an error, since `96.0` or `1.5` is neither a fraction nor a count."""
+    value = getattr(config, key)
+    if not isinstance(value, float):
+        return None
+    inside = low <= value <= high if closed_high else low <= value < high
+    if not inside:
+        interval = f"[{low:g}, {high:g}]" if closed_high else f"[{low:g}, {high:g})"
+        raise ConfigError(f"key {key!r}: a fraction must lie in {interval}, got {value!r}; "
+                          "a whole number (no decimal point) is read as a count")
+    return value
+
+
+def resolve_progressive(config: TrainConfig) -> TrainConfig:
+    """The config with the progressive keys' fractions turned into a side in pixels (a multiple of 8, at least
+    MIN_IMAGE_SIZE) and epoch indices, so that a recipe keeps its shape under `--set epochs=N` or
+    `--set image_size=S`; counts are kept as they are. Returns a new config."""
+    from miniplaces.data.batch_augment import PROGRESSIVE_STEP
+
+    config = dataclasses.replace(config)
+    start = _fraction(config, "progressive_start_size", 0.0, 1.0, closed_high=False)
+    if start is not None:
+        if start == 0.0:
+            raise ConfigError("key 'progressive_start_size': a fraction must be above 0, got 0.0")
+        side = int(start * config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
+        config.progressive_start_size = min(config.image_size, max(MIN_IMAGE_SIZE, side))
+    start_epoch = _fraction(config, "progressive_start_epoch", 0.0, 1.0, closed_high=False)
+    if start_epoch is not None:
+        config.progressive_start_epoch = round(start_epoch * config.epochs)
+    end_epoch = _fraction(config, "progressive_end_epoch", 0.0, 1.0, closed_high=True)
+    if end_epoch is not None:
+        config.progressive_end_epoch = max(config.progressive_start_epoch, round(end_epoch * config.epochs))
     return config
 
 
@@ -429,8 +470,13 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_yaml(config: TrainConfig) -> str:
+    """The config as the YAML text a run folder's config.yaml holds."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_config(config: TrainConfig, path: Path | str) -> Path:
-    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    return atomic_write_text(path, config_yaml(config))
 
 
 def _default_text(f: dataclasses.Field) -> str:

@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 
 
 def find_real_root() -> Path | None:
-    """`shared/miniplaces` in the nearest folder above the working directory or this checkout that has one
-    (`../shared/miniplaces` for a clone beside it)."""
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parents[3]):
+    """`shared/miniplaces` in the nearest folder above the working directory or, when the package runs from a
+    source checkout, above the checkout (`../shared/miniplaces` for a clone beside it)."""
+    starts = [Path.cwd().resolve()]
+    checkout = Path(__file__).resolve().parents[3]  # src/miniplaces/bench/data.py → the checkout
+    if (checkout / "pyproject.toml").is_file():  # not an installed wheel's site-packages
+        starts.append(checkout)
+    for start in starts:
         for folder in (start, *start.parents):
             candidate = folder / "shared" / "miniplaces"
             if (candidate / "train.txt").is_file():
@@ -84,7 +88,8 @@ def run_data_benchmark(
         synthetic: without `root`, use a synthetic set even when the real one is found.
 
     Returns one row per loader: `loader`, `device`, `images_per_s`, `seconds`, `images`,
-    `ratio` (to the per-sample loader), `data`, plus `cache_build_s` on the first cache row
+    `ratio` (to the per-sample loader), `data`, on the cache rows `threads` and `augmented` (training
+    batches, or unaugmented ones as validation makes), plus `cache_build_s` on the first cache row
     (0 when an up-to-date cache was reused).
 
     Raises:
@@ -145,6 +150,7 @@ def run_data_benchmark(
             rows.append({
                 "loader": name, "device": device, "images_per_s": rate, "seconds": seconds, "images": count,
                 "ratio": rate / baseline, "data": data, "threads": used if device == "cpu" else None,
+                "augmented": train,
             })
         rows[1]["cache_build_s"] = build_s
     return rows

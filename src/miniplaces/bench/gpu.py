@@ -2,21 +2,25 @@
 (and the fast recipe's, issue 13).
 
 `run_gpu_check(device="cuda")` synthesises a 100-class 128×128 dataset in a temporary folder and runs a list
-of steps, each wrapped so that a failing path is recorded (FAIL and its error) and the next one still runs:
+of steps, each wrapped so that a failing path is recorded (FAIL and its error) and the next one still runs.
+The measurements are the registered benchmarks (`miniplaces.bench.registry.BENCHMARKS`) at the check's scale;
+the rest are checks of paths no benchmark covers:
 
 - `cuda_tests`: the test suite's CUDA tests (`pytest -k cuda`), in a subprocess;
-- `unfold_conv`: `UnfoldConv2d` on the device against `F.conv2d` (forward and the three gradients, float64
-  and float32), then whole-SimpleNet time and saved memory against `nn.Conv2d` for each columns strategy;
-- `loader`: the cache loader with the whole uint8 array on the device and augmentation there;
-- `train <model> <combo>`: training images/s of every registered model in fp32 and in the combinations of
-  AMP bf16, fp16 with the grad scaler, channels-last and `torch.compile`; peak device memory;
+- `unfold_conv correctness`: `UnfoldConv2d` on the device against `F.conv2d` (forward and the three gradients,
+  float64 and float32);
+- `unfold_conv vs nn.Conv2d`: the `conv` benchmark's whole-SimpleNet row (on CUDA also with TF32 products);
+- `loader`: the `data` benchmark on the synthetic set, the cache loader making batches on the device;
+- `train <model> fp32 | bf16+cl`: the `train` benchmark's engine rate in that variant; `train <model>
+  fp16+scaler+cl | bf16+cl+compile`: the engine's loop on the paths that benchmark does not offer (fp16 with
+  the grad scaler, `torch.compile`); `eval <model>`: evaluation images/s;
 - `ddp`: a one-process DDP run (NCCL on CUDA, gloo on the CPU);
 - `attack`, `saliency`: PGD and the saliency maps on the device.
 
-It then projects each study experiment's wall time (train + val images per epoch at the measured rates)
-and judges issue 10's goals. `quick=True` runs the same steps at a tiny scale (the CPU test of this
-module); steps that need CUDA, or that only pay on it, are skipped with their reason. A time guard skips
-the steps that would end after `budget_s`.
+`miniplaces.bench.projection` then projects each study experiment's wall time from these rates and judges
+the goals. `quick=True` runs the same steps at a tiny scale (the CPU test of this module); steps that need
+CUDA, or that only pay on it, are skipped with their reason. A time guard skips the steps that would end
+after `budget_s`. Optimisers are the model cards' (`miniplaces.models.model_card`).
 
 The result is a JSON-ready dict; `format_report` renders it as a table. Nothing here prints: `log`
 receives one line per finished step.
@@ -38,30 +42,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniplaces.bench.conv import saved_bytes
-from miniplaces.bench.timing import medians, time_interleaved
+from miniplaces.bench import projection
+from miniplaces.bench.conv import VARIANTS as CONV_VARIANTS
+from miniplaces.bench.registry import BENCHMARKS
 from miniplaces.engine.device import synchronize
 
-# The study's experiments: model → epochs (the seed's settings; configs/*.yaml hold the same numbers).
-STUDY_EPOCHS: dict[str, int] = {"simplenet": 60, "simplenet_unfold": 10, "vit": 90, "msvit": 90, "resnet18": 60}
-STUDY_TRAIN_IMAGES = 100_000
-STUDY_VAL_IMAGES = 10_000
-# Issue 10's goals (measured on one H100).
-GOAL_IMAGES_PER_S: dict[str, float] = {"simplenet": 25_000, "resnet18": 10_000, "vit": 15_000}
-GOAL_LOADER_FACTOR = 3.0
-GOAL_STUDY_S = 45 * 60
-GOAL_UNFOLD_TIME = 1.5
-GOAL_UNFOLD_MEMORY = 1.05
-# Issue 13's fast recipe (configs/fast.yaml): its model and epochs, and its time goal on one H100. Its
-# accuracy goals (43.86 in ≤ 10 epochs, beat 54.09) need a real run: `miniplaces study --scale fast`.
-FAST_RECIPE = ("fastnet", 10)
-GOAL_FAST_S = 30 * 60
+if TYPE_CHECKING:
+    from miniplaces.bench.result import BenchResult
+
 DEFAULT_BUDGET_S = 450.0  # under 8 minutes with the start-up and the final table
 
 
@@ -75,23 +69,24 @@ class Scale:
     image_size: int
     batch_size: int
     train_steps: int  # timed steps per model and combination
-    warmup_steps: int
-    loader_epochs: int
+    warmup_steps: int  # untimed steps first, on the engine paths
     conv_repeats: int
 
 
-FULL = Scale(classes=100, per_class=24, val_per_class=8, image_size=128, batch_size=256, train_steps=50,
-             warmup_steps=5, loader_epochs=10, conv_repeats=10)
+FULL = Scale(classes=100, per_class=24, val_per_class=8, image_size=128, batch_size=256, train_steps=30,
+             warmup_steps=5, conv_repeats=10)
 QUICK = Scale(classes=4, per_class=6, val_per_class=2, image_size=32, batch_size=4, train_steps=2,
-              warmup_steps=1, loader_epochs=1, conv_repeats=1)
+              warmup_steps=1, conv_repeats=1)
 
-# Training combinations: name → (autocast dtype or None, grad scaler, channels-last, torch.compile).
-COMBOS: dict[str, tuple[torch.dtype | None, bool, bool, bool]] = {
-    "fp32": (None, False, False, False),
-    "bf16+cl": (torch.bfloat16, False, True, False),
-    "fp16+scaler+cl": (torch.float16, True, True, False),
-    "bf16+cl+compile": (torch.bfloat16, False, True, True),
+# Training combinations measured by the `train` benchmark: combination → its variant.
+BENCH_COMBOS: dict[str, str] = {"fp32": "fp32", "bf16+cl": "bf16+channels_last"}
+# Combinations that benchmark does not offer, run through the engine's loop: name → (autocast dtype, grad
+# scaler, torch.compile); all channels-last.
+ENGINE_COMBOS: dict[str, tuple[torch.dtype, bool, bool]] = {
+    "fp16+scaler+cl": (torch.float16, True, False),
+    "bf16+cl+compile": (torch.bfloat16, False, True),
 }
+COMBOS: tuple[str, ...] = (*BENCH_COMBOS, *ENGINE_COMBOS)
 # Seconds a step is expected to take at most on one H100: the guard skips a step that would end too late.
 STEP_ESTIMATE_S: dict[str, float] = {"cuda_tests": 120.0, "compile": 75.0}
 
@@ -261,68 +256,39 @@ def unfold_correctness(device: torch.device) -> dict[str, Any]:
             "columns_auto": uc.resolve_columns("auto", device)}
 
 
-def _median_times(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each step, interleaved so that a load change hits all alike."""
-    return medians(time_interleaved(steps, device, repeats=repeats, warmup=1))
+def _bench(name: str, device: torch.device, **options: Any) -> BenchResult:
+    """The registered benchmark `name` on `device` with these options (the others at their defaults)."""
+    return BENCHMARKS[name].run(device, options)
+
+
+def _whole_simplenet(result: BenchResult) -> dict[str, Any]:
+    return next(row for row in result.rows if row["layer"] == "simplenet")
 
 
 def unfold_vs_native(device: torch.device, scale: Scale) -> dict[str, Any]:
-    """Whole SimpleNet, forward + backward: `UnfoldConv2d` (each memory mode and columns strategy) against
-    `nn.Conv2d` with the same weights; time ratio (medians, interleaved) and saved-memory ratio."""
-    from miniplaces.layers.unfold_conv import UnfoldConv2d
-    from miniplaces.models import create_model
-    from miniplaces.models.simplenet import SimpleNet
-
-    native = create_model("simplenet", num_classes=100).to(device)
-    variants = {"recompute": ("recompute", "auto"), "cache": ("cache", "auto"),
-                "recompute-stream": ("recompute", "stream"), "recompute-chunk": ("recompute", "chunk")}
-    if device.type == "cpu":
-        variants.pop("recompute-stream")  # auto is stream on the CPU
-    else:
-        variants.pop("recompute-chunk")  # auto is chunk on CUDA
-    models: dict[str, nn.Module] = {"native": native}
-    for name, (memory, columns) in variants.items():
-        model = SimpleNet(num_classes=100, conv_op=lambda *a, m=memory, c=columns, **k: UnfoldConv2d(
-            *a, memory=m, columns=c, **k))
-        model.load_state_dict(native.state_dict())
-        models[name] = model.to(device)
-    x = torch.rand(scale.batch_size, 3, scale.image_size, scale.image_size,
-                   generator=torch.Generator().manual_seed(1)).to(device)
-    grad = torch.ones(scale.batch_size, 100, device=device)
-
-    def fwd_bwd(model: nn.Module) -> Callable[[], None]:
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            model(x).backward(grad)
-        return step
-
-    times = _median_times({n: fwd_bwd(m) for n, m in models.items()}, scale.conv_repeats, device)
-    tf32: dict[str, float] = {}
+    """The `conv` benchmark's whole-SimpleNet row: forward + backward of `UnfoldConv2d` (cache, recompute)
+    against `nn.Conv2d` with the same weights; time ratio (medians, interleaved) and saved-memory ratio."""
+    options = {"batch_size": scale.batch_size, "image_size": scale.image_size, "repeats": scale.conv_repeats,
+               "warmup": 1, "simplenet": True}
+    row = _whole_simplenet(_bench("conv", device, **options))
+    ours = [v for v in CONV_VARIANTS if v != "native"]
+    details: dict[str, Any] = {
+        "batch_size": scale.batch_size, "image_size": scale.image_size,
+        "ms": {v: row[f"{v}_ms"] for v in CONV_VARIANTS}, "saved_mb": {v: row[f"{v}_saved_mb"] for v in CONV_VARIANTS},
+        "time_ratios": {v: row[f"{v}_time_ratio"] for v in ours},
+        "memory_ratios": {v: row[f"{v}_memory_ratio"] for v in ours},
+        "time_ratios_tf32_matmul": None,
+    }
     if device.type == "cuda":
         # cuDNN convolutions use TF32 by default while float32 matrix products do not: the same comparison
         # with TF32 products too shows how much of the ratio is that default rather than the algorithm
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
         try:
-            tf32 = _median_times({n: fwd_bwd(m) for n, m in models.items()}, scale.conv_repeats, device)
+            tf32 = _whole_simplenet(_bench("conv", device, **options))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
-    memory = {n: saved_bytes(lambda m=m: m(x)) for n, m in models.items()}
-    peak: dict[str, float | None] = {}
-    for n, m in models.items():
-        _reset_peak(device)
-        fwd_bwd(m)()
-        synchronize(device)
-        peak[n] = _peak_mb(device)
-    details: dict[str, Any] = {
-        "batch_size": scale.batch_size, "image_size": scale.image_size,
-        "ms": {n: t * 1e3 for n, t in times.items()}, "saved_mb": {n: b / 2**20 for n, b in memory.items()},
-        "peak_mb": peak,
-        "time_ratios": {n: times[n] / times["native"] for n in variants},
-        "memory_ratios": {n: memory[n] / memory["native"] for n in variants},
-        "time_ratios_tf32_matmul": {n: tf32[n] / tf32["native"] for n in variants} if tf32 else None,
-        "peak_ratios": {n: peak[n] / peak["native"] for n in variants} if peak["native"] else None,
-    }
+        details["time_ratios_tf32_matmul"] = {v: tf32[f"{v}_time_ratio"] for v in ours}
     details["time_ratio"] = details["time_ratios"]["recompute"]
     details["memory_ratio"] = details["memory_ratios"]["recompute"]
     return details
@@ -344,87 +310,95 @@ def make_dataset(root: Path, scale: Scale, workers: int) -> dict[str, Any]:
 
 
 def loader_throughput(root: Path, device: torch.device, scale: Scale) -> dict[str, Any]:
-    """Images/s of the cache loader making augmented training batches on `device` (the whole uint8 array
-    uploaded there once), and of validation batches."""
-    from miniplaces.data.cache import open_cache
-    from miniplaces.data.loader import CachedLoader
-
-    out: dict[str, Any] = {}
-    for split, train in (("train", True), ("val", False)):
-        cache = open_cache(root, split, image_size=scale.image_size)
-        t0 = time.perf_counter()
-        loader = CachedLoader(cache.images, cache.labels, scale.batch_size, train=train, device=device,
-                              image_size=scale.image_size, drop_last=False)
-        synchronize(device)
-        upload_s = time.perf_counter() - t0
-        if device.type == "cuda" and loader.images.device != device:
-            raise AssertionError(f"the uint8 array is on {loader.images.device}, not {device}")
-        x, y = next(iter(loader))  # warm-up, and a look at one batch
-        if x.device != device or x.dtype != torch.float32 or not (0 <= float(x.min()) and float(x.max()) <= 1):
-            raise AssertionError(f"bad batch: {x.device} {x.dtype} range [{float(x.min())}, {float(x.max())}]")
-        synchronize(device)
-        t0 = time.perf_counter()
-        images = 0
-        for _ in range(scale.loader_epochs):
-            for x, _y in loader:
-                images += x.shape[0]
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-        out[split] = {"images_per_s": images / seconds, "upload_s": upload_s, "images": images}
-    return {"images_per_s": out["train"]["images_per_s"], "val_images_per_s": out["val"]["images_per_s"],
-            "splits": out, "on_device": str(device)}
+    """The `data` benchmark on the synthetic set: images/s of the cache loader making augmented training
+    batches on `device` (the whole uint8 array there), of unaugmented (validation) batches, and of the
+    per-sample DataLoader it is compared with; every whole batch of the train split after one warm-up."""
+    batches = scale.classes * scale.per_class // scale.batch_size - 1
+    workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    result = _bench("data", device, root=root, batches=batches, batch_size=scale.batch_size, warmup=1,
+                    workers=workers, image_size=scale.image_size)
+    on_device = [r for r in result.rows if r["device"] == str(device) and "augmented" in r]
+    rate = {augmented: next(r["images_per_s"] for r in on_device if r["augmented"] is augmented)
+            for augmented in (True, False)}
+    return {"images_per_s": rate[True], "val_images_per_s": rate[False],
+            "per_sample_images_per_s": result.rows[0]["images_per_s"], "on_device": str(device),
+            "batches": batches, "rows": result.rows}
 
 
 def _optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
-    # the study's optimisers: AdamW for the transformers, SGD with momentum for the CNNs
-    if "vit" in name:
-        return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    """The optimiser of model `name`'s card, with its defaults."""
+    from miniplaces.engine.optim import build_optimizer
+    from miniplaces.models import model_card
+
+    optimizer, lr, weight_decay = model_card(name).optimizer_defaults()
+    return build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
+
+
+def _check_bf16(dtype: torch.dtype | None, device: torch.device) -> None:
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SkipStep("this GPU has no bfloat16")
+
+
+def _batch(scale: Scale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(scale.batch_size, 3, scale.image_size, scale.image_size, generator=gen).to(device)
+    return x, torch.randint(0, 100, (scale.batch_size,), generator=gen).to(device)
 
 
 def train_throughput(name: str, combo: str, device: torch.device, scale: Scale,
                      compile_backend: str = "inductor") -> dict[str, Any]:
-    """Training images/s of model `name` with `combo` through the real loop (`train_one_epoch`), on one
-    batch resident on the device (the model's rate alone; the loader is measured apart); then the
-    evaluation images/s (`evaluate`) with the same precision and layout."""
-    from miniplaces.engine.train import evaluate, train_one_epoch
+    """Training images/s of model `name` in `combo` on one batch resident on the device (the model's rate
+    alone; the loader is measured apart): the `train` benchmark's engine row for its variants, else the
+    engine's loop (`train_one_epoch`, its own clock) on the path that benchmark lacks; peak device memory."""
+    if combo in BENCH_COMBOS:
+        _check_bf16(torch.bfloat16 if "bf16" in combo else None, device)
+        _reset_peak(device)
+        result = _bench("train", device, model=name, batch_size=scale.batch_size, image_size=scale.image_size,
+                        steps=scale.train_steps, rounds=1, variants=(BENCH_COMBOS[combo],), seed=0)
+        loops = {row["loop"]: row for row in result.rows}
+        return {"images_per_s": loops["engine"]["images_per_s"], "engine_vs_hand_loop": loops["engine"]["ratio"],
+                "peak_mb": _peak_mb(device), "batch_size": scale.batch_size}
+    from miniplaces.engine.train import train_one_epoch
     from miniplaces.models import create_model
 
-    amp_dtype, use_scaler, channels_last, compiled = COMBOS[combo]
+    amp_dtype, use_scaler, compiled = ENGINE_COMBOS[combo]
     if use_scaler and device.type != "cuda":
         raise SkipStep("fp16 with the grad scaler is a CUDA path")
-    if amp_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise SkipStep("this GPU has no bfloat16")
+    _check_bf16(amp_dtype, device)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=100).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes=100).to(device).to(memory_format=torch.channels_last)
     train_model = torch.compile(model, backend=compile_backend) if compiled else model
     optimizer = _optimizer(name, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(scale.batch_size, 3, scale.image_size, scale.image_size, generator=gen).to(device)
-    y = torch.randint(0, 100, (scale.batch_size,), generator=gen).to(device)
-    kwargs = {"device": device, "criterion": nn.CrossEntropyLoss(), "scaler": scaler, "amp_dtype": amp_dtype,
-              "channels_last": channels_last, "progress": False}
+    batch = _batch(scale, device)
+    kwargs = {"device": device, "criterion": nn.CrossEntropyLoss(), "amp_dtype": amp_dtype, "channels_last": True,
+              "scaler": torch.amp.GradScaler("cuda") if use_scaler else None, "progress": False}
     _reset_peak(device)
     t0 = time.perf_counter()
-    train_one_epoch(train_model, [(x, y)] * scale.warmup_steps, optimizer, scheduler, **kwargs)
+    train_one_epoch(train_model, [batch] * scale.warmup_steps, optimizer, scheduler, **kwargs)
     warmup_s = time.perf_counter() - t0
-    result = train_one_epoch(train_model, [(x, y)] * scale.train_steps, optimizer, scheduler, **kwargs)
-    peak = _peak_mb(device)
-    ev = kwargs | {}
-    for key in ("criterion", "scaler"):
-        ev.pop(key)
-    evaluate(model, [(x, y)], **ev)  # warm-up
+    result = train_one_epoch(train_model, [batch] * scale.train_steps, optimizer, scheduler, **kwargs)
+    return {"images_per_s": result["images"] / result["time_s"], "final_loss": float(result["loss"]),
+            "peak_mb": _peak_mb(device), "warmup_s": warmup_s, "batch_size": scale.batch_size}
+
+
+def eval_throughput(name: str, device: torch.device, scale: Scale) -> dict[str, Any]:
+    """Evaluation images/s of model `name` (`evaluate`) in bf16, channels-last (float32 on a GPU without
+    bf16), on one batch resident on the device."""
+    from miniplaces.engine.train import evaluate
+    from miniplaces.models import create_model
+
+    amp_dtype = None if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=100).to(device).to(memory_format=torch.channels_last)
+    batch = _batch(scale, device)
+    kwargs = {"device": device, "amp_dtype": amp_dtype, "channels_last": True, "progress": False}
+    evaluate(model, [batch], **kwargs)  # warm-up
     synchronize(device)
     t0 = time.perf_counter()
-    ev_result = evaluate(model, [(x, y)] * scale.train_steps, **ev)
-    eval_s = time.perf_counter() - t0
-    return {"images_per_s": result["images"] / result["time_s"], "eval_images_per_s": ev_result["count"] / eval_s,
-            "final_loss": float(result["loss"]), "peak_mb": peak, "warmup_s": warmup_s,
-            "batch_size": scale.batch_size}
+    result = evaluate(model, [batch] * scale.train_steps, **kwargs)
+    return {"images_per_s": result["count"] / (time.perf_counter() - t0),
+            "precision": "bf16" if amp_dtype else "fp32"}
 
 
 def ddp_run(device: torch.device, scale: Scale, store_dir: Path) -> dict[str, Any]:
@@ -536,13 +510,22 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, budget_s: float | N
     scale = QUICK if quick else FULL
     budget = budget_s if budget_s is not None else (120.0 if quick else DEFAULT_BUDGET_S)
     steps = _Steps(budget, log or (lambda _: None))
+    study = projection.load_study()
     # the study's models first (in its order), then any other registered one
-    model_names = models or [*(m for m in STUDY_EPOCHS if m in list_models()),
-                             *(m for m in list_models() if m not in STUDY_EPOCHS)]
+    model_names = models or [*(m for m in study.models() if m in list_models()),
+                             *(m for m in list_models() if m not in study.models())]
     compile_backend = "inductor" if dev.type == "cuda" else "eager"
     tmp = tempfile.TemporaryDirectory(prefix="miniplaces_gpu_check_") if workdir is None else None
     root = Path(tmp.name if tmp is not None else workdir)  # type: ignore[arg-type]
-    train: dict[str, dict[str, Any]] = {}
+    train: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in model_names}
+    evals: dict[str, dict[str, Any]] = {}
+
+    def train_step(name: str, combo: str, estimate_s: float = 0.0) -> None:
+        details = steps.run(f"train {name} {combo}", lambda: train_throughput(name, combo, dev, scale,
+                                                                               compile_backend), estimate_s)
+        if details:
+            train[name][combo] = details
+
     try:
         with _cuda_settings(dev):
             env = steps.run("environment", lambda: environment(dev))
@@ -553,11 +536,10 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, budget_s: float | N
             loader = steps.run("loader", lambda: loader_throughput(root / "data", dev, scale)) if data_ok else None
             if not data_ok:
                 steps.records.append({"step": "loader", "status": "SKIP", "reason": "no dataset", "seconds": 0})
-            eager_combos = [c for c in COMBOS if not COMBOS[c][3]]
             for name in model_names:
-                for combo in eager_combos:
-                    train[f"{name} {combo}"] = steps.run(f"train {name} {combo}", lambda n=name, c=combo:
-                                                         train_throughput(n, c, dev, scale)) or {}
+                for combo in (*BENCH_COMBOS, "fp16+scaler+cl"):
+                    train_step(name, combo)
+                evals[name] = steps.run(f"eval {name}", lambda n=name: eval_throughput(n, dev, scale)) or {}
             steps.run("ddp", lambda: ddp_run(dev, scale, root))
             steps.run("attack", lambda: attack_and_saliency(dev, scale, "attack"))
             steps.run("saliency", lambda: attack_and_saliency(dev, scale, "saliency"))
@@ -567,94 +549,21 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, budget_s: float | N
             # compilation is the slowest path: last, each model in its own guarded step
             compile_models = model_names if not quick else model_names[:1]
             for name in model_names:
-                for combo in (c for c in COMBOS if COMBOS[c][3]):
-                    if name not in compile_models:
-                        steps.records.append({"step": f"train {name} {combo}", "status": "SKIP", "seconds": 0,
-                                              "reason": "quick: torch.compile is checked on the first model only"})
-                        continue
-                    train[f"{name} {combo}"] = steps.run(
-                        f"train {name} {combo}", lambda n=name, c=combo: train_throughput(n, c, dev, scale,
-                                                                                          compile_backend),
-                        estimate_s=STEP_ESTIMATE_S["compile"] if dev.type == "cuda" else 0.0) or {}
+                if name not in compile_models:
+                    steps.records.append({"step": f"train {name} bf16+cl+compile", "status": "SKIP", "seconds": 0,
+                                          "reason": "quick: torch.compile is checked on the first model only"})
+                    continue
+                train_step(name, "bf16+cl+compile", STEP_ESTIMATE_S["compile"] if dev.type == "cuda" else 0.0)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    throughput = _throughput_table(model_names, train)
-    study = _project_study(throughput, loader)
-    goals = _judge_goals(throughput, loader, study, unfold, judged=dev.type == "cuda" and not quick)
+    throughput = projection.throughput_table(train, evals)
+    projected = projection.project_study(study, throughput, loader)
+    goals = projection.judge_goals(throughput, loader, projected, unfold, judged=dev.type == "cuda" and not quick)
     counts = {s: sum(r["status"] == s for r in steps.records) for s in ("PASS", "FAIL", "SKIP")}
     return {"environment": env or {}, "scale": scale.__dict__ | {"quick": quick}, "steps": steps.records,
-            "counts": counts, "throughput": throughput, "loader": loader, "unfold": unfold, "study": study,
+            "counts": counts, "throughput": throughput, "loader": loader, "unfold": unfold, "study": projected,
             "goals": goals, "total_s": round(steps.elapsed(), 1)}
-
-
-def _throughput_table(model_names: list[str], train: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model: fp32 images/s, the fastest combination and its images/s, eval images/s, peak memory."""
-    table: dict[str, dict[str, Any]] = {}
-    for name in model_names:
-        runs = {c: train[f"{name} {c}"] for c in COMBOS if train.get(f"{name} {c}")}
-        row: dict[str, Any] = {"fp32": runs.get("fp32", {}).get("images_per_s"),
-                               "combos": {c: r["images_per_s"] for c, r in runs.items()}}
-        if runs:
-            best = max(runs, key=lambda c: runs[c]["images_per_s"])
-            row.update(best_combo=best, best=runs[best]["images_per_s"],
-                       eval_images_per_s=runs[best]["eval_images_per_s"],
-                       peak_mb=max((r["peak_mb"] for r in runs.values() if r["peak_mb"] is not None), default=None))
-        table[name] = row
-    return table
-
-
-def _project_study(throughput: dict[str, dict[str, Any]], loader: dict[str, Any] | None) -> dict[str, Any]:
-    """Wall time of each study experiment at the measured rates: per epoch, 100K training images through the
-    loader and the model in its fastest combination (one after the other on one device), and 10K validation
-    images likewise; the whole study is their sum. None where a rate is missing."""
-
-    def project(name: str, epochs: int) -> float | None:
-        row = throughput.get(name, {})
-        if not row.get("best") or not loader:
-            return None
-        per_train_image = 1 / row["best"] + 1 / loader["images_per_s"]
-        per_val_image = 1 / row["eval_images_per_s"] + 1 / loader["val_images_per_s"]
-        return epochs * (STUDY_TRAIN_IMAGES * per_train_image + STUDY_VAL_IMAGES * per_val_image)
-
-    experiments = {name: project(name, epochs) for name, epochs in STUDY_EPOCHS.items()}
-    known = [s for s in experiments.values() if s is not None]
-    return {"experiments_s": experiments, "epochs": STUDY_EPOCHS,
-            "total_s": sum(known) if len(known) == len(experiments) else None,
-            "fast_recipe_s": project(*FAST_RECIPE), "fast_recipe": list(FAST_RECIPE),
-            "train_images": STUDY_TRAIN_IMAGES, "val_images": STUDY_VAL_IMAGES}
-
-
-def _judge_goals(throughput: dict[str, dict[str, Any]], loader: dict[str, Any] | None, study: dict[str, Any],
-                 unfold: dict[str, Any] | None, judged: bool) -> list[dict[str, Any]]:
-    """Issue 10's goals: met / not met (or unknown when not measured; n/a off a GPU or at quick scale)."""
-    goals: list[dict[str, Any]] = []
-
-    def add(goal: str, value: float | None, ok: bool | None, shown: str) -> None:
-        status = "n/a" if not judged else "unknown" if ok is None else "met" if ok else "not met"
-        goals.append({"goal": goal, "value": value, "measured": shown if value is not None else "-",
-                      "status": status})
-
-    for name, target in GOAL_IMAGES_PER_S.items():
-        best = throughput.get(name, {}).get("best")
-        add(f"{name} ≥ {target:,.0f} images/s", best, None if best is None else best >= target,
-            f"{best:,.0f} images/s" if best else "")
-    fastest = max((r["best"] for r in throughput.values() if r.get("best")), default=None)
-    factor = loader["images_per_s"] / fastest if loader and fastest else None
-    add(f"loader ≥ {GOAL_LOADER_FACTOR:g}× the fastest model", factor,
-        None if factor is None else factor >= GOAL_LOADER_FACTOR, f"{factor:.2f}×" if factor else "")
-    total = study.get("total_s")
-    add(f"study ≤ {GOAL_STUDY_S // 60} min", total, None if total is None else total <= GOAL_STUDY_S,
-        f"{total / 60:.1f} min" if total else "")
-    fast = study.get("fast_recipe_s")
-    add(f"fast recipe ({FAST_RECIPE[0]}, {FAST_RECIPE[1]} ep) ≤ {GOAL_FAST_S // 60} min", fast,
-        None if fast is None else fast <= GOAL_FAST_S, f"{fast / 60:.1f} min" if fast else "")
-    t = unfold.get("time_ratio") if unfold else None
-    m = unfold.get("memory_ratio") if unfold else None
-    add(f"unfold ≤ {GOAL_UNFOLD_TIME}× time, ≤ {GOAL_UNFOLD_MEMORY}× saved memory", t,
-        None if t is None or m is None else t <= GOAL_UNFOLD_TIME and m <= GOAL_UNFOLD_MEMORY,
-        f"{t:.2f}× time, {m:.2f}× memory" if t is not None and m is not None else "")
-    return goals
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -676,17 +585,18 @@ def format_report(result: dict[str, Any]) -> str:
         proj = study["experiments_s"].get(name)
         lines.append(f"{name:<18} {_num(row.get('fp32')):>11} {_num(row.get('best')):>11} "
                      f"{row.get('best_combo', '-'):<18} {_num(row.get('eval_images_per_s')):>11} "
-                     f"{_num(row.get('peak_mb')):>9} {STUDY_EPOCHS.get(name, '-')!s:>12} "
+                     f"{_num(row.get('peak_mb')):>9} {study['epochs'].get(name, '-')!s:>12} "
                      f"{'-' if proj is None else f'{proj / 60:.1f} min':>10}")
     loader = result["loader"]
     if loader:
         lines.append(f"loader: {loader['images_per_s']:,.0f} train images/s, {loader['val_images_per_s']:,.0f} val "
                      f"images/s on {loader['on_device']}")
     total = study["total_s"]
-    lines.append(f"whole study (100K train + 10K val per epoch): "
+    lines.append(f"whole study ({study['train_images']:,} train + {study['val_images']:,} val images per epoch): "
                  f"{'-' if total is None else f'{total / 60:.1f} min'}")
     fast = study.get("fast_recipe_s")
-    lines.append(f"fast recipe (configs/fast.yaml: {FAST_RECIPE[0]}, {FAST_RECIPE[1]} epochs, same images): "
+    model, epochs = study["fast_recipe"]
+    lines.append(f"fast recipe (configs/{projection.FAST_PRESET}.yaml: {model}, {epochs} epochs, same images): "
                  f"{'-' if fast is None else f'{fast / 60:.1f} min'}")
     unfold = result["unfold"]
     if unfold:
@@ -696,9 +606,6 @@ def format_report(result: dict[str, Any]) -> str:
         if unfold.get("time_ratios_tf32_matmul"):
             lines.append("  with TF32 matrix products too: " + ", ".join(
                 f"{n} {r:.2f}× time" for n, r in unfold["time_ratios_tf32_matmul"].items()))
-        if unfold.get("peak_ratios"):
-            lines.append("  peak device memory of a step: " + ", ".join(
-                f"{n} {r:.2f}×" for n, r in unfold["peak_ratios"].items()))
     lines += ["", f"{'goal':<48} {'measured':<28} status"]
     for g in result["goals"]:
         lines.append(f"{g['goal']:<48} {g['measured']:<28} {g['status']}")

@@ -21,11 +21,12 @@ import torch
 
 from miniplaces.bench.data import find_real_root
 from miniplaces.bench.result import BenchResult
-from miniplaces.config import TrainConfig, load_config
+from miniplaces.config import TrainConfig, load_config, resolve_progressive
 from miniplaces.errors import MiniPlacesError
+from miniplaces.presets import presets_dir
 from miniplaces.rundir import RunDir, read_metrics
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = presets_dir()
 # (label, config file); the first is the baseline.
 RECIPES = (("simplenet (study)", "simplenet.yaml"), ("fast", "fast.yaml"))
 PROGRESSIVE_STEP = 8
@@ -46,30 +47,33 @@ def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs
     """
     path = Path(path)
     if not path.is_file():
-        raise MiniPlacesError(f"recipe file {path} does not exist; the recipes benchmark reads the configs/ "
-                              "folder of a source checkout")
+        raise MiniPlacesError(f"recipe file {path} does not exist; the recipes benchmark reads the packaged "
+                              f"presets in {presets_dir()}")
     config = load_config(path)
     start = config.progressive_start_size
     start_epoch, end_epoch = config.progressive_start_epoch, config.progressive_end_epoch
-    if start is not None:
+    # Fractions (floats) scale themselves when the config is resolved; counts are scaled here.
+    if isinstance(start, int):
         scaled = int(start * image_size / config.image_size) // PROGRESSIVE_STEP * PROGRESSIVE_STEP
         start = min(image_size, max(16, scaled))
+    if isinstance(start_epoch, int):
         start_epoch = round(start_epoch * epochs / config.epochs)
-        end_epoch = None if end_epoch is None else max(start_epoch, round(end_epoch * epochs / config.epochs))
+    if isinstance(end_epoch, int):
+        end_epoch = max(start_epoch, round(end_epoch * epochs / config.epochs))
     batch = batch_size or config.batch_size
     if limit_batch_size is not None and limit_batch_size != batch:
         if limit_train_batches is not None:
             limit_train_batches = max(1, limit_train_batches * limit_batch_size // batch)
         if limit_val_batches is not None:
             limit_val_batches = -(-limit_val_batches * limit_batch_size // batch)  # rounded up
-    return dataclasses.replace(
+    return resolve_progressive(dataclasses.replace(
         config, root=str(root), image_size=image_size, epochs=epochs, out_dir=str(out_dir), name=name,
         device=str(device), progressive_start_size=start, progressive_start_epoch=start_epoch,
         progressive_end_epoch=end_epoch, limit_train_batches=limit_train_batches,
         limit_val_batches=limit_val_batches, batch_size=batch,
         # The cache loader makes its batches in this process; workers would only compete for the cores.
         workers=0,
-    )
+    ))
 
 
 def _row(label: str, config: TrainConfig, run: RunDir, wall_s: float) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from torch import nn
 
 from miniplaces.bench.result import BenchResult
 from miniplaces.bench.timing import medians, time_interleaved
+from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.train import train_one_epoch
 from miniplaces.errors import MiniPlacesError
-from miniplaces.models import create_model
+from miniplaces.models import create_model, model_card
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
 
@@ -30,7 +31,8 @@ def _setup(model_name: str, device: torch.device, channels_last: bool, seed: int
     model = create_model(model_name, num_classes=100).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer, lr, weight_decay = model_card(model_name).optimizer_defaults()  # the card's: AdamW for a ViT
+    return model, build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
 
 
 def hand_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]],

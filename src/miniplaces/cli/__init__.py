@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"miniplaces {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the Python traceback of an error (or set {DEBUG_ENV}=1)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
@@ -95,9 +95,27 @@ def describe_os_error(err: OSError) -> str:
     return f"{err.filename}: {reason}" if err.filename is not None else reason
 
 
+def set_without_equals(argv: Sequence[str]) -> str | None:
+    """The hint for `--set KEY VALUE` (a space where `=` belongs), or None when every `--set` has its `=`."""
+    for i, flag in enumerate(argv[:-1]):
+        key, value = argv[i + 1], (argv[i + 2] if i + 2 < len(argv) else None)
+        if flag == "--set" and "=" not in key and not key.startswith("-"):
+            form = f"--set {key}={value}" if value is not None and not value.startswith("-") else f"--set {key}=VALUE"
+            return f"--set takes KEY=VALUE in one word: write `{form}`"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hint = set_without_equals(argv)
+    if hint is not None:
+        print(f"error: {hint}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if args.command is None:  # a bare `miniplaces`: what there is to run
+        parser.print_help()
+        return 0
     debug = _debugging(args)
     try:
         code = args.func(args)

@@ -17,6 +17,10 @@ DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255"
 def register(subparsers: argparse._SubParsersAction) -> None:
     saliency = add_command(subparsers, "saliency", run_saliency)
     _common_arguments(saliency)
+    saliency.add_argument("--out", type=Path,
+                          help="folder for saliency_<method>.png "
+                          "(default: the saliency/ folder of the checkpoint's run)")
+    saliency.add_argument("--seed", type=int, default=0, help="seed of SmoothGrad's noise (default: 0)")
     saliency.add_argument("--method", choices=("vanilla", "smoothgrad", "gradcam"), default="vanilla",
                           help="vanilla: |input gradient| of the predicted class's loss; smoothgrad: its average over "
                           "noisy copies; gradcam: class-weighted conv feature map (default: vanilla)")
@@ -30,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     attack = add_command(subparsers, "attack", run_attack)
     _common_arguments(attack)
+    attack.add_argument("--out", type=Path,
+                        help="folder for attack.json and attack_grid.png, and sweep.json and sweep.png with --sweep "
+                        "(default: the attack/ folder of the checkpoint's run)")
+    attack.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default: 0)")
     attack.add_argument("--mode", choices=tuple(ATTACK_MODES), default="least-likely",
                         help=f"{_mode_help()} (default: least-likely)")
     attack.add_argument("--norm", choices=NORMS, default="linf", help="the threat model's norm (default: linf)")
@@ -55,14 +63,11 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by miniplaces train")
     parser.add_argument("--root", required=True, type=Path, help="the dataset folder (MiniPlaces layout)")
     parser.add_argument("--split", choices=("train", "val"), default="val", help="labelled split to use (default: val)")
-    parser.add_argument("--out", type=Path,
-                        help="output folder (default: <run>/attack or <run>/saliency beside the checkpoint's run)")
     parser.add_argument("--image-size", type=image_size,
                         help="centre-crop size of the val transform, resized to size·144/128 first "
                         "(default: the checkpoint's training image_size, else 128)")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random starts and SmoothGrad noise (default: 0)")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -72,7 +77,7 @@ def _load(args: argparse.Namespace) -> Any:
     from miniplaces.engine.device import resolve_device
     from miniplaces.workflows.analysis import load_for_analysis
 
-    # Seeded before the model is built, as before: random starts and SmoothGrad noise follow from --seed.
+    # Seeded before the model is built, as before: PGD's random start and SmoothGrad's noise follow from --seed.
     torch.manual_seed(args.seed)
     device = resolve_device(args.device, source="--device")
     return load_for_analysis(args.checkpoint, args.root, split=args.split, image_size=args.image_size, device=device)

@@ -63,7 +63,7 @@ def run_cache(args: argparse.Namespace) -> int:
         return run_verify(args)
     from tqdm import tqdm
 
-    from miniplaces.data.cache import build_cache, cache_paths, cache_state, open_cache
+    from miniplaces.data.cache import build_cache, cache_paths, cache_state, disk_size_text, open_cache
     from miniplaces.data.layout import read_split
 
     for split in _splits(args.root, args.split):
@@ -83,10 +83,9 @@ def run_cache(args: argparse.Namespace) -> int:
             verb = "built"
         cache = open_cache(args.root, split, args.image_size, args.cache_dir)
         images = cache_paths(args.root, split, args.image_size, args.cache_dir).images
-        size_mb = images.stat().st_size / 2**20
         took = f" in {time.perf_counter() - started:.1f} s" if verb == "built" else ""
         print(f"{split}: {verb} {len(cache)} images of {args.image_size}×{args.image_size}{took} → "
-              f"{folder}/{images.name} ({size_mb:.0f} MiB)")
+              f"{folder}/{images.name} ({disk_size_text(images.stat().st_size)} on disk)")
     return 0
 
 

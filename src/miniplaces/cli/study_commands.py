@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--experiments", metavar="A,B",
                         help="only these experiments (default: the scale's; full and mini: all five)")
     parser.add_argument("--configs", type=Path, metavar="DIR",
-                        help="folder of the study's configs (default: ./configs or the checkout's)")
+                        help="folder of the study's configs (default: ./configs when it holds them, else the "
+                        "packaged presets)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: the scale's; mini: 1)")
 

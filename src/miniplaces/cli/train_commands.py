@@ -8,15 +8,19 @@ import os
 import sys
 from typing import Any
 
-from miniplaces.cli.command import add_command, non_negative_int, positive_int
+from miniplaces.cli.command import add_command, non_negative_int, positive_float, positive_int
 from miniplaces.config import TTA_MODES
 
 
 def register(subparsers: Any) -> None:
     train = add_command(subparsers, "train", run_train)
-    train.add_argument("--model", help="registered model name (see `miniplaces models`)")
+    train.add_argument("--model", help="registered model name (see `miniplaces models`); same as --set model=…")
     train.add_argument("--root", help="dataset folder in the MiniPlaces layout")
-    train.add_argument("--config", help="YAML file of config keys (see configs/)")
+    train.add_argument("--config", help="YAML file of config keys, or the name of a packaged preset (fast, "
+                       "simplenet, simplenet_unfold, vit, msvit, resnet18; see configs/)")
+    train.add_argument("--epochs", type=positive_int, help="epochs to train; same as --set epochs=…")
+    train.add_argument("--lr", type=positive_float, help="peak learning rate; same as --set lr=…")
+    train.add_argument("-b", "--batch-size", type=positive_int, help="images per batch; same as --set batch_size=…")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="set one config key, e.g. --set epochs=10 --set amp=bf16 (repeatable)")
     train.add_argument("--name", help="run name: the run directory is <out_dir>/<name>")
@@ -29,6 +33,9 @@ def register(subparsers: Any) -> None:
                        "same as --set adv_eps=…")
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (presets, --config and --set applied) as YAML and exit "
+                       "without writing anything")
 
     ev = add_command(subparsers, "eval", run_eval)
     ev.add_argument("--checkpoint", required=True, help="a .pt file written by `miniplaces train`")
@@ -56,17 +63,21 @@ def _setup_logging() -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from miniplaces.config import load_config
+    from miniplaces.config import config_yaml, load_config, resolve
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.presets import config_file
     from miniplaces.workflows.train import RunExistsError, TrainingInterrupted, resume_config, train
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
-             ("adv_eps", args.adv_eps))
+             ("adv_eps", args.adv_eps), ("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
     overrides = [f"{key}={value}" for key, value in flags if value is not None]
     overrides += args.overrides
     base = resume_config(args.resume) if args.resume else None
-    config = load_config(args.config, overrides, base=base)
+    config = load_config(config_file(args.config) if args.config else None, overrides, base=base)
+    if args.print_config:
+        print(config_yaml(resolve(config)), end="")
+        return 0
     try:
         run_dir = train(config, resume=args.resume)
     except RunExistsError as err:

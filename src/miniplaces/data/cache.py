@@ -33,6 +33,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -155,6 +156,14 @@ def cache_paths(root: Path | str, split: str, image_size: int = DEFAULT_IMAGE_SI
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(root)
     stem = f"{split}-{image_size}"
     return CachePaths(folder / f"{stem}.images.npy", folder / f"{stem}.labels.npy", folder / f"{stem}.json")
+
+
+def disk_size_text(size_bytes: int) -> str:
+    """`1.9 GB`, `312 MB`: a size as people read it on a disk (decimal units, as `df -H`)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}" if size_bytes < 10 * scale else f"{size_bytes / scale:.0f} {unit}"
+    return f"{size_bytes} B"
 
 
 def fingerprint(root: Path | str, split: str, relpaths: Sequence[str]) -> str:
@@ -413,7 +422,8 @@ def build_cache(
     if not force:
         inspection = _inspect(root, split, image_size, cache_dir)
         if inspection.state == "current":
-            log.info("reusing the %s cache at %s", split, paths.images.parent)
+            log.info("reusing the %s cache of %d px images (%s on disk) at %s", split, image_size,
+                     disk_size_text(paths.images.stat().st_size), paths.images.parent)
             return paths.images.parent
         if inspection.state == "corrupt":
             log.warning("rebuilding the corrupt %s cache at %s: %s", split, paths.images.parent, inspection.problem)
@@ -431,6 +441,9 @@ def build_cache(
 
     tmp_images = folder / f".{paths.images.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     shape = (len(samples), image_size, image_size, 3)
+    # Said before the work starts: a 128 px cache of the full train split takes about 5 GB.
+    log.info("building the %s cache: %d images at %d px, %s on disk, in %s", split, len(samples), image_size,
+             disk_size_text(math.prod(shape)), folder)
     try:
         images = open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=shape)
         del images  # workers write through their own maps of the file
@@ -470,7 +483,8 @@ def build_cache(
                          f"free some space or choose another cache folder") from err
     finally:
         tmp_images.unlink(missing_ok=True)
-    log.info("built the %s cache at %s in %.1f s", split, folder, time.perf_counter() - started)
+    log.info("built the %s cache (%d px, %s) at %s in %.1f s", split, image_size,
+             disk_size_text(paths.images.stat().st_size), folder, time.perf_counter() - started)
     return folder
 
 

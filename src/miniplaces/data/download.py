@@ -106,8 +106,7 @@ def manual_instructions(root: Path) -> str:
         f"To set it up by hand: put the archive at {root / ARCHIVE_NAME} and train.txt, val.txt, categories.txt "
         f"(from the development kit, {DEVKIT_PAGE}) in {root}/, then rerun the download, "
         f"which uses the files already there and only extracts; or extract the archive yourself so that "
-        f"{root}/images/train, images/val (and images/test) exist. "
-        f"A full check (verify_dataset) checks the result."
+        f"{root}/images/train, images/val (and images/test) exist."
     )
 
 

@@ -189,8 +189,7 @@ def read_categories(root: Path | str) -> list[str]:
     names, problems = parse_categories(categories_path(root))
     if problems:
         raise LayoutError(
-            f"cannot read the categories of {root}:{format_problems(problems)}\n"
-            "A full check (verify_dataset) lists every problem of the folder.", DatasetFix(Path(root), "verify"),
+            f"cannot read the categories of {root}:{format_problems(problems)}", DatasetFix(Path(root), "verify"),
         )
     return names
 
@@ -201,8 +200,7 @@ def read_split(root: Path | str, split: str) -> list[Sample]:
         raise LayoutError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(root)
     if not root.is_dir():
-        raise LayoutError(f"dataset folder {root} does not exist; download it (download_dataset) or make a "
-                          "synthetic one (synthesize)", DatasetFix(root, "get"))
+        raise LayoutError(f"dataset folder {root} does not exist", DatasetFix(root, "get"))
     if split == "test":
         samples = list_test_images(root)
         if not samples:
@@ -213,7 +211,7 @@ def read_split(root: Path | str, split: str) -> list[Sample]:
     if problems:
         raise LayoutError(
             f"bad {split} label file in {root}:{format_problems(problems)}\n"
-            "Fix or remove these lines; a full check (verify_dataset) lists every problem.",
+            "Fix or remove these lines.",
             DatasetFix(root, "verify"),
         )
     if not samples:

@@ -196,7 +196,7 @@ def verify_dataset(root: Path | str, decode: bool = True, workers: int = 2) -> V
         return report
     if not root.is_dir():
         report.problems.append(
-            f"{root}: no such folder; download it (download_dataset) or make a synthetic one (synthesize)"
+            f"{root}: no such folder; download the dataset there or make a synthetic one"
         )
         return report
     images = images_dir(root)

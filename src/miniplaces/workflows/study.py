@@ -36,6 +36,7 @@ from miniplaces.config import TrainConfig, apply_mapping, load_config, resolve, 
 from miniplaces.data.layout import read_split
 from miniplaces.engine.device import resolve_device
 from miniplaces.errors import MiniPlacesError
+from miniplaces.presets import presets_dir
 from miniplaces.report import Report, build_report
 from miniplaces.rundir import (
     AttackResult,
@@ -121,11 +122,11 @@ class StudyOutcome:
 
 
 def default_configs_dir() -> Path:
-    """`./configs` when it holds the study's configs, else the source checkout's `configs/`."""
+    """`./configs` when it holds the study's configs, else the packaged presets (`miniplaces.presets`)."""
     here = Path.cwd() / "configs"
     if (here / "simplenet.yaml").is_file():
         return here
-    return Path(__file__).resolve().parents[3] / "configs"
+    return presets_dir()
 
 
 def missing_weights_reason() -> str | None:
@@ -183,7 +184,7 @@ def plan_study(
         path = configs / f"{name}.yaml"
         if not path.is_file():
             raise StudyError(f"no config for the study's experiment {name!r}: {path} does not exist "
-                             "(the study reads configs/<experiment>.yaml of a miniplaces checkout)")
+                             f"(the study reads <experiment>.yaml from {configs})")
         config = load_config(path)
         apply_mapping(config, scale.config_for(name), f"scale {scale.name!r} ({name})")
         config = dataclasses.replace(config, root=str(root), out_dir=str(files.runs), name=name, device=device)
