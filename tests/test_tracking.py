@@ -197,3 +197,17 @@ def test_wandb_offline_stores_params_metrics_and_the_best_checkpoint(tmp_path: P
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert [(a.name, a.type) for a in artifacts] == [("r-best", "model")]
     assert "run" in kinds and read_tracker_ids(run)["wandb"]
+
+
+def test_log_to_is_a_checked_list_key(synth_root: Path) -> None:
+    from miniplaces.config import ConfigError, load_config, resolve
+
+    config = resolve(load_config(None, [f"root={synth_root}", "model=simplenet", "log_to=[csv, mlflow]"]))
+    assert config.log_to == ["csv", "mlflow"]
+    assert load_config(None, []).log_to == ["tensorboard", "csv"]
+    with pytest.raises(ConfigError, match="log_to"):
+        load_config(None, ["log_to=[tensorboard, neptune]"])
+    with pytest.raises(ConfigError, match="log_to"):
+        load_config(None, ["log_to=tensorboard"])
+    with pytest.raises(TrackerError, match="twice"):
+        resolve(load_config(None, [f"root={synth_root}", "model=simplenet", "log_to=[csv, csv]"]))
