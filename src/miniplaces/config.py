@@ -84,8 +84,12 @@ class TrainConfig:
     sync_bn: bool = _key(False, "convert BatchNorm to SyncBatchNorm under DDP")
     limit_train_batches: int | None = _key(None, "at most this many training batches per epoch (tests, quick runs)")
     limit_val_batches: int | None = _key(None, "at most this many validation batches per epoch")
-    log_every: int = _key(20, "steps between progress updates and per-step TensorBoard scalars (each one "
+    log_every: int = _key(20, "steps between progress updates and per-step tracker scalars (each one "
                           "synchronises with the device)")
+    log_to: list[Literal["tensorboard", "csv", "mlflow", "wandb"]] = _key(
+        help="experiment trackers: TensorBoard (`tb/`) and CSV (`metrics.csv`) in the run folder, MLflow "
+        "(`mlruns/` beside the runs folder, or `MLFLOW_TRACKING_URI`; extra `[mlflow]`) and W&B (extra `[wandb]`; "
+        "`WANDB_MODE=offline` keeps it on disk)", factory=lambda: ["tensorboard", "csv"])
     # Adversarial training: every training batch is replaced by an attack on the current model
     # (validation stays clean). Untargeted PGD by default, as in Madry et al. (2018). The keys make
     # one `AttackSpec` (`adversarial_spec`); their allowed values come from the attack table.
@@ -145,6 +149,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is dict:
         return "mapping"
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -162,6 +168,10 @@ def _check(tp: Any, value: Any) -> tuple[bool, Any]:
     if origin is dict:
         ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
         return ok, dict(value) if ok else value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        ok = isinstance(value, list) and all(_check(item, v)[0] for v in value)
+        return ok, list(value) if ok else value
     if tp is type(None):
         return value is None, value
     if tp is bool:
@@ -337,6 +347,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
                           "remove data_init (fastnet has one)")
     if not config.root:
         raise ConfigError("key 'root' is not set: it names the MiniPlaces folder")
+    from miniplaces.tracking import check_trackers
+
+    check_trackers(config.log_to)  # a missing tracker package is said before the run writes anything
     return config
 
 
@@ -525,6 +538,8 @@ def _default_text(f: dataclasses.Field) -> str:
         return "true" if value else "false"
     if value == "" or value == {}:
         return "`" + ("{}" if value == {} else '""') + "`"
+    if isinstance(value, list):
+        return "`[" + ", ".join(map(str, value)) + "]`"
     return f"`{value}`"
 
 
