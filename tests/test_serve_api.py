@@ -322,3 +322,15 @@ def test_models_of_different_classes_are_not_served_together(tmp_path: Path, roo
     Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "a.png")
     with pytest.raises(MiniPlacesError, match=r"different numbers of classes: .*simplenet.pt \(6\), .*three.pt \(3\)"):
         build_app([checkpoints["simplenet"], three], folder=tmp_path / "pics")
+
+
+def test_models_are_named_by_their_run(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from miniplaces.serve.model_service import load_served_model
+
+    best = tmp_path / "fast_run" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(checkpoints["simplenet"].read_bytes())
+    (best.parent / "last.pt").write_bytes(best.read_bytes())
+    assert load_served_model(best, "A").describe()["checkpoint"] == "fast_run"
+    assert load_served_model(best.parent / "last.pt", "B").describe()["checkpoint"] == "fast_run (last.pt)"
+    assert load_served_model(best.parent.parent, "C").describe()["checkpoint"] == "fast_run"  # a run folder

@@ -16,7 +16,8 @@ from miniplaces.errors import MiniPlacesError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "serve", run)
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True, metavar="CKPT",
-                        help="one or two (or more) checkpoints written by `miniplaces train`")
+                        help="one or two (or more) checkpoints written by `miniplaces train`, run folders "
+                        "(their checkpoints/best.pt) or export folders")
     parser.add_argument("--root", type=Path, help="a dataset folder whose val split the page browses")
     parser.add_argument("--images", type=Path, help="also browse the images under this folder")
     parser.add_argument("--host", default="127.0.0.1",

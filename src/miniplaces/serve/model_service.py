@@ -25,6 +25,7 @@ from miniplaces.data.transforms import resize_for
 from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.predict import eval_transform, image_files
 from miniplaces.errors import MiniPlacesError
+from miniplaces.explain.overlay import run_label
 from miniplaces.explain.saliency import SALIENCY_METHODS, default_gradcam_layer, saliency
 from miniplaces.models.io import load_model_any
 from miniplaces.pixels import parse_eps
@@ -71,7 +72,8 @@ class ServedModel:
     gradcam_layer: str | None
 
     def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name, "checkpoint": self.checkpoint.name,
+        # The page names a model by its run (`fast`), not by the file every run has (`best.pt`).
+        return {"key": self.key, "name": self.name, "checkpoint": run_label(self.checkpoint),
                 "image_size": self.image_size, "classes": len(self.categories),
                 "methods": [m for m in SALIENCY_METHODS if m != "gradcam" or self.gradcam_layer is not None]}
 
