@@ -85,6 +85,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def run_saliency(args: argparse.Namespace) -> int:
     from miniplaces.explain.saliency import GradCamLayerError
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.analysis import saliency_report
 
     inputs = _load(args)
@@ -92,7 +93,7 @@ def run_saliency(args: argparse.Namespace) -> int:
         report = saliency_report(
             inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples,
             sigma=args.sigma, columns=args.columns,
-            title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}",
+            title=f"{args.method} saliency · {args.checkpoint.name} · {args.split}", progress=start_progress,
         )
     except GradCamLayerError as err:
         raise MiniPlacesError(f"{err} (--layer NAME picks the layer; --method vanilla or smoothgrad needs none)") \
@@ -106,6 +107,7 @@ def run_saliency(args: argparse.Namespace) -> int:
 def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.attacks.spec import AttackSpec
     from miniplaces.pixels import parse_eps_list
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.analysis import attack_report
 
     # The flags become one spec here; everything after reads it.
@@ -115,7 +117,7 @@ def run_attack(args: argparse.Namespace) -> int:
     inputs = _load(args)
     report = attack_report(
         inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,
-        seed=args.seed, title=f"{args.mode} · {args.checkpoint.name} · {args.split}",
+        seed=args.seed, title=f"{args.mode} · {args.checkpoint.name} · {args.split}", progress=start_progress,
     )
     result = report.result
     success = "n/a" if result.success_rate is None else f"{result.success_rate:.1f}%"
