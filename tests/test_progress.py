@@ -236,11 +236,30 @@ def test_a_failed_task_prints_no_final_line(checkpoint: Path, synth_root: Path, 
     assert "done" not in err and err.startswith("error: the challenge file lists 5 labels")
 
 
-def test_cache_prints_progress(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cache", "--root", str(synth_root), "--split", "val", "--image-size", "16",
-                 "--cache-dir", str(tmp_path), "--workers", "1"]) == 0
+def test_cache_build_and_verify_print_progress(synth_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["cache", "--root", str(synth_root), "--split", "val", "--image-size", "16", "--cache-dir", str(tmp_path),
+              "--workers", "1"]
+    assert main(common) == 0
     counts, total, _ = _counts(capsys.readouterr().err, "cache val")
-    assert total == 16 and counts[-1] == 16
+    _rising_to(counts, 16)
+    assert total == 16
+    assert main([*common, "--verify"]) == 0
+    counts, total, _ = _counts(capsys.readouterr().err, "verify val")
+    _rising_to(counts, 16)
+    assert total == 16
+
+
+def test_a_bad_interval_is_one_error_line_before_anything_is_written(synth_root: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INTERVAL_ENV, "often")
+    assert main(["cache", "--root", str(synth_root), "--split", "val", "--image-size", "16",
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {INTERVAL_ENV}='often' is not a number of seconds ≥ 0; set it to e.g. 30, or 0 for a " \
+                  "line at every update\n"
+    assert not any((tmp_path / "c").rglob("*"))
 
 
 def test_study_steps_open_named_tasks(synth_root: Path, tmp_path: Path) -> None:
