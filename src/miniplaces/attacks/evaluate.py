@@ -13,7 +13,7 @@ averaged over the images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ def evaluate_attack(
     *,
     limit: int | None = None,
     device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Clean and adversarial top-1/top-5, success rate and mean perturbation norms over `loader`.
 
@@ -65,6 +66,7 @@ def evaluate_attack(
         loader: yields `(images in [0, 1], labels)` batches.
         limit: attack at most this many images (the first ones the loader gives).
         device: where batches go; default the model's device.
+        progress: called after each batch with the number of images it attacked.
     """
     if limit is not None and limit < 1:
         raise MiniPlacesError(f"the image limit must be ≥ 1; got {limit}")
@@ -98,6 +100,8 @@ def evaluate_attack(
             hits += int((correct & (adv_pred != y)).sum())
             attempts += int(correct.sum())
         count += len(y)
+        if progress is not None:
+            progress(len(y))
     if count == 0:
         raise MiniPlacesError("no images to attack: the loader is empty")
     return {
@@ -122,8 +126,13 @@ def robustness_sweep(
     *,
     limit: int | None = None,
     device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """`evaluate_attack` of `spec` at each ε (a default step stays ε/10); rows in the order of `eps_list`."""
+    """`evaluate_attack` of `spec` at each ε (a default step stays ε/10); rows in the order of `eps_list`.
+
+    `progress` hears every batch of every ε: the sweep's total is the images times `len(eps_list)`.
+    """
     if not eps_list:
         raise MiniPlacesError("the sweep needs at least one ε")
-    return [evaluate_attack(model, loader, spec.with_eps(eps), limit=limit, device=device) for eps in eps_list]
+    return [evaluate_attack(model, loader, spec.with_eps(eps), limit=limit, device=device, progress=progress)
+            for eps in eps_list]

@@ -88,6 +88,7 @@ def _load(args: argparse.Namespace) -> Any:
 def run_saliency(args: argparse.Namespace) -> int:
     from miniplaces.explain.overlay import run_label
     from miniplaces.explain.saliency import GradCamLayerError
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.analysis import saliency_report
 
     inputs = _load(args)
@@ -95,7 +96,7 @@ def run_saliency(args: argparse.Namespace) -> int:
         report = saliency_report(
             inputs, args.out, method=args.method, n=args.n, layer=args.layer, samples=args.samples,
             sigma=args.sigma, columns=args.columns,
-            title=f"{args.method} saliency · {run_label(args.checkpoint)} · {args.split}",
+            title=f"{args.method} saliency · {run_label(args.checkpoint)} · {args.split}", progress=start_progress,
         )
     except GradCamLayerError as err:
         raise MiniPlacesError(f"{err} (--layer NAME picks the layer; --method vanilla or smoothgrad needs none)") \
@@ -110,6 +111,7 @@ def run_attack(args: argparse.Namespace) -> int:
     from miniplaces.attacks.spec import AttackSpec
     from miniplaces.explain.overlay import run_label
     from miniplaces.pixels import parse_eps_list
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.analysis import attack_report
 
     # The flags become one spec here; everything after reads it.
@@ -119,7 +121,7 @@ def run_attack(args: argparse.Namespace) -> int:
     inputs = _load(args)
     report = attack_report(
         inputs, spec, args.out, limit=args.limit, batch_size=args.batch_size, grid=args.grid, sweep=sweep,
-        seed=args.seed, title=f"{args.mode} · {run_label(args.checkpoint)} · {args.split}",
+        seed=args.seed, title=f"{args.mode} · {run_label(args.checkpoint)} · {args.split}", progress=start_progress,
     )
     result = report.result
     success = "n/a" if result.success_rate is None else f"{result.success_rate:.1f}%"

@@ -61,10 +61,9 @@ def _command(args: argparse.Namespace, split: str) -> str:
 def run_cache(args: argparse.Namespace) -> int:
     if args.verify:
         return run_verify(args)
-    from tqdm import tqdm
-
     from miniplaces.data.cache import build_cache, cache_paths, cache_state, disk_size_text, open_cache
     from miniplaces.data.layout import read_split
+    from miniplaces.progress import start_progress
 
     for split in _splits(args.root, args.split):
         state = "stale" if args.force else cache_state(args.root, split, args.image_size, args.cache_dir)
@@ -76,10 +75,9 @@ def run_cache(args: argparse.Namespace) -> int:
             if state == "corrupt":
                 print(f"{split}: the cache is corrupt; rebuilding it", file=sys.stderr)
             total = len(read_split(args.root, split))
-            with tqdm(total=total, desc=f"cache {split}", unit="img", disable=not sys.stderr.isatty(),
-                      leave=False) as bar:
+            with start_progress(f"cache {split}", total) as advance:
                 folder = build_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers,
-                                     progress=bar.update, force=True)
+                                     progress=advance, force=True)
             verb = "built"
         cache = open_cache(args.root, split, args.image_size, args.cache_dir)
         images = cache_paths(args.root, split, args.image_size, args.cache_dir).images
@@ -91,19 +89,17 @@ def run_cache(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """`--verify`: every problem of every split's cache; 0 when all are sound, else 1."""
-    from tqdm import tqdm
-
     from miniplaces.data.cache import CacheError, verify_cache
     from miniplaces.data.layout import read_split
+    from miniplaces.progress import start_progress
 
     failed = 0
     for split in _splits(args.root, args.split):
         total = len(read_split(args.root, split))
         try:
-            with tqdm(total=total, desc=f"verify {split}", unit="img", disable=not sys.stderr.isatty(),
-                      leave=False) as bar:
+            with start_progress(f"verify {split}", total) as advance:
                 problems = verify_cache(args.root, split, args.image_size, args.cache_dir, workers=args.workers,
-                                        progress=bar.update)
+                                        progress=advance)
         except CacheError as err:
             raise MiniPlacesError(f"{err.problem}; build it with `{_command(args, split)}`") from err
         if not problems:

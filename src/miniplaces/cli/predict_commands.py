@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from miniplaces.errors import MiniPlacesError
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.predict import predict_challenge, predict_files
 
     if args.challenge:
@@ -40,12 +41,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.challenge:
         out, count = predict_challenge(args.checkpoint, args.root, args.out, image_size=args.image_size,
-                                       batch_size=args.batch_size, workers=args.workers, device=args.device)
+                                       batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                       progress=start_progress)
         print(f"{count} test images → {out}")
         return 0
 
     predictions = predict_files(args.checkpoint, args.images, top=args.top, image_size=args.image_size,
-                                batch_size=args.batch_size, device=args.device)
+                                batch_size=args.batch_size, device=args.device, progress=start_progress)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0

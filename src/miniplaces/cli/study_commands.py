@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.study import StepOutcome, plan_study, run_study
     from miniplaces.workflows.train import TrainingInterrupted
 
@@ -50,7 +51,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         print(f"{step.experiment} {step.step}: {step.status}{detail}", flush=True)
 
     try:
-        outcome = run_study(plan, on_step=show)
+        outcome = run_study(plan, on_step=show, step_progress=start_progress)
     except TrainingInterrupted as err:
         print(f"interrupted; the run {err.run_dir} can continue from its last checkpoint: rerun the same "
               "`miniplaces study` command", file=sys.stderr)

@@ -95,12 +95,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from miniplaces.progress import start_progress
     from miniplaces.workflows.evaluate import evaluate_checkpoint
 
     result, path = evaluate_checkpoint(args.checkpoint, args.root, split=args.split,
                                        tta=None if args.tta == "none" else args.tta, out=args.out,
                                        batch_size=args.batch_size, device=args.device, workers=args.workers,
-                                       loader=args.loader, limit=args.limit)
+                                       loader=args.loader, limit=args.limit, progress=start_progress)
     print(f"{result.model['name']} epoch {result.epoch} on {result.split} ({result.count} images, "
           f"tta {result.tta or 'none'}): top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
           f"loss {result.loss:.4f}")

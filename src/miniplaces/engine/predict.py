@@ -6,7 +6,7 @@ Images go through the val transform (`load_rgb` + `val_transform`), so any size 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,12 @@ def predict_images(
     image_size: int = CROP,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
-    """The `top` classes of each image with softmax probabilities. `model` is in eval mode on `device`."""
+    """The `top` classes of each image with softmax probabilities. `model` is in eval mode on `device`.
+
+    `progress` is called after each batch with its number of images.
+    """
     transform = eval_transform(image_size)
     predictions: list[Prediction] = []
     for chunk in _batches(list(paths), batch_size):
@@ -111,6 +115,8 @@ def predict_images(
         for path, vals, labs in zip(chunk, values.tolist(), labels.tolist(), strict=True):
             names = [categories[i] if i < len(categories) else str(i) for i in labs]
             predictions.append(Prediction(path, labs, names, vals))
+        if progress is not None:
+            progress(len(chunk))
     return predictions
 
 
@@ -122,8 +128,12 @@ def challenge_lines(
     batch_size: int = 128,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """`test/00000001.jpg l1 l2 l3 l4 l5` for every test image of `root`, sorted by name."""
+    """`test/00000001.jpg l1 l2 l3 l4 l5` for every test image of `root`, sorted by name.
+
+    `progress` is called after each batch with its number of images.
+    """
     dataset = MiniPlaces(root, "test", transform=eval_transform(image_size))
     num_classes = getattr(model, "num_classes", None)
     if num_classes is not None and num_classes < CHALLENGE_TOP:
@@ -138,5 +148,7 @@ def challenge_lines(
         for labs in labels:
             relpath = dataset.samples[len(lines)].relpath
             lines.append(f"{relpath} {' '.join(map(str, labs))}")
+        if progress is not None:
+            progress(len(labels))
     return sorted(lines)
 

@@ -8,7 +8,7 @@ the checkpoint's run (`RunDir.saliency`, `RunDir.attack`), `saliency_<method>.pn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from miniplaces.errors import MiniPlacesError
 from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot
 from miniplaces.models.io import load_model_any, resolve_model_path
+from miniplaces.progress import StartProgress, no_progress
 from miniplaces.rundir import AttackFiles, AttackResult, AttackSource, RunDir, Sweep, saliency_png
 
 
@@ -124,14 +125,26 @@ def saliency_report(
     sigma: float = 0.15,
     columns: int = 8,
     title: str = "",
+    batch_size: int = 16,
+    progress: StartProgress | None = None,
 ) -> SaliencyReport:
     """Saliency maps (`miniplaces.explain.saliency`) of the first `n` images, drawn into
-    `out_dir/saliency_<method>.png` (default: the run's `saliency/`) with their true and predicted classes."""
+    `out_dir/saliency_<method>.png` (default: the run's `saliency/`) with their true and predicted classes.
+
+    The maps are computed `batch_size` images at a time; `progress` opens one task, "saliency", advanced
+    after each batch.
+    """
     model, categories = inputs.model, inputs.categories
     x, y = first_images(inputs.dataset, n, next(model.parameters()).device)
-    with torch.no_grad():
-        predicted = model(x).argmax(1)
-    maps = saliency(model, x, method=method, layer=layer, samples=samples, sigma=sigma)
+    predicted_parts, map_parts = [], []
+    with (progress or no_progress)("saliency", len(x)) as advance:
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            with torch.no_grad():
+                predicted_parts.append(model(batch).argmax(1))
+            map_parts.append(saliency(model, batch, method=method, layer=layer, samples=samples, sigma=sigma))
+            advance(len(batch))
+    predicted, maps = torch.cat(predicted_parts), torch.cat(map_parts)
     folder = inputs.run.saliency if out_dir is None else Path(out_dir)
     path = saliency_grid(x.cpu(), maps.cpu(), _names(categories, y), _names(categories, predicted),
                          saliency_png(folder, method), title=title, columns=columns)
@@ -164,6 +177,7 @@ def attack_report(
     seed: int | None = None,
     title: str = "",
     grid_title: str | None = None,
+    progress: StartProgress | None = None,
 ) -> AttackReport:
     """Attack the first `limit` images (all by default) as `spec` says and write the reports into `out_dir`
     (default: the run's `attack/`).
@@ -175,6 +189,8 @@ def attack_report(
     Args:
         limit: attack at most this many images; recorded as asked (the result's `images` says how many).
         seed: reseed torch before the sweep, so its random starts do not depend on what ran before.
+        progress: opens one task, "attack", over every attacked batch of the attack and the sweep (the
+            images times the passes), so its ETA is the whole report's.
     """
     if limit is not None and limit < 1:
         raise MiniPlacesError(f"the attack's image limit must be ≥ 1; got {limit}")
@@ -188,27 +204,32 @@ def attack_report(
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(inputs.dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    rows = None
-    if sweep is not None and spec.eps in sweep and not spec.random_start:
-        # Without a random start the attack is deterministic: the sweep's row at ε is the attack at ε.
-        rows = _sweep(model, loader, spec, sweep, seed, device)
-        result = AttackResult.from_scores(rows[list(sweep).index(spec.eps)].to_dict(), source)
-    else:
-        result = AttackResult.from_scores(evaluate_attack(model, loader, spec, device=device), source)
-    result.write(files.result)
+    # Without a random start the attack is deterministic: the sweep's row at ε is the attack at ε.
+    folded = sweep is not None and spec.eps in sweep and not spec.random_start
+    passes = len(sweep or ()) + (0 if folded else 1)
+    with (progress or no_progress)("attack", len(dataset) * passes) as advance:
+        rows = None
+        if folded:
+            assert sweep is not None
+            rows = _sweep(model, loader, spec, sweep, seed, device, advance)
+            result = AttackResult.from_scores(rows[list(sweep).index(spec.eps)].to_dict(), source)
+        else:
+            result = AttackResult.from_scores(evaluate_attack(model, loader, spec, device=device, progress=advance),
+                                              source)
+        result.write(files.result)
 
-    x, y = first_images(dataset, grid, device)
-    shown = attack_batch(model, x, y, spec)
-    attack_grid(
-        x.cpu(), shown.x_adv.cpu(), _names(categories, y), _names(categories, shown.clean_logits.argmax(1)),
-        _names(categories, shown.adv_logits.argmax(1)), files.grid,
-        title=spec.describe() if grid_title is None else grid_title,
-        target_names=None if shown.target is None else _names(categories, shown.target),
-    )
-    if sweep is None:
-        return AttackReport(result, None, files)
-    if rows is None:
-        rows = _sweep(model, loader, spec, sweep, seed, device)
+        x, y = first_images(dataset, grid, device)
+        shown = attack_batch(model, x, y, spec)
+        attack_grid(
+            x.cpu(), shown.x_adv.cpu(), _names(categories, y), _names(categories, shown.clean_logits.argmax(1)),
+            _names(categories, shown.adv_logits.argmax(1)), files.grid,
+            title=spec.describe() if grid_title is None else grid_title,
+            target_names=None if shown.target is None else _names(categories, shown.target),
+        )
+        if sweep is None:
+            return AttackReport(result, None, files)
+        if rows is None:
+            rows = _sweep(model, loader, spec, sweep, seed, device, advance)
     swept = Sweep(rows, source)
     swept.write(files.sweep)
     sweep_plot([row.to_dict() for row in rows], files.sweep_plot, title=title)
@@ -216,7 +237,8 @@ def attack_report(
 
 
 def _sweep(model: nn.Module, loader: DataLoader, spec: AttackSpec, eps_list: Sequence[float], seed: int | None,
-           device: torch.device) -> list[AttackResult]:
+           device: torch.device, progress: Callable[[int], None]) -> list[AttackResult]:
     if seed is not None:
         torch.manual_seed(seed)
-    return [AttackResult.from_scores(row) for row in robustness_sweep(model, loader, spec, eps_list, device=device)]
+    return [AttackResult.from_scores(row)
+            for row in robustness_sweep(model, loader, spec, eps_list, device=device, progress=progress)]

@@ -191,7 +191,7 @@ def _run_demo(options: DemoOptions, on_phase: PhaseCallback | None) -> DemoResul
     start = time.perf_counter()
     tell("eval", f"{checkpoint} on the val split")
     evaluation, eval_path = evaluate_checkpoint(checkpoint, root, split="val", device=options.device,
-                                                workers=options.workers, batch_size=256, progress=False)
+                                                workers=options.workers, batch_size=256)
     seconds["eval"] = time.perf_counter() - start
     tell("eval", f"top-1 {evaluation.top1:.1f}%, top-5 {evaluation.top5:.1f}% on {evaluation.count} "
                  f"images → {eval_path}", seconds["eval"])

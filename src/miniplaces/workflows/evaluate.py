@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from miniplaces.config import TTA_MODES, TrainConfig, config_from_dict
 from miniplaces.data import read_categories
+from miniplaces.data.layout import read_split
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.distributed import DistInfo
 from miniplaces.engine.loaders import build_val_batches
 from miniplaces.engine.train import MULTI_CROP, evaluate
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models.io import CONFIG_NAME, load_model_any, resolve_model_path
+from miniplaces.progress import StartProgress, no_progress
 from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
 
 
 def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val", tta: str | None = None,
                         out: Path | str | None = None, batch_size: int = 256, device: str = "auto",
                         workers: int = 4, loader: Literal["dataloader", "cache"] = "dataloader",
-                        limit: int | None = None, progress: bool = True) -> tuple[EvalResult, Path]:
+                        limit: int | None = None, progress: StartProgress | None = None
+                        ) -> tuple[EvalResult, Path]:
     """Evaluate a checkpoint on a labelled split; write the `EvalResult` and return it with its path.
 
     `path` is a checkpoint file, a run folder (its best.pt) or a safetensors export folder. The JSON goes to
@@ -35,6 +39,7 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
             (the result's `count` says how many); None: the whole split.
         tta: None, flip, five-crop or ten-crop (crops of the model's side from images resized to
             144/128 of it, as torchvision's FiveCrop / TenCrop).
+        progress: opens one task, "eval", advanced by each batch's images.
     """
     if loader not in ("dataloader", "cache"):
         raise MiniPlacesError(f"loader {loader!r} is not one of dataloader, cache")
@@ -59,8 +64,13 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
     batches = build_val_batches(str(root), config, DistInfo(), torch_device, split=split, batch_size=batch_size,
                                 uncropped=multi_crop)
     steps = None if limit is None else math.ceil(limit / batch_size)
-    scores = evaluate(model, batches, device=torch_device, tta=tta, tta_crop=config.image_size if multi_crop else None,
-                      num_classes=len(categories), steps=steps, progress=progress)
+    total = len(read_split(root, split))
+    if steps is not None:
+        total = min(total, steps * batch_size)
+    with (progress or no_progress)("eval", total) as advance:
+        scores = evaluate(model, _Counted(batches, advance), device=torch_device, tta=tta,
+                          tta_crop=config.image_size if multi_crop else None, num_classes=len(categories),
+                          steps=steps, progress=False)
     confusion = scores.pop("confusion")  # (K, K): rows true class, columns predicted
     counts = confusion.sum(dim=1)
     per_class = (100.0 * confusion.diag() / counts.clamp(min=1)).tolist()
@@ -74,3 +84,19 @@ def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val
     )
     target = Path(out) if out is not None else eval_json_beside(path / CONFIG_NAME if path.is_dir() else path, split)
     return result, result.write(target)
+
+
+class _Counted:
+    """`batches` (and their length) that report each batch's images once the next one is asked for, that is
+    once the evaluation is done with it."""
+
+    def __init__(self, batches: Iterable[Any], advance: Callable[[int], None]) -> None:
+        self.batches, self.advance = batches, advance
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        for x, y in self.batches:
+            yield x, y
+            self.advance(len(y))

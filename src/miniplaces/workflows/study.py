@@ -38,6 +38,7 @@ from miniplaces.engine.device import resolve_device
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models.resnet import read_state_dict
 from miniplaces.presets import presets_dir
+from miniplaces.progress import StartProgress, prefixed
 from miniplaces.report import Report, build_report
 from miniplaces.rundir import (
     AttackResult,
@@ -264,10 +265,12 @@ def run_study(
     on_step: Callable[[StepOutcome], None] | None = None,
     on_train_step: Callable[[int], None] | None = None,
     progress: bool = True,
+    step_progress: StartProgress | None = None,
 ) -> StudyOutcome:
     """Run the plan's steps that are not finished yet, then write `study.json` and the report.
 
-    `on_step` hears each step's outcome as it ends; `on_train_step` is passed to `train`.
+    `on_step` hears each step's outcome as it ends; `on_train_step` is passed to `train`; `step_progress`
+    shows the progress of the eval, attack and saliency steps.
     Raises `TrainingInterrupted` after SIGINT/SIGTERM (rerun the study to continue).
     """
     outcome = StudyOutcome(plan)
@@ -285,8 +288,9 @@ def run_study(
                 tell(StepOutcome(experiment.name, "train", "skipped", experiment.skipped))
                 continue
             tell(_train_step(experiment, on_train_step, progress))
-            tell(_eval_step(plan, experiment, progress))
-            for step in _analysis_steps(plan, experiment):
+            shown = prefixed(step_progress, experiment.name)
+            tell(_eval_step(plan, experiment, shown))
+            for step in _analysis_steps(plan, experiment, shown):
                 tell(step)
         outcome.report = write_study_report(plan.files.folder, plan.seed, title=f"miniplaces study ({plan.scale.name})",
                                             attack=plan.attack.describe())
@@ -316,7 +320,7 @@ def _train_step(experiment: PlannedExperiment, on_train_step: Callable[[int], No
     return StepOutcome(experiment.name, "train", "ran", f"{config.epochs} epochs")
 
 
-def _eval_step(plan: StudyPlan, experiment: PlannedExperiment, progress: bool) -> StepOutcome:
+def _eval_step(plan: StudyPlan, experiment: PlannedExperiment, progress: StartProgress | None) -> StepOutcome:
     from miniplaces.workflows.evaluate import evaluate_checkpoint
 
     run, config = experiment.run, experiment.config
@@ -344,7 +348,8 @@ def _attack_done(plan: StudyPlan, experiment: PlannedExperiment) -> AttackResult
     return found if found.source.limit == plan.scale.attack_images else None
 
 
-def _analysis_steps(plan: StudyPlan, experiment: PlannedExperiment) -> list[StepOutcome]:
+def _analysis_steps(plan: StudyPlan, experiment: PlannedExperiment,
+                    progress: StartProgress | None) -> list[StepOutcome]:
     """The seed's attack and the saliency grid; the model is loaded only when one of them is not done."""
     from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report
 
@@ -359,7 +364,8 @@ def _analysis_steps(plan: StudyPlan, experiment: PlannedExperiment) -> list[Step
         steps.append(StepOutcome(experiment.name, "attack", "done", f"attacked top-1 {attacked.adv_top1:.2f}%"))
     else:
         assert inputs is not None
-        report = attack_report(inputs, plan.attack, limit=plan.scale.attack_images, batch_size=64, grid=8, seed=0)
+        report = attack_report(inputs, plan.attack, limit=plan.scale.attack_images, batch_size=64, grid=8, seed=0,
+                               progress=progress)
         steps.append(StepOutcome(experiment.name, "attack", "ran",
                                  f"attacked top-1 {report.result.adv_top1:.2f}% on {report.result.images} images"))
     if grid.is_file():
@@ -367,7 +373,7 @@ def _analysis_steps(plan: StudyPlan, experiment: PlannedExperiment) -> list[Step
     else:
         assert inputs is not None
         saliency_report(inputs, method=SALIENCY_METHOD, n=plan.scale.saliency_images,
-                        title=f"{experiment.name}: {SALIENCY_METHOD} gradient saliency")
+                        title=f"{experiment.name}: {SALIENCY_METHOD} gradient saliency", progress=progress)
         steps.append(StepOutcome(experiment.name, "saliency", "ran", grid.name))
     return steps
 
