@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from miniplaces.cli import main
+from miniplaces.engine.checkpoint import load_checkpoint
 from miniplaces.rundir import AttackResult, EvalResult, RunDir, StudyFiles, read_metrics
 from miniplaces.study import Scale
 from miniplaces.workflows.study import StudyError, plan_study, run_study
@@ -94,7 +95,8 @@ def _damage(path: Path, how: str, other: Path) -> None:
 
 # (file of runs/simplenet, damage, the step that must not be "done", the status it ends with)
 CASES = [
-    *[("checkpoints/last.pt", how, "train", "redone")
+    # The last good state is best.pt: resumed from it, or copied when the last epoch was the best.
+    *[("checkpoints/last.pt", how, "train", "from best.pt")
       for how in ("truncated", "emptied", "swapped", "deleted", "flipped")],
     ("checkpoints/best.pt", "deleted", "train", "redone"),
     ("checkpoints/best.pt", "flipped", "train", "redone"),
@@ -119,11 +121,16 @@ def test_a_damaged_file_is_redone_and_the_study_ends_as_an_untouched_one(
     out = tmp_path / "study"
     shutil.copytree(reference, out)
     run = StudyFiles(out).run("simplenet")
+    best_epoch = int(load_checkpoint(run.best)["epoch"])
     _damage(run.path / name, how, StudyFiles(out).run("simplenet_unfold").path / name)
 
+    if status == "from best.pt":
+        status = "repaired" if best_epoch == 2 else "resumed"
     outcome = run_study(_plan(synth_root, out), progress=False)
     found = {s.step: s for s in outcome.steps}
     assert found[step].status == status, found[step]
+    if found[step].status == "resumed":
+        assert found[step].detail == f"from best.pt's epoch {best_epoch} to 2"
     assert found[step].why  # it says why it redid the step
     _assert_same_results(run, StudyFiles(reference).run("simplenet"))
     assert run_study(_plan(synth_root, out), progress=False).nothing_ran  # and now it is proven finished
@@ -234,3 +241,18 @@ def test_the_cli_says_why_it_redoes_a_step(reference: Path, synth_root: Path, tm
     assert "simplenet train: done (2 epochs)" in lines
     assert ("simplenet saliency: redo (saliency/saliency_vanilla.png is not the file it wrote (its sha256 differs "
             f"from {SEAL_FILE})): redone (saliency_vanilla.png)") in lines
+
+
+def test_a_lost_last_pt_whose_epoch_was_the_best_is_copied_back_from_best_pt(synth_root: Path, tmp_path: Path) -> None:
+    one_epoch = Scale(**{**TINY.__dict__, "experiments": {"simplenet": {"epochs": 1}}})
+    plan = plan_study(synth_root, tmp_path / "s", scale=one_epoch, experiments=["simplenet"], device="cpu")
+    run_study(plan, progress=False)
+    run = StudyFiles(tmp_path / "s").run("simplenet")
+    kept = run.last.read_bytes()
+    assert kept == run.best.read_bytes()  # one epoch: the best is the last, saved from the same state
+    run.last.unlink()
+    outcome = run_study(plan, progress=False)
+    train = next(s for s in outcome.steps if s.step == "train")
+    assert (train.status, train.detail) == ("repaired", "last.pt restored from best.pt, the same epoch")
+    assert run.last.read_bytes() == kept
+    assert [s.status for s in outcome.steps if s.step != "train"] == ["done"] * 3  # they read that very file

@@ -38,6 +38,7 @@ from miniplaces.rundir import (
     MetricsRow,
     RunDir,
     RunFileError,
+    atomic_write_bytes,
     atomic_write_json,
     read_metrics,
     saliency_png,
@@ -213,7 +214,7 @@ def checkpoint_problem(path: Path, config: TrainConfig, *, finished: bool) -> tu
 
 @dataclass
 class _TrainFinding:
-    action: Literal["done", "seal", "repair", "resume", "restart"]
+    action: Literal["done", "seal", "repair", "restore", "resume", "resume_best", "restart"]
     why: str | None  # None: done
     epoch: int = 0
 
@@ -257,8 +258,7 @@ class TrainStep(StudyStep):
                 if derived is not None:
                     return _TrainFinding("repair", derived)
                 return _TrainFinding("done", None)
-            # Not what training finished with: no state in the folder is proven, so training starts again.
-            return _TrainFinding("restart", changed)
+            return self._from_best(recorded, changed)
         if not run.last.is_file():
             if run.holds_training():
                 return _TrainFinding("restart", "no checkpoint (it stopped before its first epoch ended)")
@@ -283,6 +283,20 @@ class TrainStep(StudyStep):
             return _TrainFinding("restart", wrong)
         return _TrainFinding("seal", f"finished, but not in {SEAL_FILE} yet")
 
+    def _from_best(self, recorded: dict[str, Any], changed: str) -> _TrainFinding:
+        """A finished run whose last.pt is not what training wrote: the last good state is best.pt, when its
+        hash is the recorded one (a copy of it when the last epoch was the best); else nothing is proven."""
+        run = self.rundir
+        best, last = _relative(run, run.best), _relative(run, run.last)
+        if recorded.get(best) is None or sha256_of(run.best) != recorded[best]:
+            return _TrainFinding("restart", changed)
+        payload, wrong = checkpoint_problem(run.best, self.config, finished=False)
+        if wrong is not None or payload is None:
+            return _TrainFinding("restart", changed)
+        if recorded[best] == recorded.get(last) or payload["epoch"] == self.config.epochs:
+            return _TrainFinding("restore", changed)
+        return _TrainFinding("resume_best", changed, int(payload["epoch"]))
+
     def run(self, why: str) -> StepOutcome:
         from miniplaces.workflows.train import train
 
@@ -295,7 +309,18 @@ class TrainStep(StudyStep):
         if found.action == "seal":  # finished and intact, sealed only now
             self._seal()
             return self.outcome("done", f"{config.epochs} epochs; checked and sealed", NOT_RUN)
+        if found.action == "restore":  # the last epoch was the best: last.pt held best.pt's state
+            atomic_write_bytes(run.last, run.best.read_bytes())
+            if sha256_of(run.last) != read_seals(run)["train"]["files"].get(_relative(run, run.last)):
+                self._seal()  # the same epoch's state, saved apart: record it (the later steps then rerun)
+            return self.outcome("repaired", "last.pt restored from best.pt, the same epoch", why)
         RunSeal.write(run, self.name, None)
+        if found.action == "resume_best":
+            # Training is deterministic: continuing from best.pt's epoch rewrites the later epochs as they were.
+            run.last.unlink(missing_ok=True)
+            train(config, resume=run.best, on_step=self.on_train_step, progress=self.progress)
+            self._seal()
+            return self.outcome("resumed", f"from best.pt's epoch {found.epoch} to {config.epochs}", why)
         if found.action == "resume":
             train(config, resume=run.path, on_step=self.on_train_step, progress=self.progress)
             self._seal()
