@@ -165,8 +165,9 @@ def test_metrics_an_unsealed_run_lost_are_retrained_never_resumed_into_nothing(
     _assert_same_results(run, StudyFiles(reference).run("simplenet"))
 
 
-def test_an_interrupted_run_whose_metrics_were_deleted_starts_again(reference: Path, synth_root: Path,
-                                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("lost", ["metrics.jsonl", "checkpoints/best.pt"])
+def test_an_interrupted_run_that_lost_a_file_starts_again(reference: Path, synth_root: Path, tmp_path: Path,
+                                                          lost: str) -> None:
     out = tmp_path / "study"
     plan = _plan(synth_root, out)
     steps = {"n": 0}
@@ -179,9 +180,10 @@ def test_an_interrupted_run_whose_metrics_were_deleted_starts_again(reference: P
     with pytest.raises(TrainingInterrupted):
         run_study(plan, on_train_step=interrupt_after_epoch_one, progress=False)
     run = StudyFiles(out).run("simplenet")
-    run.metrics.unlink()
+    (run.path / lost).unlink()
     outcome = run_study(plan, progress=False)
-    assert next(s for s in outcome.steps if s.step == "train").status == "redone"
+    train = next(s for s in outcome.steps if s.step == "train")
+    assert train.status == "redone" and Path(lost).name in train.why
     _assert_same_results(run, StudyFiles(reference).run("simplenet"))
 
 

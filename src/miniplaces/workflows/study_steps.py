@@ -8,9 +8,10 @@ epoch and config against the plan. Whatever is missing, truncated, emptied, swap
 from the last good state:
 
 - training: a finished run whose checkpoints are intact but whose `metrics.jsonl` or `config.yaml` is
-  not what training wrote gets them rewritten (the rows from the seal, the config from `last.pt`); an
-  interrupted run resumes from its `last.pt`; anything else trains again from scratch (the run folder is
-  the study's own, and a run is deterministic, so it ends where the first one did);
+  not what training wrote gets them rewritten (the rows from the seal, the config from `last.pt`); one whose
+  `last.pt` is damaged continues from its intact `best.pt` (or copies it back when the last epoch was the
+  best); an interrupted run resumes from its `last.pt`; anything else trains again from scratch (the run
+  folder is the study's own, and a run is deterministic, so it ends where the first one did);
 - eval, attack and saliency: run again (they also follow a retrained `last.pt`).
 
 A finished run without a seal (one written before seals, or killed between its last checkpoint and the
@@ -274,13 +275,17 @@ class TrainStep(StudyStep):
         if [r.epoch for r in rows[:epoch]] != list(range(1, epoch + 1)):
             return _TrainFinding("restart", f"metrics.jsonl lacks rows of the {epoch} epoch(s) last.pt has trained, "
                                  f"and no {SEAL_FILE} holds them")
-        if isinstance(last.get("metrics"), dict) and rows[epoch - 1] != MetricsRow.from_dict(last["metrics"]):
+        recorded_row = last.get("metrics")
+        if epoch > 0 and isinstance(recorded_row, dict) and rows[epoch - 1] != MetricsRow.from_dict(recorded_row):
             return _TrainFinding("restart", f"metrics.jsonl's epoch {epoch} is not the one last.pt recorded")
+        # Every finished epoch has a best.pt (the first always improves), and a resume writes it again only if
+        # a later epoch is better: a lost one is not resumed into a run without it.
+        if epoch > 0:
+            _, wrong = checkpoint_problem(run.best, config, finished=False)
+            if wrong is not None:
+                return _TrainFinding("restart", wrong)
         if epoch < config.epochs or last.get("step_in_epoch"):
             return _TrainFinding("resume", "interrupted", epoch)
-        _, wrong = checkpoint_problem(run.best, config, finished=False)
-        if wrong is not None:
-            return _TrainFinding("restart", wrong)
         return _TrainFinding("seal", f"finished, but not in {SEAL_FILE} yet")
 
     def _from_best(self, recorded: dict[str, Any], changed: str) -> _TrainFinding:
