@@ -115,6 +115,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "how", "step", "status"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_a_damaged_file_is_redone_and_the_study_ends_as_an_untouched_one(
         reference: Path, synth_root: Path, tmp_path: Path, name: str, how: str, step: str, status: str) -> None:
