@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from miniplaces.cli.command import add_command, positive_int
+from miniplaces.errors import MiniPlacesError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,12 @@ def run_study_command(args: argparse.Namespace) -> int:
     from miniplaces.workflows.train import TrainingInterrupted
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()] if args.experiments else None
+    experiments = None
+    if args.experiments is not None:
+        experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
+        if not experiments:
+            raise MiniPlacesError(f"--experiments {args.experiments!r} names no experiment; give names such as "
+                                  "simplenet,vit, or leave it out for the scale's")
     plan = plan_study(args.root, args.out, scale=args.scale, experiments=experiments, configs_dir=args.configs,
                       resnet_weights=args.resnet_weights, device=args.device, threads=args.threads)
     for experiment in plan.experiments:
@@ -48,7 +54,8 @@ def run_study_command(args: argparse.Namespace) -> int:
             print(f"{step.experiment} {step.step}: {step.detail}", flush=True)
             return
         detail = f" ({step.detail})" if step.detail else ""
-        print(f"{step.experiment} {step.step}: {step.status}{detail}", flush=True)
+        why = f" redo ({step.why}):" if step.why else ""
+        print(f"{step.experiment} {step.step}:{why} {step.status}{detail}", flush=True)
 
     try:
         outcome = run_study(plan, on_step=show, step_progress=start_progress)

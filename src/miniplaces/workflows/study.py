@@ -7,10 +7,11 @@ the seed's attack and explained with a saliency grid. The report (with the "stud
 project" table) goes to `<out>/report`, and `<out>/study.json` (a `StudyRecord`) records what
 was planned and why an experiment was skipped.
 
-Resumable without a state file of its own: a step is done when the run's files say so (as many
-metrics rows as epochs and `last.pt`; an eval JSON of the last epoch; an `attack.json` of the
-seed's attack on as many images; the saliency PNG). A run interrupted mid-way continues exactly
-from `last.pt` (`train(..., resume=run)`).
+Resumable, and trusting only what it has checked: each experiment is a list of steps
+(`miniplaces.workflows.study_steps`: train, eval, attack, saliency), each of which proves itself
+finished (its files' hashes, recorded in the run's `study_seal.json` when it finished, and for
+training both checkpoints opened and matched against the plan) or runs: from `last.pt` when a run
+was interrupted (`train(..., resume=run)`), from scratch when its files are damaged.
 
 Planning checks everything a user can get wrong (configs, weights file, a folder holding runs of
 other settings) before any training, so a study never fails half-way on its input.
@@ -21,43 +22,47 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 
 from miniplaces.attacks.spec import AttackSpec
-from miniplaces.config import TrainConfig, apply_mapping, load_config, resolve, to_dict
+from miniplaces.config import TrainConfig, apply_mapping, load_config, resolve
 from miniplaces.data.layout import read_split
+from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint
 from miniplaces.engine.device import resolve_device
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models.resnet import read_state_dict
 from miniplaces.presets import presets_dir
 from miniplaces.progress import StartProgress, prefixed
 from miniplaces.report import Report, build_report
-from miniplaces.rundir import (
-    AttackResult,
-    EvalResult,
-    RunDir,
-    RunFileError,
-    StudyEntry,
-    StudyFiles,
-    StudyRecord,
-    read_metrics,
-    saliency_png,
-)
+from miniplaces.rundir import RunDir, StudyEntry, StudyFiles, StudyRecord
 from miniplaces.study import Scale, SeedResults, load_scales, load_seed
+from miniplaces.workflows.study_steps import (
+    AnalysisModel,
+    AttackStep,
+    EvalStep,
+    SaliencyStep,
+    StepOutcome,
+    StepStatus,
+    StudyStep,
+    TrainStep,
+    config_difference,
+    read_seals,
+    sha256_of,
+)
+
+__all__ = ["PlannedExperiment", "StepOutcome", "StepStatus", "StudyError", "StudyOutcome", "StudyPlan",
+           "StudyStep", "plan_study", "run_study", "study_steps", "write_study_report"]
 
 logger = logging.getLogger(__name__)
 
 SALIENCY_METHOD = "vanilla"
-# Config keys that say where and how fast a run ran, not what it computes: a rerun may change them.
-_PLACE_KEYS = ("root", "out_dir", "device", "workers", "log_every")
 
 
 class StudyError(MiniPlacesError):
@@ -92,20 +97,6 @@ class StudyPlan:
 
     def record(self) -> StudyRecord:
         return StudyRecord(scale=self.scale.name, root=str(self.root), experiments=[e.entry for e in self.experiments])
-
-
-StepStatus = Literal["ran", "resumed", "done", "skipped"]
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """One step of one experiment: `ran`, `resumed` (training continued), `done` (found finished) or
-    `skipped` (cannot run; `detail` says why)."""
-
-    experiment: str
-    step: str  # train, eval, attack, saliency
-    status: StepStatus
-    detail: str = ""
 
 
 @dataclass
@@ -172,6 +163,11 @@ def plan_study(
             raise StudyError(f"unknown study scale {scale!r}; choose one of {', '.join(scales)}")
         scale = scales[scale]
     names = list(experiments) if experiments is not None else scale.names(seed)
+    if not names:
+        raise StudyError("no experiments chosen; name at least one (each a configs/<name>.yaml)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise StudyError(f"experiment {repeated[0]!r} is named twice; name each experiment once")
     configs = Path(configs_dir) if configs_dir is not None else default_configs_dir()
     if resnet_weights is not None and not Path(resnet_weights).is_file():
         raise StudyError(f"resnet18 weights file {resnet_weights} does not exist")
@@ -221,28 +217,40 @@ def _eval_count(limit: int | None, batch_size: int, available: int) -> int:
     return available if limit is None else min(math.ceil(limit / batch_size) * batch_size, available)
 
 
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in data.items() if k not in _PLACE_KEYS}
-    # Where the starting weights were read from does not change the run once it has a checkpoint.
-    kept["model_kwargs"] = {k: v for k, v in dict(kept.get("model_kwargs") or {}).items() if k != "weights"}
-    return kept
-
-
 def _check_same_settings(run: RunDir, config: TrainConfig) -> None:
     """A run already in the folder must be this experiment at this scale, or the study would mix two."""
-    if not run.config.is_file():
+    found, where = _saved_settings(run)
+    if found is None:
         return
-    try:
-        saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise StudyError(f"cannot read {run.config}: {err}") from err
-    if not isinstance(saved, dict):
-        raise StudyError(f"{run.config} holds no config mapping")
-    planned, found = _comparable(to_dict(config)), _comparable(saved)
-    for key in planned:
-        if planned[key] != found.get(key):
-            raise StudyError(f"{run.path} holds a run with other settings ({key}: {found.get(key)!r} there, "
-                             f"{planned[key]!r} planned); give the study another output folder")
+    difference = config_difference(config, found)
+    if difference is not None:
+        raise StudyError(f"{run.path} holds a run with other settings ({difference}), read from {where}; "
+                         f"delete {run.path} to train it as planned, or give the study another output folder")
+
+
+def _saved_settings(run: RunDir) -> tuple[dict[str, Any] | None, str]:
+    """The config the run in the folder trained with, and the file it was read from; (None, "") when none.
+
+    `config.yaml` when it is the file training wrote (or nothing recorded otherwise); else `last.pt`'s own
+    config, so a deleted or replaced `config.yaml` never skips the check.
+    """
+    sealed = (read_seals(run).get("train") or {}).get("files") or {}
+    recorded = sealed.get("config.yaml")
+    if run.config.is_file() and (recorded is None or sha256_of(run.config) == recorded):
+        try:
+            saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            saved = None  # unreadable: the checkpoint says what ran
+        if isinstance(saved, dict):
+            return saved, run.config.name
+    if run.last.is_file():
+        try:
+            checkpoint = load_checkpoint(run.last)
+        except CheckpointError:
+            return None, ""  # nothing readable says what ran: the train step redoes the run
+        if isinstance(checkpoint.get("config"), dict):
+            return checkpoint["config"], f"{run.last.parent.name}/{run.last.name}"
+    return None, ""
 
 
 # ---------------------------------------------------------------- running
@@ -287,95 +295,35 @@ def run_study(
             if experiment.skipped:
                 tell(StepOutcome(experiment.name, "train", "skipped", experiment.skipped))
                 continue
-            tell(_train_step(experiment, on_train_step, progress))
-            shown = prefixed(step_progress, experiment.name)
-            tell(_eval_step(plan, experiment, shown))
-            for step in _analysis_steps(plan, experiment, shown):
-                tell(step)
+            for step in study_steps(plan, experiment, on_train_step=on_train_step, progress=progress,
+                                    shown=prefixed(step_progress, experiment.name)):
+                why = step.problem()
+                if why is None:
+                    tell(StepOutcome(experiment.name, step.name, "done", step.summary()))
+                else:
+                    logger.debug("%s %s: %s", experiment.name, step.name, why)
+                    tell(step.run(why))
         outcome.report = write_study_report(plan.files.folder, plan.seed, title=f"miniplaces study ({plan.scale.name})",
                                             attack=plan.attack.describe())
     return outcome
 
 
-def _trained(run: RunDir, config: TrainConfig) -> bool:
-    rows = read_metrics(run.metrics)
-    return run.last.is_file() and bool(rows) and rows[-1].epoch == config.epochs and len(rows) == config.epochs
-
-
-def _train_step(experiment: PlannedExperiment, on_train_step: Callable[[int], None] | None,
-                progress: bool) -> StepOutcome:
-    from miniplaces.workflows.train import train
-
-    run, config = experiment.run, experiment.config
-    if _trained(run, config):
-        return StepOutcome(experiment.name, "train", "done", f"{config.epochs} epochs")
-    if run.last.is_file():
-        done = len(read_metrics(run.metrics))
-        train(config, resume=run.path, on_step=on_train_step, progress=progress)
-        return StepOutcome(experiment.name, "train", "resumed", f"from epoch {done} to {config.epochs}")
-    if run.holds_training():
-        # Stopped before its first checkpoint: nothing to resume, and the folder is the study's own.
-        shutil.rmtree(run.path)
-    train(config, on_step=on_train_step, progress=progress)
-    return StepOutcome(experiment.name, "train", "ran", f"{config.epochs} epochs")
-
-
-def _eval_step(plan: StudyPlan, experiment: PlannedExperiment, progress: StartProgress | None) -> StepOutcome:
-    from miniplaces.workflows.evaluate import evaluate_checkpoint
-
-    run, config = experiment.run, experiment.config
-    path = run.eval_json("val")
-    try:
-        found = EvalResult.read(path) if path.is_file() else None
-    except RunFileError:
-        found = None  # unreadable: evaluate again
-    if found is not None and found.epoch == config.epochs and found.count == experiment.entry.val_images:
-        return StepOutcome(experiment.name, "eval", "done", f"top-1 {found.top1:.2f}%")
-    result, _ = evaluate_checkpoint(run.last, plan.root, split="val", batch_size=config.batch_size,
-                                    device=config.device, workers=config.workers, loader=config.loader,
-                                    limit=plan.scale.eval_images, progress=progress)
-    return StepOutcome(experiment.name, "eval", "ran", f"top-1 {result.top1:.2f}% on {result.count} images")
-
-
-def _attack_done(plan: StudyPlan, experiment: PlannedExperiment) -> AttackResult | None:
-    path = experiment.run.attack.result
-    try:
-        found = AttackResult.read(path) if path.is_file() else None
-    except RunFileError:
-        return None
-    if found is None or found.settings != plan.attack.to_dict() or found.source is None:
-        return None
-    return found if found.source.limit == plan.scale.attack_images else None
-
-
-def _analysis_steps(plan: StudyPlan, experiment: PlannedExperiment,
-                    progress: StartProgress | None) -> list[StepOutcome]:
-    """The seed's attack and the saliency grid; the model is loaded only when one of them is not done."""
-    from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report
-
-    run = experiment.run
-    attacked = _attack_done(plan, experiment)
-    grid = saliency_png(run.saliency, SALIENCY_METHOD)
-    steps = []
-    inputs = None
-    if attacked is None or not grid.is_file():
-        inputs = load_for_analysis(run.last, plan.root, device=resolve_device(experiment.config.device))
-    if attacked is not None:
-        steps.append(StepOutcome(experiment.name, "attack", "done", f"attacked top-1 {attacked.adv_top1:.2f}%"))
-    else:
-        assert inputs is not None
-        report = attack_report(inputs, plan.attack, limit=plan.scale.attack_images, batch_size=64, grid=8, seed=0,
-                               progress=progress)
-        steps.append(StepOutcome(experiment.name, "attack", "ran",
-                                 f"attacked top-1 {report.result.adv_top1:.2f}% on {report.result.images} images"))
-    if grid.is_file():
-        steps.append(StepOutcome(experiment.name, "saliency", "done", grid.name))
-    else:
-        assert inputs is not None
-        saliency_report(inputs, method=SALIENCY_METHOD, n=plan.scale.saliency_images,
-                        title=f"{experiment.name}: {SALIENCY_METHOD} gradient saliency", progress=progress)
-        steps.append(StepOutcome(experiment.name, "saliency", "ran", grid.name))
-    return steps
+def study_steps(plan: StudyPlan, experiment: PlannedExperiment, *,
+                on_train_step: Callable[[int], None] | None = None, progress: bool = True,
+                shown: StartProgress | None = None) -> list[StudyStep]:
+    """One experiment's steps in order: train, eval, attack, saliency (the last two share one loaded model);
+    `progress` is the training's own display, `shown` the display of the other steps' progress."""
+    run, config, name = experiment.run, experiment.config, experiment.name
+    model = AnalysisModel(run, plan.root, config.device)
+    return [
+        TrainStep(experiment=name, rundir=run, config=config, on_train_step=on_train_step, progress=progress),
+        EvalStep(experiment=name, rundir=run, config=config, root=plan.root, limit=plan.scale.eval_images,
+                 expected_images=experiment.entry.val_images, shown=shown),
+        AttackStep(experiment=name, rundir=run, spec=plan.attack, limit=plan.scale.attack_images, model=model,
+                   shown=shown),
+        SaliencyStep(experiment=name, rundir=run, method=SALIENCY_METHOD, images=plan.scale.saliency_images,
+                     model=model, shown=shown),
+    ]
 
 
 def write_study_report(folder: Path | str, seed: SeedResults, title: str = "miniplaces study",
