@@ -40,7 +40,7 @@ from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, config
 from miniplaces.data import read_categories
 from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size, resize_batch
 from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from miniplaces.engine.device import resolve_device
+from miniplaces.engine.device import resolve_amp, resolve_device  # bf16: resolve_amp
 from miniplaces.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -323,6 +323,9 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
         check_resume(config, checkpoint, path)
         config = dataclasses.replace(config, out_dir=str(run.path.parent), name=run.name)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
+    amp, amp_note = resolve_amp(config.amp, device)  # bf16: `auto` resolved here; config.yaml + first log line
+    config = dataclasses.replace(config, amp=amp)  # bf16
+    logger.info("precision: amp %s (%s)", amp, amp_note)  # bf16
     info = init_distributed(device.type)
     claim = None
     try:
@@ -330,7 +333,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
             config, run = _name_run(config, info)
         claim = _claim_on_main(run, info, device, fresh=resume is None)
         parts = _build(config, info, device, checkpoint)
-        writer = _open_run(run, parts, info)
+        writer = _open_run(run, parts, info, f"amp: {amp} ({amp_note})")  # bf16: the note heads config.yaml
         try:
             _train_epochs(run, parts, info, writer, on_step, progress)
         finally:
@@ -420,7 +423,7 @@ def _build(config: TrainConfig, info: DistInfo, device: torch.device, checkpoint
     return _Parts(state, train_model, batches, val_loader, criterion, adversary, dtype, mixcut)
 
 
-def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
+def _open_run(run: RunDir, parts: _Parts, info: DistInfo, note: str | None = None) -> Any:  # bf16: note
     """Write the config, drop metrics rows past the checkpoint, open TensorBoard; the writer (rank 0) or None."""
     writer = None
     if info.is_main:
@@ -429,7 +432,7 @@ def _open_run(run: RunDir, parts: _Parts, info: DistInfo) -> Any:
         # Temporary files of writes a killed process left (best.pt's would otherwise wait for a better epoch).
         for target in (run.last, run.best, run.metrics, run.config):
             remove_stale_tmp(target)
-        save_config(parts.state.config, run.config)
+        save_config(parts.state.config, run.config, note)  # bf16: note
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
         kept = [row for row in read_metrics(run.metrics) if row.epoch <= epoch]
         write_metrics(run.metrics, kept)
