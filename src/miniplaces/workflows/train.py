@@ -38,7 +38,7 @@ from torch import nn
 from miniplaces.attacks.training import make_adversary
 from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, config_from_dict, resolve, save_config
 from miniplaces.data import read_categories
-from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size, resize_batch
+from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size  # bf16: resize_batch dropped
 from miniplaces.engine.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from miniplaces.engine.device import resolve_amp, resolve_device  # bf16: resolve_amp
 from miniplaces.engine.distributed import (
@@ -515,7 +515,8 @@ def _train_epoch(run: RunDir, parts: _Parts, info: DistInfo, on_step: Callable[[
     reset_peak_memory(device)
     t0 = time.perf_counter()
     tr = train_one_epoch(
-        parts.train_model, parts.batches.position(epoch, start_step), state.optimizer, state.scheduler,
+        parts.train_model, parts.batches.position(epoch, start_step, train_size(config, epoch)),  # bf16: side
+        state.optimizer, state.scheduler,
         device=device, criterion=parts.criterion, epoch=epoch, steps=steps, start_step=start_step, sums=sums,
         scaler=state.scaler, amp_dtype=parts.amp_dtype, clip_grad=config.clip_grad,
         channels_last=config.channels_last, adversary=parts.adversary, ema=state.ema,
@@ -559,16 +560,13 @@ def train_size(config: TrainConfig, epoch: int) -> int:
 
 
 def _batch_transform(config: TrainConfig, mixcut: MixCut | None, epoch: int, rank: int) -> BatchTransform | None:
-    """The epoch's batch operations on the device, for both loaders: progressive resizing's downscale,
-    then MixUp/CutMix drawn from (seed, epoch, step, rank), so a resumed epoch replays exactly."""
-    size = train_size(config, epoch)
-    if size == config.image_size and mixcut is None:
+    """The epoch's batch operations on the device, for both loaders: MixUp/CutMix drawn from
+    (seed, epoch, step, rank), so a resumed epoch replays exactly. (The loaders make batches at the
+    epoch's progressive side themselves: `TrainBatches.position`.)"""
+    if mixcut is None:  # bf16: no resize_batch here any more
         return None
 
     def transform(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = resize_batch(x, size)
-        if mixcut is None:
-            return x, y
         return mixcut(x, y, batch_rng(config.seed, epoch, step, rank, 3))
 
     return transform
