@@ -383,3 +383,16 @@ def test_autocast_leaves_float64_and_disabled_regions_alone() -> None:
         assert unfold_conv2d(x, weight, None, 1, 1).dtype == torch.float64  # autocast never casts float64
         with torch.autocast("cpu", enabled=False):
             assert unfold_conv2d(x.float(), weight.float(), None, 1, 1).dtype == torch.float32
+
+
+def test_conv_benchmark_runs_under_bf16_autocast() -> None:
+    from miniplaces.bench.conv import run_conv_benchmark
+
+    rows = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0, include_simplenet=False, bf16=True)
+    fp32 = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0, include_simplenet=False)
+    # Under autocast both layers save their bf16 inputs: recompute still saves what nn.Conv2d saves, and the
+    # 3×3 layer's saved input and weight take half the float32 bytes.
+    assert all(r["recompute_memory_ratio"] == 1.0 for r in rows)
+    conv3 = next(r for r in rows if r["layer"] == "conv3 3×3")
+    assert conv3["native_saved_mb"] * 2 == next(r for r in fp32 if r["layer"] == "conv3 3×3")["native_saved_mb"]
+    assert all(r["recompute_time_ratio"] > 0 for r in rows)

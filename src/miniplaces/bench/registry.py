@@ -125,6 +125,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("repeats", 7, "timed rounds (median)", quick=1, minimum=1),
                 Option("warmup", 1, "untimed rounds first", minimum=0),
                 Option("simplenet", True, "add a row for the whole SimpleNet", type=bool),
+                Option("bf16", False, "run every variant under bf16 autocast", type=bool),
             ),
         ),
         Benchmark(
