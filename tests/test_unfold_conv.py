@@ -349,14 +349,15 @@ def test_second_derivatives_raise_in_every_mode(mode: str, columns: str, kernel:
 # over K = 27–72 products), and its gradients reach the float32 parameters.
 @pytest.mark.parametrize(("mode", "columns"), [("cache", "auto"), ("recompute", "stream"), ("recompute", "chunk")])
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_follows_cpu_bf16_autocast_like_conv2d(mode: str, columns: str, kernel: int) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_follows_bf16_autocast_like_conv2d(mode: str, columns: str, kernel: int, device: str) -> None:
     torch.manual_seed(0)
-    layer = UnfoldConv2d(3, 8, kernel, padding=kernel // 2, memory=mode, columns=columns)
-    native = nn.Conv2d(3, 8, kernel, padding=kernel // 2)
+    layer = UnfoldConv2d(3, 8, kernel, padding=kernel // 2, memory=mode, columns=columns, device=device)
+    native = nn.Conv2d(3, 8, kernel, padding=kernel // 2, device=device)
     native.load_state_dict(layer.state_dict())
-    x = torch.rand(4, 3, 10, 9, requires_grad=True)
+    x = torch.rand(4, 3, 10, 9, device=device, requires_grad=True)
     x_native = x.detach().clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         out, ref = layer(x), native(x_native)
         functional = unfold_conv2d(x, layer.weight, layer.bias, 1, kernel // 2, memory=mode, columns=columns)
     assert out.dtype == ref.dtype == functional.dtype == torch.bfloat16
@@ -365,7 +366,7 @@ def test_follows_cpu_bf16_autocast_like_conv2d(mode: str, columns: str, kernel: 
     # exact in float32 math: bf16 rounding, not a wrong convolution, is all that differs
     assert (out.float() - F.conv2d(x.detach(), layer.weight.detach(), layer.bias.detach(), 1,
                                    kernel // 2)).abs().max() < 0.05
-    grad = torch.randn(out.shape)
+    grad = torch.randn(out.shape, device=device)
     out.backward(grad.to(out.dtype))
     ref.backward(grad.to(ref.dtype))
     assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
