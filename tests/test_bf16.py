@@ -17,6 +17,7 @@ from miniplaces.engine.device import fast_bf16, resolve_amp
 from miniplaces.engine.distributed import DistInfo
 from miniplaces.engine.loaders import build_train_batches
 from miniplaces.engine.loaders import sample_seed as seed_of
+from miniplaces.errors import MiniPlacesError
 from miniplaces.workflows.train import train
 
 CPU = torch.device("cpu")
@@ -106,3 +107,19 @@ def test_per_sample_loader_makes_batches_at_the_side_trained(data: Path, tmp_pat
     assert y[0] == label
     torch.testing.assert_close(x[0], expected)
     assert next(iter(batches.position(0, 0)))[0].shape == (4, 3, 32, 32)  # None: image_size
+
+
+def test_a_run_with_auto_resumes_with_auto(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The checkpoint holds what auto chose (bf16); resuming with `amp: auto` on the same machine chooses it again.
+    _cpu_probes(monkeypatch, True, False)
+    run = train(config(data, tmp_path, epochs=1, amp="auto", limit_train_batches=1, limit_val_batches=1),
+                progress=False)
+    train(config(data, tmp_path, epochs=2, amp="auto", limit_train_batches=1, limit_val_batches=1), resume=run,
+          progress=False)
+    assert [r["epoch"] for r in rows(run)] == [1, 2]
+    assert (run / "config.yaml").read_text().startswith("# amp: bf16 (auto: the CPU has AMX tiles)\n")
+    # where auto chooses otherwise, the resume is refused rather than silently changing precision
+    _cpu_probes(monkeypatch, False, False)
+    with pytest.raises(MiniPlacesError, match="amp 'bf16' → 'none'"):
+        train(config(data, tmp_path, epochs=3, amp="auto", limit_train_batches=1, limit_val_batches=1), resume=run,
+              progress=False)

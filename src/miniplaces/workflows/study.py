@@ -235,6 +235,8 @@ def _check_same_settings(run: RunDir, config: TrainConfig) -> None:
         raise StudyError(f"{run.config} holds no config mapping")
     planned, found = _comparable(to_dict(config)), _comparable(saved)
     for key in planned:
+        if key == "amp" and planned[key] == "auto":  # bf16: a run's config.yaml holds what auto chose there
+            continue
         if planned[key] != found.get(key):
             raise StudyError(f"{run.path} holds a run with other settings ({key}: {found.get(key)!r} there, "
                              f"{planned[key]!r} planned); give the study another output folder")

@@ -316,16 +316,18 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     finite (the last checkpoint is kept).
     """
     config = resolve(config)
+    # bf16: the device and `amp: auto` are resolved before the resume check, which then compares the
+    # precision chosen here with the checkpoint's; config.yaml and the first log line say why
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
+    amp, amp_note = resolve_amp(config.amp, device)  # bf16
+    config = dataclasses.replace(config, amp=amp)  # bf16
+    logger.info("precision: amp %s (%s)", amp, amp_note)  # bf16
     checkpoint, run = None, None
     if resume is not None:
         path = checkpoint_of(resume)
         checkpoint, run = load_checkpoint(path), RunDir.of_checkpoint(path)
         check_resume(config, checkpoint, path)
         config = dataclasses.replace(config, out_dir=str(run.path.parent), name=run.name)
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
-    amp, amp_note = resolve_amp(config.amp, device)  # bf16: `auto` resolved here; config.yaml + first log line
-    config = dataclasses.replace(config, amp=amp)  # bf16
-    logger.info("precision: amp %s (%s)", amp, amp_note)  # bf16
     info = init_distributed(device.type)
     claim = None
     try:
