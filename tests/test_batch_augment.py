@@ -158,7 +158,9 @@ def test_augmentation_strength_reaches_both_loaders() -> None:
         return next(iter(CachedLoader(images, labels, 8, train=True, image_size=16, **strength)))[0]
 
     assert (batch() < 1).any()
-    assert torch.equal(batch(crop_min_area=1.0, rotation=0.0, color_jitter=0.0), torch.ones(8, 3, 16, 16))
+    # (within float rounding: the antialiased prefilter of a shrinking crop sums weights that add up to 1)
+    torch.testing.assert_close(batch(crop_min_area=1.0, rotation=0.0, color_jitter=0.0), torch.ones(8, 3, 16, 16),
+                               rtol=0, atol=1e-5)
     assert (batch(crop_min_area=1.0, rotation=0.0) < 1).any()  # jitter alone still changes pixels
     image = v2.functional.to_image(images[0])
     torch.manual_seed(0)

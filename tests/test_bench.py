@@ -73,3 +73,30 @@ def test_machine_names_cpu_threads_and_versions() -> None:
     described = machine.describe()
     assert machine.cpu in described and f"torch {torch.__version__}" in described
     assert ("GPU: none" in described) == (machine.gpu is None)
+
+
+def test_train_benchmark_reports_flops_and_peak_fraction_per_precision() -> None:
+    from miniplaces.bench import train as bench_train
+    from miniplaces.models import create_model
+
+    result = get_benchmark("train").run(torch.device("cpu"), {"variants": ("fp32", "bf16"), "image_size": 16},
+                                        quick=True)
+    assert [(r["variant"], r["loop"]) for r in result.rows] == [("fp32", "hand"), ("fp32", "engine"),
+                                                                 ("bf16", "hand"), ("bf16", "engine")]
+    assert {r["precision"] for r in result.rows} == {"fp32", "bf16"} and {r["model"] for r in result.rows} == {
+        "simplenet"}
+    for r in result.rows:
+        assert 0 < r["peak_fraction"] < float("inf") and r["peak_flop_per_s"] > 0
+        assert r["flop_per_s"] == pytest.approx(r["peak_fraction"] * r["peak_flop_per_s"])
+    # one peak per dtype, measured once and shared by that precision's rows
+    assert len({(r["precision"], r["peak_flop_per_s"]) for r in result.rows}) == 2
+    assert "Of peak" in bench_train.table(result) and "bf16" in bench_train.table(result)
+    # The FLOP count is what runs: a linear layer on the images is 2·in·out per image forward, as much for
+    # its weight gradient, and no input gradient (images need none); a second layer adds its input gradient.
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5, bias=False))
+    assert bench_train.training_flops_per_image(linear, 4, torch.device("cpu")) == 2 * 2 * 48 * 5
+    linear.append(torch.nn.Linear(5, 7, bias=False))
+    assert bench_train.training_flops_per_image(linear, 4, torch.device("cpu")) == 2 * 2 * 48 * 5 + 3 * 2 * 5 * 7
+    simplenet = bench_train.training_flops_per_image(create_model("simplenet", num_classes=100), 16,
+                                                     torch.device("cpu"))
+    assert simplenet == pytest.approx(result.rows[0]["flop_per_s"] / result.rows[0]["images_per_s"])

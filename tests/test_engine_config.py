@@ -40,7 +40,7 @@ def test_family_defaults_fill_optimizer() -> None:
     (["nope=1"], "unknown key 'nope'"),
     (["epochs=ten"], "key 'epochs' must be int"),
     (["epochs=2.5"], "key 'epochs' must be int"),
-    (["amp=fp8"], "key 'amp' must be 'none' | 'bf16' | 'fp16'"),
+    (["amp=fp8"], "key 'amp' must be 'none' | 'bf16' | 'fp16' | 'auto'"),
     (["channels_last=maybe"], "key 'channels_last' must be bool"),
     (["model_kwargs=3"], "key 'model_kwargs' must be mapping"),
     (["epochs"], "expected key=value"),

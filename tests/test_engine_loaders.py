@@ -92,7 +92,7 @@ def test_augmentation_strength_keys_reach_the_training_loader(root: Path, loader
     if loader == "cache":
         assert batches.strength == {"scale": (0.5, 1.0), "degrees": 0.0, "jitter": 0.0}
     else:
-        steps = batches.dataset.dataset.transform.transforms
+        steps = batches.dataset.transforms(None).transforms  # the transform at image_size
         names = [type(t).__name__ for t in steps]
         assert "RandomRotation" not in names and "ColorJitter" not in names
         assert steps[names.index("RandomResizedCrop")].scale == (0.5, 1.0)

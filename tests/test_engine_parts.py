@@ -88,10 +88,14 @@ def test_sampler_resumes_mid_epoch_and_shards_like_distributed_sampler() -> None
     shards = [ResumableSampler(data, rank=r, world_size=2, seed=5) for r in range(2)]
     for s in shards:
         s.set_epoch(3)
-    assert sorted(i for s in shards for i, _ in s) == sorted(data)
-    assert [i for i, _ in shards[0]] == [i for i, _ in order[0::2]]
+    assert sorted(i for s in shards for i, _, _ in s) == sorted(data)
+    assert [i for i, _, _ in shards[0]] == [i for i, _, _ in order[0::2]]
     # Each sample keeps its augmentation seed whatever process or position draws it.
-    assert dict(order) == {i: seed for s in shards for i, seed in s}
+    assert {i: seed for i, seed, _ in order} == {i: seed for s in shards for i, seed, _ in s}
+    # Each item carries the epoch's training side to the worker that loads it (None: the config's own).
+    assert {side for _, _, side in order} == {None}
+    shards[0].side = 48
+    assert {side for _, _, side in shards[0]} == {48}
     whole.set_epoch(4)
     whole.start = 0
     assert list(whole) != order

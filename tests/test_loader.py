@@ -19,6 +19,7 @@ from miniplaces.data.loader import (
     affine_theta,
     augment_batch,
     cached_loader,
+    prefilter_sides,
     sample_augmentation,
     val_batch,
 )
@@ -276,3 +277,63 @@ def test_data_benchmark_rows(synth_root: Path, tmp_path: Path) -> None:
     assert any("train augmentation, 1 thread" in r["loader"] for r in rows)
     assert any("no augmentation" in r["loader"] for r in rows)
     assert rows[1]["cache_build_s"] > 0 and (tmp_path / "train-32.images.npy").is_file()
+
+
+def test_progressive_side_makes_batches_at_that_side(arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    # Each image one flat colour: without rotation every training pixel is its image's colour, at any side.
+    colours = np.random.default_rng(2).integers(0, 256, (N, 1, 1, 3), dtype=np.uint8)
+    images = np.broadcast_to(colours, (N, S, S, 3)).copy()
+    loader = CachedLoader(images, arrays[1], 10, train=True, image_size=S, rotation=0.0, color_jitter=0.0)
+    loader.set_side(8)
+    x, y = next(iter(loader))
+    assert x.shape == (10, 3, 8, 8)
+    expected = torch.from_numpy(colours[y.numpy(), 0, 0]).float().div(255).view(10, 3, 1, 1)
+    torch.testing.assert_close(x, expected.expand_as(x), rtol=0, atol=1e-5)
+    loader.set_side(None)  # back to image_size
+    assert next(iter(loader))[0].shape == (10, 3, S, S)
+
+
+def _stripes(side: int = 128, period: int = 3, count: int = 2) -> np.ndarray:
+    """Vertical stripes: one bright column in every `period` (the pattern a 2:1 shrink aliases worst)."""
+    row = np.where(np.arange(side) % period == 0, 255, 0).astype(np.uint8)
+    return np.broadcast_to(row.reshape(1, 1, side, 1), (count, side, side, 3)).copy()
+
+
+def test_training_resize_is_antialiased_like_validation() -> None:
+    # A training batch with no augmentation but the resize (validation's centred crop, 64 of 72, from a
+    # 128 px cache) equals the validation transform: within 1e-5 of `val_batch` (float32 rounding of the same
+    # antialiased resize) and within 1/255 + 1e-5 of torchvision's val_transform (which rounds to uint8).
+    images, out = _stripes(), 64
+    b = len(images)
+    ones, zeros = torch.ones(b), torch.zeros(b)
+    theta = affine_theta(ones * out / resize_for(out), ones * out / resize_for(out), zeros, zeros, zeros, ones)
+    assert prefilter_sides(theta, 128, out).tolist() == [resize_for(out)] * b
+    x = torch.empty(b, 3, out, out)
+    _augment_into(torch.from_numpy(images), theta, torch.ones(b, 3), _base_grid(out, torch.device("cpu")), x)
+    val = val_batch(torch.from_numpy(images), out)
+    torch.testing.assert_close(x, val, rtol=0, atol=1e-5)
+    reference = torch.stack([val_transform(out, resize_for(out))(torch.from_numpy(i).permute(2, 0, 1))
+                             for i in images])
+    torch.testing.assert_close(x, reference, rtol=0, atol=1 / 255 + 1e-5)
+    # The stripes' column std: the antialiased value, far from the aliased 0.34 of sampling without a prefilter.
+    column_std = x[0, 0].mean(0).std().item()
+    assert abs(column_std - val[0, 0].mean(0).std().item()) < 1e-4 and column_std < 0.15
+    grid = torch.bmm(_base_grid(out, torch.device("cpu")).expand(b, -1, -1), theta.transpose(1, 2)).view(b, out, out, 2)
+    aliased = F.grid_sample(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, grid, align_corners=False)
+    assert aliased[0, 0].mean(0).std().item() > 0.3
+    # The whole image onto 64 px: the antialiased resize's 0.061, not the aliased 0.24.
+    theta = affine_theta(ones, ones, zeros, zeros, zeros, ones)
+    _augment_into(torch.from_numpy(images), theta, torch.ones(b, 3), _base_grid(out, torch.device("cpu")), x)
+    resized = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, size=(out, out),
+                            mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(x, resized, rtol=0, atol=1e-5)
+    assert abs(x[0, 0].mean(0).std().item() - 0.061) < 0.005
+
+
+def test_prefilter_sides_follow_the_crop() -> None:
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    w = torch.tensor([1.0, 0.5, 0.3])
+    theta = affine_theta(w, w * 0.9, zeros, zeros, zeros, ones)
+    # the whole image onto 64 px: 64; half of it: 128 (the source, no resize); 0.3 of it: above the source
+    assert prefilter_sides(theta, 128, 64).tolist() == [64, 128, 128]
+    assert prefilter_sides(theta, 128, 48).tolist() == [48, 96, 128]

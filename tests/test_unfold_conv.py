@@ -313,6 +313,14 @@ def test_columns_strategy_follows_the_device() -> None:
     assert uc.resolve_columns("auto", torch.device("cpu")) == "stream"
     assert uc.resolve_columns("auto", torch.device("cuda", 0)) == "chunk"
     assert uc.resolve_columns("chunk", torch.device("cpu")) == "chunk"
+    # The chunk-size policy: one image per chunk on the CPU, the byte budget elsewhere (or when asked).
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    k, length, n = 27, 100, 64
+    assert uc.images_per_chunk("auto", cpu, k, length, 4, n) == 1
+    assert uc.images_per_chunk("stream", cuda, k, length, 4, n) == 1
+    assert uc.images_per_chunk("auto", cuda, k, length, 4, n, budget_bytes=5 * k * length * 4) == 5
+    assert uc.images_per_chunk("chunk", cpu, k, length, 4, n, budget_bytes=2**40) == n
+    assert uc.images_per_chunk("chunk", cpu, k, length, 4, n, budget_bytes=1) == 1
     assert "columns=chunk" in repr(UnfoldConv2d(3, 8, 3, columns="chunk"))
     with pytest.raises(MiniPlacesError, match="columns must be one of"):
         UnfoldConv2d(3, 3, 3, columns="rows")  # type: ignore[arg-type]
@@ -334,3 +342,58 @@ def test_second_derivatives_raise_in_every_mode(mode: str, columns: str, kernel:
     (grad_x,) = torch.autograd.grad(conv(x, weight).pow(2).sum(), x)
     (ref_grad_x,) = torch.autograd.grad(F.conv2d(x, weight, None, 1, kernel // 2).pow(2).sum(), x)
     torch.testing.assert_close(grad_x, ref_grad_x)
+
+
+# Autocast: the layer follows it as nn.Conv2d does (bf16 out under CPU bf16 autocast), equal to F.conv2d
+# under the same autocast within bf16's rounding (8 bits of mantissa: relative 2^-8 per operand, summed
+# over K = 27–72 products), and its gradients reach the float32 parameters.
+@pytest.mark.parametrize(("mode", "columns"), [("cache", "auto"), ("recompute", "stream"), ("recompute", "chunk")])
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("device", DEVICES)
+def test_follows_bf16_autocast_like_conv2d(mode: str, columns: str, kernel: int, device: str) -> None:
+    torch.manual_seed(0)
+    layer = UnfoldConv2d(3, 8, kernel, padding=kernel // 2, memory=mode, columns=columns, device=device)
+    native = nn.Conv2d(3, 8, kernel, padding=kernel // 2, device=device)
+    native.load_state_dict(layer.state_dict())
+    x = torch.rand(4, 3, 10, 9, device=device, requires_grad=True)
+    x_native = x.detach().clone().requires_grad_(True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out, ref = layer(x), native(x_native)
+        functional = unfold_conv2d(x, layer.weight, layer.bias, 1, kernel // 2, memory=mode, columns=columns)
+    assert out.dtype == ref.dtype == functional.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(functional, out)
+    # exact in float32 math: bf16 rounding, not a wrong convolution, is all that differs
+    assert (out.float() - F.conv2d(x.detach(), layer.weight.detach(), layer.bias.detach(), 1,
+                                   kernel // 2)).abs().max() < 0.05
+    grad = torch.randn(out.shape, device=device)
+    out.backward(grad.to(out.dtype))
+    ref.backward(grad.to(ref.dtype))
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    for ours, theirs in ((x.grad, x_native.grad), (layer.weight.grad, native.weight.grad),
+                         (layer.bias.grad, native.bias.grad)):
+        scale = theirs.abs().max()
+        assert (ours - theirs).abs().max() <= 3e-2 * scale
+
+
+def test_autocast_leaves_float64_and_disabled_regions_alone() -> None:
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    weight = torch.rand(4, 3, 3, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert unfold_conv2d(x, weight, None, 1, 1).dtype == torch.float64  # autocast never casts float64
+        with torch.autocast("cpu", enabled=False):
+            assert unfold_conv2d(x.float(), weight.float(), None, 1, 1).dtype == torch.float32
+
+
+def test_conv_benchmark_runs_under_bf16_autocast() -> None:
+    from miniplaces.bench.conv import run_conv_benchmark
+
+    rows = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0, include_simplenet=False, bf16=True)
+    fp32 = run_conv_benchmark(batch_size=2, image_size=16, repeats=1, warmup=0, include_simplenet=False)
+    # Under autocast both layers save their bf16 inputs: recompute still saves what nn.Conv2d saves, and the
+    # 3×3 layer's saved input and weight take half the float32 bytes.
+    assert all(r["recompute_memory_ratio"] == 1.0 for r in rows)
+    conv3 = next(r for r in rows if r["layer"] == "conv3 3×3")
+    assert conv3["native_saved_mb"] * 2 == next(r for r in fp32 if r["layer"] == "conv3 3×3")["native_saved_mb"]
+    assert all(r["recompute_time_ratio"] > 0 for r in rows)

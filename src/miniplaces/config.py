@@ -69,7 +69,9 @@ class TrainConfig:
     label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy")
     no_wd_norm_bias: bool = _key(False, "keep norms, biases and position embeddings out of weight decay")
     device: str = _key("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: Literal["none", "bf16", "fp16"] = _key("none", "autocast precision; fp16 adds a grad scaler on CUDA")
+    amp: Literal["none", "bf16", "fp16", "auto"] = _key(
+        "none", "autocast precision; fp16 adds a grad scaler on CUDA; auto → bf16 where the device runs it fast (CUDA "
+        "with bf16, a CPU with AMX or AVX-512-BF16), else none; the run's config.yaml holds the choice and why")
     channels_last: bool = _key(False, "channels-last memory format for model and batches")
     compile: bool = _key(False, "`torch.compile` the model")
     seed: int = _key(0, "seed of weights, shuffling and augmentation")
@@ -523,8 +525,10 @@ def config_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def save_config(config: TrainConfig, path: Path | str) -> Path:
-    return atomic_write_text(path, config_yaml(config))
+def save_config(config: TrainConfig, path: Path | str, note: str | None = None) -> Path:
+    """Write `config` as YAML; `note` (e.g. why `amp: auto` chose its precision) becomes a leading comment."""
+    text = "".join(f"# {line}\n" for line in (note or "").splitlines()) + config_yaml(config)
+    return atomic_write_text(path, text)
 
 
 def _default_text(f: dataclasses.Field) -> str:

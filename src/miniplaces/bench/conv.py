@@ -82,13 +82,20 @@ def _modules(shape: ConvShape, device: torch.device) -> dict[str, nn.Module]:
     return modules
 
 
-def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, bf16: bool = False) -> Callable[[], None]:
     def step() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        module(x).backward(grad)
+        with _autocast(x.device, bf16):
+            out = module(x)
+        out.backward(grad.to(out.dtype))
 
     return step
+
+
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast on `device` when asked (both layers follow it), else a disabled region."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _row(name: str, shape: str, times: dict[str, float], memory: dict[str, int]) -> dict:
@@ -103,12 +110,14 @@ def _row(name: str, shape: str, times: dict[str, float], memory: dict[str, int])
 
 
 def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int = 7, warmup: int = 1,
-                       device: str | torch.device = "cpu", include_simplenet: bool = True) -> list[dict]:
+                       device: str | torch.device = "cpu", include_simplenet: bool = True,
+                       bf16: bool = False) -> list[dict]:
     """One row per SimpleNet convolution, a `total` row (sums over the layers), and optionally a row for
     the whole SimpleNet (native against conv_op="unfold", same weights).
 
     Each row holds `<variant>_ms` (median forward+backward), `<variant>_saved_mb` (saved for backward,
     counting rule in the module docstring) and, for cache/recompute, `_time_ratio`/`_memory_ratio` to native.
+    With `bf16`, every variant runs under bf16 autocast (the layers and the native convolution follow it).
     """
     dev = torch.device(device)
     rows: list[dict] = []
@@ -121,9 +130,10 @@ def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int
         modules = _modules(shape, dev)
         with torch.no_grad():
             grad = torch.randn_like(modules["native"](x))
-        steps = {v: _fwd_bwd(m, x, grad) for v, m in modules.items()}
+        steps = {v: _fwd_bwd(m, x, grad, bf16) for v, m in modules.items()}
         times = medians(time_interleaved(steps, dev, repeats=repeats, warmup=warmup))
-        memory = {v: saved_bytes(lambda m=m, x=x: m(x)) for v, m in modules.items()}
+        with _autocast(dev, bf16):
+            memory = {v: saved_bytes(lambda m=m, x=x: m(x)) for v, m in modules.items()}
         for v in VARIANTS:
             total_t[v] += times[v]
             total_m[v] += memory[v]
@@ -133,11 +143,12 @@ def run_conv_benchmark(batch_size: int = 64, image_size: int = 128, repeats: int
         del x, grad, modules, steps
     rows.append(_row("total", "sum of the layers", total_t, total_m))
     if include_simplenet:
-        rows.append(_simplenet_row(batch_size, image_size, repeats, warmup, dev))
+        rows.append(_simplenet_row(batch_size, image_size, repeats, warmup, dev, bf16))
     return rows
 
 
-def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, dev: torch.device) -> dict:
+def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, dev: torch.device,
+                   bf16: bool = False) -> dict:
     from miniplaces.models.simplenet import SimpleNet
 
     native = SimpleNet(num_classes=100).to(dev)
@@ -148,9 +159,10 @@ def _simplenet_row(batch_size: int, image_size: int, repeats: int, warmup: int, 
         models[memory] = model.to(dev)
     x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(dev)
     grad = torch.ones(batch_size, 100, device=dev)
-    steps = {v: _fwd_bwd(m, x, grad) for v, m in models.items()}
+    steps = {v: _fwd_bwd(m, x, grad, bf16) for v, m in models.items()}
     times = medians(time_interleaved(steps, dev, repeats=repeats, warmup=warmup))
-    memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in models.items()}
+    with _autocast(dev, bf16):
+        memory = {v: saved_bytes(lambda m=m: m(x)) for v, m in models.items()}
     return _row("simplenet", f"whole model, {batch_size}×3×{image_size}×{image_size}", times, memory)
 
 
@@ -158,12 +170,12 @@ SUMMARY_LAYERS = ("total", "simplenet")
 
 
 def run(*, device: torch.device, batch_size: int = 64, image_size: int = 128, repeats: int = 7, warmup: int = 1,
-        simplenet: bool = True) -> BenchResult:
+        simplenet: bool = True, bf16: bool = False) -> BenchResult:
     """`run_conv_benchmark` as a `BenchResult` (the ratios are against native `nn.Conv2d`)."""
     rows = run_conv_benchmark(batch_size=batch_size, image_size=image_size, repeats=repeats, warmup=warmup,
-                              device=device, include_simplenet=simplenet)
+                              device=device, include_simplenet=simplenet, bf16=bf16)
     settings: dict[str, Any] = {"device": device, "batch_size": batch_size, "image_size": image_size,
-                                "repeats": repeats, "warmup": warmup, "simplenet": simplenet}
+                                "repeats": repeats, "warmup": warmup, "simplenet": simplenet, "bf16": bf16}
     return BenchResult("conv", settings, "native nn.Conv2d, same layer, forward+backward (median, interleaved)",
                        rows)
 

@@ -125,6 +125,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("repeats", 7, "timed rounds (median)", quick=1, minimum=1),
                 Option("warmup", 1, "untimed rounds first", minimum=0),
                 Option("simplenet", True, "add a row for the whole SimpleNet", type=bool),
+                Option("bf16", False, "run every variant under bf16 autocast", type=bool),
             ),
         ),
         Benchmark(
@@ -147,7 +148,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
         Benchmark(
             "train", "miniplaces.bench.train",
-            "images/s of the engine's train_one_epoch against a hand-written loop, fp32/channels-last/bf16",
+            "images/s of the engine's train_one_epoch against a hand-written loop, fp32/channels-last/bf16, "
+            "with training FLOP/s and its fraction of a matmul peak",
             (
                 MODEL,
                 Option("batch_size", 256, "images per batch", quick=4, minimum=1),
@@ -157,6 +159,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("variants", ("fp32", "channels_last", "bf16", "bf16+channels_last"),
                        "comma-separated variants among fp32, channels_last, bf16, bf16+channels_last",
                        type=names, quick=("fp32",)),
+                Option("peak_size", 2048, "side of the square matmul timed for the peak FLOP/s of each dtype",
+                       quick=128, minimum=16),
                 Option("seed", 0, "seed of the model and the batches"),
             ),
         ),

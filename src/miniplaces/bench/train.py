@@ -4,6 +4,11 @@ Both train the same model on the same batches (already on the device, so data lo
 is out of the picture) with the same optimiser; rounds alternate between the two so that
 a busy machine slows both alike. The engine's extra work per step (top-k counts, running
 sums, the scheduler, the non-finite check) must cost < 5 % of the images per second.
+
+Each row also reports the achieved training FLOP/s (the FLOPs of one forward + backward counted by
+torch's `FlopCounterMode`, times the images per second) and its fraction of a matmul peak measured in
+the same run on the same device and dtype (a `peak_size`² matmul, float32 or bf16 as the variant): the
+model FLOP utilisation that airbench and nanoGPT report.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from miniplaces.bench.result import BenchResult
 from miniplaces.bench.timing import medians, time_interleaved
+from miniplaces.engine.device import synchronize
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.train import train_one_epoch
@@ -49,6 +56,38 @@ def hand_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[
         optimizer.step()
 
 
+def training_flops_per_image(model: nn.Module, image_size: int, device: torch.device, batch: int = 2) -> float:
+    """FLOPs of one forward + backward per image, counted by `FlopCounterMode` on a batch of `batch`.
+
+    The count is analytic (matmuls and convolutions, whatever the dtype), so float32 counts bf16's too.
+    """
+    x = torch.rand(batch, 3, image_size, image_size, device=device)
+    y = torch.zeros(batch, dtype=torch.int64, device=device)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of `repeats` timed `size`² matmuls in `dtype` on `device` (one untimed first)."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(size, size, generator=gen).to(device, dtype)
+    b = torch.rand(size, size, generator=gen).to(device, dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / max(best, 1e-9)
+
+
 def measure_train_throughput(
     *,
     model_name: str = "simplenet",
@@ -58,10 +97,12 @@ def measure_train_throughput(
     steps: int = 20,
     rounds: int = 5,
     variants: tuple[str, ...] = VARIANTS,
+    peak_size: int = 2048,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Rows of {variant, loop, images_per_s (median over rounds), ratio}: the engine's ratio is
-    engine / hand loop of the same variant, the hand loop's is against the fp32 hand loop."""
+    """Rows of {model, variant, precision, loop, images_per_s (median over rounds), ratio, flop_per_s,
+    peak_flop_per_s, peak_fraction}: the engine's ratio is engine / hand loop of the same variant, the hand
+    loop's is against the fp32 hand loop; the peak is a `peak_size`² matmul in the variant's dtype."""
     unknown = [variant for variant in variants if variant not in VARIANTS]
     if unknown or not variants:
         what = f"unknown training variant {unknown[0]!r}" if unknown else "no training variant"
@@ -71,6 +112,8 @@ def measure_train_throughput(
     batches = [(torch.rand(batch_size, 3, image_size, image_size, generator=gen).to(device),
                 torch.randint(0, 100, (batch_size,), generator=gen).to(device)) for _ in range(steps)]
     rows: list[dict[str, Any]] = []
+    flops_per_image = training_flops_per_image(_setup(model_name, device, False, seed)[0], image_size, device)
+    peaks: dict[torch.dtype, float] = {}
     for variant in variants:
         channels_last = "channels_last" in variant
         amp = torch.bfloat16 if "bf16" in variant else None
@@ -85,8 +128,14 @@ def measure_train_throughput(
             "hand": partial(hand_loop, hand_model, hand_opt, batches, device, amp, channels_last),
         }
         times = medians(time_interleaved(runs, device, repeats=rounds, warmup=1))
+        dtype = amp or torch.float32
+        if dtype not in peaks:
+            peaks[dtype] = matmul_peak(device, dtype, peak_size)
         for name in ("hand", "engine"):
-            rows.append({"variant": variant, "loop": name, "images_per_s": steps * batch_size / times[name]})
+            rate = steps * batch_size / times[name]
+            rows.append({"model": model_name, "variant": variant, "precision": "bf16" if amp else "fp32",
+                         "loop": name, "images_per_s": rate, "flop_per_s": rate * flops_per_image,
+                         "peak_flop_per_s": peaks[dtype], "peak_fraction": rate * flops_per_image / peaks[dtype]})
     base = next(r["images_per_s"] for r in rows if r["variant"] == "fp32" and r["loop"] == "hand") \
         if "fp32" in variants else None
     for row in rows:
@@ -102,22 +151,27 @@ def measure_train_throughput(
 
 
 def run(*, device: torch.device, model: str = "simplenet", batch_size: int = 256, image_size: int = 128,
-        steps: int = 20, rounds: int = 5, variants: tuple[str, ...] = VARIANTS, seed: int = 0) -> BenchResult:
+        steps: int = 20, rounds: int = 5, variants: tuple[str, ...] = VARIANTS, peak_size: int = 2048,
+        seed: int = 0) -> BenchResult:
     """`measure_train_throughput` as a `BenchResult`."""
     rows = measure_train_throughput(model_name=model, device=device, batch_size=batch_size, image_size=image_size,
-                                    steps=steps, rounds=rounds, variants=tuple(variants), seed=seed)
+                                    steps=steps, rounds=rounds, variants=tuple(variants), peak_size=peak_size,
+                                    seed=seed)
     settings: dict[str, Any] = {"device": device, "model": model, "batch_size": batch_size,
                                 "image_size": image_size, "steps": steps, "rounds": rounds,
-                                "variants": list(variants), "seed": seed}
+                                "variants": list(variants), "peak_size": peak_size, "seed": seed}
     return BenchResult("train", settings, "engine: the hand loop of the same variant; hand loop: the fp32 hand "
                        "loop (images/s, median of interleaved rounds)", rows)
 
 
 def table(result: BenchResult) -> str:
-    """Markdown: images/s of each loop and variant, with its ratio and what the ratio is against."""
-    lines = ["| Variant | Loop | Images/s | Ratio | Against |", "|---|---|---:|---:|---|"]
+    """Markdown: images/s of each loop and variant, its ratio and what the ratio is against, its training
+    FLOP/s and their fraction of the matmul peak of the variant's dtype."""
+    lines = ["| Model | Variant | Loop | Images/s | Ratio | Against | GFLOP/s | Peak GFLOP/s | Of peak |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in result.rows:
-        lines.append(f"| {r['variant']} | {r['loop']} | {r['images_per_s']:.1f} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {r['loop']} | {r['images_per_s']:.1f} | "
                      f"{'—' if r['ratio'] is None else format(r['ratio'], '.3f')} | "
-                     f"{r['against']} |")
+                     f"{r['against']} | {r['flop_per_s'] / 1e9:.1f} | {r['peak_flop_per_s'] / 1e9:.1f} | "
+                     f"{100 * r['peak_fraction']:.1f} % |")
     return "\n".join(lines) + "\n"

@@ -17,8 +17,9 @@ from the global RNG, so an epoch replays exactly when a run resumes.
 - `random_erasing`: each image, with probability p, gets one rectangle (area 2–33 %, aspect
   0.3–3.3, log-uniform, as torchvision's `RandomErasing`) set to 0. Vectorised as a mask; where
   torchvision retries a box that does not fit ten times, the box here is clipped to the image.
-- `resize_batch`: progressive resizing's downscale (bilinear, antialiased), and `progressive_size`
-  its schedule.
+- `progressive_size`: progressive resizing's schedule of training sides. The loaders make each epoch's
+  batches at its side directly (`CachedLoader.set_side`, the per-sample transform at that side), so each
+  pixel is resampled once; `resize_batch` (bilinear, antialiased) resizes a finished batch.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ horizontal flip (p = 0.5), random resized crop (area 0.25–1, aspect 0.8–1.2)
 outside the image as `RandomRotation` fills), then colour jitter 0.15 (brightness,
 contrast, saturation) as one per-image colour matrix. Two differences from the per-sample
 pipeline: the resize uses bilinear interpolation only (not a random choice of
-nearest/bilinear/bicubic), and the jitter applies brightness → contrast → saturation in
-a fixed order with one clamp at the end. Validation batches follow `val_transform()`: the
-whole batch is resized to 144/128 of the output side, then centre-cropped.
+nearest/bilinear/bicubic), antialiased where the crop shrinks (the images are first resized to the
+side at which the crop is sampled about 1:1, as validation resizes; `prefilter_sides`), and the jitter
+applies brightness → contrast → saturation in a fixed order with one clamp at the end. Validation
+batches follow `val_transform()`: the whole batch is resized to 144/128 of the output side, then
+centre-cropped. Training batches come out at `set_side`'s side (progressive resizing) directly.
 
 Optionally (`auto_augment`, `random_erasing`) training batches then go through the batch
 operations of `miniplaces.data.batch_augment`: TrivialAugmentWide / RandAugment on a few
@@ -41,6 +43,8 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 # Images per augmentation step on the CPU: intermediates (~1 MB per image and pass) stay in the caches,
 # measured faster than one whole-batch step (docs/benchmarks.md).
 CPU_CHUNK = 16
+# Training crops that shrink are prefiltered to sides in steps of this many pixels (`prefilter_sides`).
+PREFILTER_STEP = 8
 
 
 def _seed(*parts: int) -> int:
@@ -99,9 +103,26 @@ def _base_grid(size: int, device: torch.device) -> torch.Tensor:
     return torch.stack([x, y, torch.ones_like(x)], -1).reshape(1, size * size, 3)
 
 
+def prefilter_sides(theta: torch.Tensor, source: int, out_size: int, step: int = PREFILTER_STEP) -> torch.Tensor:
+    """Per image, the side (int64, B) to resize the source image to before the warp, so it shrinks by ≤ 1.
+
+    A crop of relative width w and height h sampled onto `out_size` pixels reads w·S/O source pixels per
+    output pixel; above 1, bilinear sampling aliases. Resized (antialiased) to T = O / max(w, h) first, the
+    crop spans about O pixels and is sampled at most 1:1. T is rounded up to a multiple of `step`, so a
+    batch has a few distinct sides (each one batched resize), and is `source` itself where no shrink is needed.
+    """
+    w, h = theta[:, :, 0].norm(dim=1), theta[:, :, 1].norm(dim=1)  # the crop's relative width and height
+    side = torch.ceil(out_size / torch.maximum(w, h).clamp(min=1e-6) / step - 1e-4) * step
+    return side.clamp(max=source).to(torch.int64)
+
+
 def _augment_into(u8: torch.Tensor, theta: torch.Tensor, colour: torch.Tensor, base: torch.Tensor,
                   out: torch.Tensor) -> None:
-    """Warp + colour-jitter uint8 (C, S, S, 3) images into float `out` (C, 3, O, O) in [0, 1]."""
+    """Warp + colour-jitter uint8 (C, S, S, 3) images into float `out` (C, 3, O, O) in [0, 1].
+
+    Where the warp shrinks, the images are first resized to `prefilter_sides` (bilinear, antialiased), as
+    validation's resize is: the training crop then sees the pixels validation sees, not aliased ones.
+    """
     c, size = out.shape[0], out.shape[-1]
     # One pass converts dtype and layout; NCHW input samples several times faster than NHWC.
     x = torch.empty(u8.shape[0], 3, u8.shape[1], u8.shape[2], device=u8.device).copy_(u8.permute(0, 3, 1, 2))
@@ -110,7 +131,22 @@ def _augment_into(u8: torch.Tensor, theta: torch.Tensor, colour: torch.Tensor, b
     mean_gray = x.mean((2, 3)) @ x.new_tensor(GRAY_WEIGHTS)  # (C,)
     # One bmm instead of F.affine_grid, which is several times slower on the CPU.
     grid = torch.bmm(base.expand(c, -1, -1), theta.transpose(1, 2)).view(c, size, size, 2)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (C, 3, O, O)
+    # The grid is in [-1, 1] units, the same at any side: each group of equal prefilter sides is resized as
+    # one batch and warped with its own rows of the grid.
+    sides = prefilter_sides(theta, x.shape[-1], size)
+    warped = torch.empty(c, 3, size, size, device=x.device)
+    for side in sides.unique().tolist():
+        rows = (sides == side).nonzero().flatten()
+        source = x if len(rows) == c else x.index_select(0, rows)
+        if side < x.shape[-1]:
+            source = F.interpolate(source, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        sampled = F.grid_sample(source, grid if len(rows) == c else grid.index_select(0, rows), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # (rows, 3, O, O)
+        if len(rows) == c:
+            warped = sampled
+        else:
+            warped.index_copy_(0, rows, sampled)
+    x = warped
     # Brightness b, contrast k, saturation s as one colour matrix per image (the /255 folded in):
     #   out = s·k·b·x + (1−s)·k·b·gray(x) + (1−k)·b·mean_gray,  gray(x) = w·x
     b, k, s = colour.unbind(1)
@@ -218,7 +254,8 @@ class CachedLoader:
         shuffle: permute each epoch (default: `train`).
         drop_last: drop the last incomplete batch (default: `train`).
         seed: with the epoch, fixes permutation and augmentation.
-        image_size: side of the output images (the crop is resized to it).
+        image_size: side of the output images (the crop is resized to it); `set_side` changes it for training
+            batches (progressive resizing).
         rank, world_size: this process's shard.
         pad: equal shards by repeating a few images (default: `train`).
         num_threads: torch threads while a batch is made on the CPU; `None` (default) keeps torch's
@@ -286,7 +323,7 @@ class CachedLoader:
             self._buffer = np.empty((batch_size, *images.shape[1:]), dtype=np.uint8)  # reused: never handed out
         else:
             self.images = _upload(images, self.device)
-        self._base = _base_grid(image_size, self.device)
+        self.side = image_size
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -296,6 +333,13 @@ class CachedLoader:
     def set_epoch(self, epoch: int) -> None:
         """Fix the epoch the next iteration uses (its permutation and augmentation)."""
         self.epoch = epoch
+
+    def set_side(self, side: int | None) -> None:
+        """Make training batches at `side` (progressive resizing's side of the epoch; None: `image_size`).
+
+        The crop is sampled straight at that side, prefiltered where it shrinks: each pixel is resampled once.
+        """
+        self.side = self.image_size if side is None else side
 
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch`, in order (int64, length `num_samples`)."""
@@ -335,7 +379,7 @@ class CachedLoader:
                 return to_float(pixels, resize_for(self.image_size)), labels
             return val_batch(pixels, self.image_size), labels
         theta, colour = sample_augmentation(len(idx), generator, **self.strength)  # type: ignore[arg-type]
-        x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.image_size, None)
+        x = _augment_sampled(pixels, theta.to(self.device), colour.to(self.device), self.side, None)
         return x, labels
 
 

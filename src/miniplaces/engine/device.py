@@ -76,3 +76,58 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+# ---------------------------------------------------------------- precision
+
+
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+def _cpu_feature(name: str) -> bool | None:
+    """`torch.cpu._is_<name>_supported()` where this torch has it (2.4 and later), else None (cannot tell)."""
+    probe = getattr(torch.cpu, f"_is_{name}_supported", None)
+    if probe is None:
+        return None
+    try:
+        return bool(probe())
+    except RuntimeError:
+        return None
+
+
+def fast_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether `device` runs bfloat16 autocast faster than float32, and why (a short clause).
+
+    CUDA: `torch.cuda.is_bf16_supported` without emulation (Ampere and later). CPU: torch's own probes
+    of AMX tiles or AVX-512-BF16 instructions (no vendor names parsed here); a torch without the probes
+    gets float32. MPS and other devices: float32.
+    """
+    if device.type == "cuda":
+        try:
+            supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no including_emulation
+            supported = torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device)
+        return supported, f"CUDA device {name} {'supports' if supported else 'lacks native'} bf16"
+    if device.type == "cpu":
+        amx, avx512_bf16 = _cpu_feature("amx_tile"), _cpu_feature("avx512_bf16")
+        if amx:
+            return True, "the CPU has AMX tiles"
+        if avx512_bf16:
+            return True, "the CPU has AVX-512-BF16"
+        if amx is None and avx512_bf16 is None:
+            return False, f"torch {torch.__version__} cannot tell whether the CPU has AMX or AVX-512-BF16"
+        return False, "the CPU has neither AMX nor AVX-512-BF16 (bf16 would be emulated, slower than float32)"
+    return False, f"bf16 autocast is not known to be faster than float32 on {device.type}"
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """The precision `amp` stands for on `device` (`none`, `bf16` or `fp16`) and the reason, for the run's log.
+
+    `auto` is `bf16` where `fast_bf16` says the device runs it fast, else `none` (float32); the other
+    values stand for themselves.
+    """
+    if amp != "auto":
+        return amp, "as configured"
+    fast, why = fast_bf16(device)
+    return ("bf16", f"auto: {why}") if fast else ("none", f"auto: float32, since {why}")

@@ -37,15 +37,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableSampler(DistributedSampler):
-    """`DistributedSampler` that yields `(index, sample_seed)` and can skip the first `start` samples."""
+    """`DistributedSampler` that yields `(index, sample_seed, side)` and can skip the first `start` samples.
+
+    `side` (None: the transform's own) is the training side of the epoch: each item carries it to the
+    worker process that loads it, so the image is made at that side directly.
+    """
 
     def __init__(self, dataset: Dataset, *, rank: int, world_size: int, seed: int, shuffle: bool = True) -> None:
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.start = 0
+        self.side: int | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int, int | None]]:  # type: ignore[override]
         indices = list(super().__iter__())[self.start:]
-        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+        return iter([(i, sample_seed(self.seed, self.epoch, i), self.side) for i in indices])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -57,17 +62,40 @@ class SeededSamples(Dataset):
     The global RNG is restored afterwards, so loading in the main process does not disturb training.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, transforms: TrainTransforms | None = None) -> None:
         self.dataset = dataset
+        self.transforms = transforms  # with it, the dataset gives PIL images and this transforms them at the side
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        index, seed = item
+    def __getitem__(self, item: tuple[int, int] | tuple[int, int, int | None]) -> Any:
+        index, seed, *side = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[index]
+            image, label = self.dataset[index]
+            if self.transforms is not None:
+                image = self.transforms(side[0] if side else None)(image)
+            return image, label
+
+
+class TrainTransforms:
+    """The per-sample training transform of a config at any side: `train_transform(side, resize_for(side))`.
+
+    Called with a side (None: `image_size`), it returns that side's transform, built once per process.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.image_size = config.image_size
+        self.options: dict[str, Any] = {"auto_augment": config.auto_augment, "random_erasing": config.random_erasing,
+                                        **augment_strength(config)}
+        self._built: dict[int, Any] = {}
+
+    def __call__(self, side: int | None) -> Any:
+        side = self.image_size if side is None else side
+        if side not in self._built:
+            self._built[side] = train_transform(side, resize_for(side), **self.options)
+        return self._built[side]
 
 
 def _worker_init(worker_id: int) -> None:
@@ -137,12 +165,15 @@ class TrainBatches:
     sampler: ResumableSampler | None
     steps_per_epoch: int
 
-    def position(self, epoch: int, start_step: int) -> Iterable[Batch]:
+    def position(self, epoch: int, start_step: int, side: int | None = None) -> Iterable[Batch]:
+        """The epoch's batches from `start_step` on, made at `side` (progressive resizing; None: `image_size`)."""
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
             self.sampler.start = start_step * self.loader.batch_size
+            self.sampler.side = side
             return self.loader
         self.loader.set_epoch(epoch)
+        self.loader.set_side(side)
         # The cache loader draws each epoch deterministically: skipping batches replays it exactly.
         return itertools.islice(self.loader, start_step, None)
 
@@ -165,14 +196,10 @@ def build_train_batches(config: TrainConfig, info: DistInfo, device: torch.devic
         loader: Any = _cached(config.root, "train", batch, train=True, config=config, info=info, device=device)
         sampler = None
     else:
-        dataset = MiniPlaces(config.root, "train",
-                             transform=train_transform(config.image_size, resize_for(config.image_size),
-                                                       auto_augment=config.auto_augment,
-                                                       random_erasing=config.random_erasing,
-                                                       **augment_strength(config)))
+        dataset = MiniPlaces(config.root, "train")
         sampler = ResumableSampler(dataset, rank=info.rank, world_size=info.world_size, seed=config.seed)
         loader = DataLoader(
-            SeededSamples(dataset), batch_size=batch, sampler=sampler, drop_last=True,
+            SeededSamples(dataset, TrainTransforms(config)), batch_size=batch, sampler=sampler, drop_last=True,
             num_workers=workers(config), pin_memory=device.type == "cuda",
             persistent_workers=workers(config) > 0, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(config.seed),

@@ -148,14 +148,15 @@ class Trainer:
         on_log: Callable[[int, dict[str, float]], None] | None = None,
         check_every: int = 20,
         progress: bool = True,
+        side: int | None = None,
     ) -> dict[str, Any]:
         """Train epoch `epoch` (0-based) from step `start_step` until the batches end or `steps` steps are done.
 
         Args:
             steps: the epoch's length in steps; None = a `TrainBatches`' steps_per_epoch, else all batches.
             start_step: steps of this epoch already done before (a resumed epoch); `sums` holds their totals.
-            transform: applied to each batch on the device, before the adversary and the model (progressive
-                resizing, MixUp / CutMix). With probabilities as targets the train top-1/top-5 count the label
+            transform: applied to each batch on the device, before the adversary and the model (MixUp /
+                CutMix). With probabilities as targets the train top-1/top-5 count the label
                 with the largest share (the dominant image's label).
             should_stop: polled after every step (at check points under DDP, where processes must agree);
                 True ends the epoch early and the result has `completed=False`.
@@ -163,6 +164,7 @@ class Trainer:
             on_log: at each check point (every `check_every` steps), called with the epoch's step index and
                 this process's `loss` (mean since the last check point), `lr` and `images_per_s` (since then).
                 It costs no extra synchronisation: the check point synchronises anyway.
+            side: the side a `TrainBatches` makes its batches at (progressive resizing); None: `image_size`.
 
         Returns:
             loss, top1, top5 (averages over the epoch so far, all processes), lr (the last step's rate),
@@ -170,7 +172,7 @@ class Trainer:
         """
         device = self.device
         if isinstance(self.batches, TrainBatches):
-            loader: Iterable[Batch] = self.batches.position(epoch, start_step)
+            loader: Iterable[Batch] = self.batches.position(epoch, start_step, side)
             total = steps if steps is not None else self.batches.steps_per_epoch
         else:
             loader = self.batches

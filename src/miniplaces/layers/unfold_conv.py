@@ -27,14 +27,16 @@ Channels-last layouts were measured too and did not pay: NCHW in, NCHW out.
 
 Memory modes: `cache` keeps `cols` for the backward (K·L per image, kh·kw/stride² times the input);
 `recompute` keeps only the input and weight, as `nn.Conv2d` does, and unfolds the input again in the
-backward. How recompute builds its columns depends on the device (`columns`):
-- `stream` (the CPU's): k×k kernels go image by image through one reused (K, L) buffer that stays in
-  the CPU caches (`unfold_conv2d_forward_streamed` / `unfold_conv2d_backward_streamed`);
-- `chunk` (CUDA's and any other accelerator's): images go in chunks whose columns fit a memory budget
-  (`CHUNK_BYTES`), one unfold and one batched product per chunk, so a GPU runs a few large kernels
-  instead of thousands of tiny ones while the memory held between forward and backward stays the input's
-  (`unfold_conv2d_forward_chunked` / `unfold_conv2d_backward_chunked`).
-`auto` (the default) picks `stream` on the CPU and `chunk` elsewhere.
+backward. Recompute has one path, chunked (`unfold_conv2d_forward_chunked` /
+`unfold_conv2d_backward_chunked`): images go in chunks, one unfold into a reused buffer and one batched
+product per chunk, and the batch's columns matrix is never built. The chunk size is a policy
+(`images_per_chunk`, chosen by `columns`):
+- `stream` (`auto` on the CPU): one image per chunk, whose (K, L) columns stay in the CPU caches;
+- `chunk` (`auto` on CUDA and other accelerators): as many images as fit `CHUNK_BYTES`, so a GPU runs a
+  few large kernels instead of thousands of tiny ones.
+
+Under autocast the layer follows autocast as `nn.Conv2d` does: inputs, weight and bias are cast to the
+autocast dtype and the output has it (bf16 under `torch.autocast("cpu", dtype=torch.bfloat16)`).
 
 Second derivatives are not implemented: a backward asked to build a graph of itself (`create_graph=True`:
 gradient penalties, double backward) raises `UnfoldConvError` in every mode rather than return
@@ -189,17 +191,19 @@ def unfold_conv2d_backward(grad_out: torch.Tensor, cols: torch.Tensor, weight: t
     return grad_x, grad_w, grad_b
 
 
-def _weight_grad(g: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Σ_n g[n] @ cols[n]ᵀ, (C_out, K), from g (N, C_out, L) and cols (N, K, L)."""
+def _weight_grad(g: torch.Tensor, cols: torch.Tensor, accumulate: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_n g[n] @ cols[n]ᵀ, (C_out, K), from g (N, C_out, L) and cols (N, K, L); added into `accumulate` if given."""
     n, c_out, length = g.shape
     k = cols.shape[1]
     if cols.stride() == (length, n * length, 1):
         # cols is a (K, N, L) buffer (see _unfold): one product over all N·L positions, at the price of
-        # laying the output gradient out as (C_out, N, L), a copy k·k times smaller than cols
-        return torch.mm(g.transpose(0, 1).reshape(c_out, n * length), cols.transpose(0, 1).reshape(k, n * length).t())
+        # laying the output gradient out as (C_out, N, L), a copy k·k times smaller than cols (none for N = 1)
+        a, b = g.transpose(0, 1).reshape(c_out, n * length), cols.transpose(0, 1).reshape(k, n * length).t()
+        return torch.mm(a, b) if accumulate is None else accumulate.addmm_(a, b)
     # cols is the (N, C, L) input itself (1×1 kernels): batched products, then the sum over the batch
     # (measured faster than N accumulating products, and than copying both operands for one product)
-    return torch.bmm(g, cols.transpose(1, 2)).sum(0)
+    total = torch.bmm(g, cols.transpose(1, 2)).sum(0)
+    return total if accumulate is None else accumulate.add_(total)
 
 
 def _fold(grad_cols: torch.Tensor, input_shape: torch.Size, kernel_size: Pair, stride: Pair, padding: Pair,
@@ -216,79 +220,34 @@ def _fold(grad_cols: torch.Tensor, input_shape: torch.Size, kernel_size: Pair, s
     return F.fold(grad_cols, (h, w), kernel_size, dilation=dilation, padding=padding, stride=stride)
 
 
-def unfold_conv2d_forward_streamed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair,
-                                   padding: Pair, dilation: Pair) -> torch.Tensor:
-    """The same convolution one image at a time, through one reused (K, L) columns buffer.
+def images_per_chunk(columns: str, device: torch.device, k: int, length: int, element_size: int, n: int,
+                     budget_bytes: int | None = None) -> int:
+    """The chunk-size policy: how many images' columns (K·L elements each) one chunk holds, in [1, n].
 
-    The batch's columns matrix (kh·kw times the input: 64·576·1024·4 bytes = 151 MB for SimpleNet's
-    3×3 layer at batch 64 and 128×128 images) is never built: each image's columns stay in the CPU
-    caches between the copy and the product, and the product writes straight into that image's slice
-    of the output.
+    `stream` (and `auto` on the CPU): one image, whose columns stay in the CPU caches between the copy and
+    the product. `chunk` (and `auto` elsewhere): as many as fit `budget_bytes` (default `CHUNK_BYTES`), so
+    a GPU runs a few large kernels instead of thousands of tiny ones.
     """
-    kernel_size = (weight.shape[2], weight.shape[3])
-    h_out, w_out = _check(x, weight, bias, kernel_size, stride, padding, dilation)
-    n, c_out = x.shape[0], weight.shape[0]
-    w2 = weight.reshape(c_out, -1)  # (C_out, K)
-    out = x.new_empty(n, c_out, h_out, w_out)
-    buffer = x.new_empty(w2.shape[1], h_out * w_out)  # (K, L)
-    for i in range(n):
-        cols = _unfold(x[i : i + 1], kernel_size, stride, padding, dilation, out=buffer)[0]  # (K, L)
-        torch.mm(w2, cols, out=out[i].view(c_out, -1))  # (C_out, L)
-    if bias is not None:
-        out.add_(bias.view(1, c_out, 1, 1))
-    return out
-
-
-def unfold_conv2d_backward_streamed(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor,
-                                    input_shape: torch.Size, stride: Pair, padding: Pair, dilation: Pair,
-                                    needs_input_grad: tuple[bool, bool, bool] = (True, True, True),
-                                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients (input, weight, bias) one image at a time, unfolding the saved input again.
-
-    Only the weight gradient needs the columns; `x` may be None when it is not needed.
-    """
-    n, c_out = grad_out.shape[:2]
-    kernel_size = (weight.shape[2], weight.shape[3])
-    g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
-    w2 = weight.reshape(c_out, -1)  # (C_out, K)
-    k, length = w2.shape[1], g.shape[2]
-    grad_x = grad_w = grad_b = None
-    if needs_input_grad[0]:
-        grad_x = g.new_empty(input_shape)
-        grad_cols = g.new_empty(1, k, length)
-    if needs_input_grad[1]:
-        grad_w = g.new_zeros(c_out, k)
-        cols_buffer = g.new_empty(k, length)
-    for i in range(n):
-        if grad_w is not None:
-            cols = _unfold(x[i : i + 1], kernel_size, stride, padding, dilation, out=cols_buffer)[0]  # (K, L)
-            grad_w.addmm_(g[i], cols.t())
-        if grad_x is not None:
-            torch.mm(w2.t(), g[i], out=grad_cols[0])  # (K, L)
-            grad_x[i] = _fold(grad_cols, (1, *input_shape[1:]), kernel_size, stride, padding, dilation)[0]
-    if needs_input_grad[2]:
-        grad_b = g.sum(dim=(0, 2))
-    return grad_x, None if grad_w is None else grad_w.view_as(weight), grad_b
-
-
-def _images_per_chunk(k: int, length: int, element_size: int, budget_bytes: int, n: int) -> int:
-    """How many images' columns (K·L elements each) fit `budget_bytes`: at least 1, at most the batch."""
-    return max(1, min(n, budget_bytes // max(1, k * length * element_size)))
+    if resolve_columns(columns, device) == "stream":
+        return 1
+    budget = CHUNK_BYTES if budget_bytes is None else budget_bytes
+    return max(1, min(n, budget // max(1, k * length * element_size)))
 
 
 def unfold_conv2d_forward_chunked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair,
-                                  padding: Pair, dilation: Pair, budget_bytes: int | None = None) -> torch.Tensor:
-    """The same convolution in chunks of images whose columns fit `budget_bytes` (default `CHUNK_BYTES`).
+                                  padding: Pair, dilation: Pair, budget_bytes: int | None = None,
+                                  columns: str = "chunk") -> torch.Tensor:
+    """The same convolution in chunks of images, sized by `images_per_chunk(columns, …, budget_bytes)`.
 
     Each chunk is unfolded into one reused (K, chunk·L) buffer and multiplied by one batched product
-    that writes straight into the chunk's slice of the output.
+    that writes straight into the chunk's slice of the output. The batch's columns matrix is never built.
     """
     kernel_size = (weight.shape[2], weight.shape[3])
     h_out, w_out = _check(x, weight, bias, kernel_size, stride, padding, dilation)
     n, c_out = x.shape[0], weight.shape[0]
     w2 = weight.reshape(c_out, -1)  # (C_out, K)
     k, length = w2.shape[1], h_out * w_out
-    chunk = _images_per_chunk(k, length, x.element_size(), CHUNK_BYTES if budget_bytes is None else budget_bytes, n)
+    chunk = images_per_chunk(columns, x.device, k, length, x.element_size(), n, budget_bytes)
     out = x.new_empty(n, c_out, h_out, w_out)
     buffer = x.new_empty(k * chunk * length)
     for start in range(0, n, chunk):
@@ -304,9 +263,10 @@ def unfold_conv2d_forward_chunked(x: torch.Tensor, weight: torch.Tensor, bias: t
 def unfold_conv2d_backward_chunked(grad_out: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor,
                                    input_shape: torch.Size, stride: Pair, padding: Pair, dilation: Pair,
                                    needs_input_grad: tuple[bool, bool, bool] = (True, True, True),
-                                   budget_bytes: int | None = None,
+                                   budget_bytes: int | None = None, columns: str = "chunk",
                                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients (input, weight, bias) chunk by chunk, unfolding the saved input again for the weight's.
+    """Gradients (input, weight, bias) chunk by chunk (`images_per_chunk`), unfolding the saved input again
+    for the weight's.
 
     Only the weight gradient needs the columns; `x` may be None when it is not needed.
     """
@@ -315,7 +275,7 @@ def unfold_conv2d_backward_chunked(grad_out: torch.Tensor, x: torch.Tensor | Non
     g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
     w2 = weight.reshape(c_out, -1)  # (C_out, K)
     k, length = w2.shape[1], g.shape[2]
-    chunk = _images_per_chunk(k, length, g.element_size(), CHUNK_BYTES if budget_bytes is None else budget_bytes, n)
+    chunk = images_per_chunk(columns, g.device, k, length, g.element_size(), n, budget_bytes)
     grad_x = grad_w = grad_b = None
     if needs_input_grad[0]:
         grad_x = g.new_empty(input_shape) if chunk < n else None
@@ -328,7 +288,7 @@ def unfold_conv2d_backward_chunked(grad_out: torch.Tensor, x: torch.Tensor | Non
         m = gs.shape[0]
         if grad_w is not None:
             cols = _unfold(x[start : start + m], kernel_size, stride, padding, dilation, out=cols_buffer)  # (m, K, L)
-            grad_w.add_(_weight_grad(gs, cols))
+            _weight_grad(gs, cols, accumulate=grad_w)
         if needs_input_grad[0]:
             grad_cols = torch.bmm(w2.t().expand(m, -1, -1), gs, out=grad_cols_buffer[:m])  # (m, K, L)
             folded = _fold(grad_cols, (m, *input_shape[1:]), kernel_size, stride, padding, dilation)
@@ -349,7 +309,7 @@ def resolve_columns(columns: str, device: torch.device) -> str:
 
 
 def _recomputes(memory: str, kernel_size: Pair, padding: Pair) -> bool:
-    """Recompute mode builds k×k columns twice (stream or chunk); 1×1 kernels need no columns in any mode."""
+    """Recompute mode builds k×k columns twice (chunk by chunk); 1×1 kernels need no columns in any mode."""
     return memory == "recompute" and not _is_pointwise(kernel_size, padding)
 
 
@@ -364,8 +324,7 @@ class UnfoldConv2dFunction(torch.autograd.Function):
         ctx.memory = memory
         ctx.columns = resolve_columns(columns, x.device)
         if _recomputes(memory, (weight.shape[2], weight.shape[3]), padding):
-            forward = unfold_conv2d_forward_streamed if ctx.columns == "stream" else unfold_conv2d_forward_chunked
-            out = forward(x, weight, bias, stride, padding, dilation)
+            out = unfold_conv2d_forward_chunked(x, weight, bias, stride, padding, dilation, columns=ctx.columns)
             ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
             return out
         out, cols = unfold_conv2d_forward(x, weight, bias, stride, padding, dilation)
@@ -386,19 +345,56 @@ class UnfoldConv2dFunction(torch.autograd.Function):
             raise UnfoldConvError(
                 "UnfoldConv2d has no second derivative: its backward cannot run with create_graph=True "
                 "(gradient penalties, double backward); use nn.Conv2d / F.conv2d for such models")
+        # A backward called inside an autocast region must not recast: the forward ran in the inputs' dtype.
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return UnfoldConv2dFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
         needs = ctx.needs_input_grad[:3]
         if _recomputes(ctx.memory, (weight.shape[2], weight.shape[3]), padding):
-            backward = unfold_conv2d_backward_streamed if ctx.columns == "stream" else unfold_conv2d_backward_chunked
-            grad_x, grad_w, grad_b = backward(grad_out, saved, weight, ctx.input_shape, stride, padding, dilation,
-                                              needs)
+            grad_x, grad_w, grad_b = unfold_conv2d_backward_chunked(
+                grad_out, saved, weight, ctx.input_shape, stride, padding, dilation, needs, columns=ctx.columns)
             return grad_x, grad_w, grad_b, None, None, None, None, None
         if saved is not None and ctx.memory == "recompute":
             saved = _unfold(saved, (weight.shape[2], weight.shape[3]), stride, padding, dilation)
         grad_x, grad_w, grad_b = unfold_conv2d_backward(
             grad_out, saved, weight, ctx.input_shape, stride, padding, dilation, needs)
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for `device_type`, or None outside autocast (torch ≥ 2.4 API, then the older one)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if enabled else None
+    except (TypeError, AttributeError):  # torch < 2.4: per-device functions, CPU and CUDA only
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return None
+
+
+def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair, padding: Pair,
+           dilation: Pair, memory: str, columns: str) -> torch.Tensor:
+    """`UnfoldConv2dFunction.apply`, following autocast as `nn.Conv2d` does (what `torch.amp.custom_fwd` does for
+    one device type, here for the input's): inside an autocast region the float32/16 input, weight and bias are
+    cast to its dtype (float64 stays, as autocast leaves it) and the convolution runs in that dtype, autocast off.
+    The casts are differentiable, so the gradients reach float32 parameters in float32."""
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is None:
+        return UnfoldConv2dFunction.apply(x, weight, bias, stride, padding, dilation, memory, columns)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        eligible = t is not None and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t  # type: ignore[union-attr]
+
+    with torch.autocast(x.device.type, enabled=False):
+        return UnfoldConv2dFunction.apply(cast(x), cast(weight), cast(bias), stride, padding, dilation, memory,
+                                          columns)
 
 
 def _check_memory(memory: str, columns: str = "auto") -> None:
@@ -415,8 +411,7 @@ def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _check_memory(memory, columns)
     if weight.dim() != 4:
         raise UnfoldConvError(f"expected a 4-D weight (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
-    return UnfoldConv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), memory,
-                                      columns)
+    return _apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), memory, columns)
 
 
 class UnfoldConv2d(nn.Module):
@@ -431,8 +426,9 @@ class UnfoldConv2d(nn.Module):
             input (kh·kw/stride² times the input), as the study did. Recompute is the default: memory is
             what bounds the batch size (the study's larger GPU memory came from the cache), and it was
             also the faster mode where measured; 1×1 layers cost the same in both modes.
-        columns: how recompute builds the columns: "stream" (image by image, for CPU caches), "chunk"
-            (chunks of images within `CHUNK_BYTES`, for GPUs), or "auto" (default: by the input's device).
+        columns: the chunk-size policy of recompute (`images_per_chunk`): "stream" (one image per chunk, for
+            CPU caches), "chunk" (as many images as fit `CHUNK_BYTES`, for GPUs), or "auto" (default: by the
+            input's device).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1,
@@ -484,5 +480,4 @@ class UnfoldConv2d(nn.Module):
         return s if self.columns == "auto" else s + f", columns={self.columns}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return UnfoldConv2dFunction.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                          self.memory, self.columns)
+        return _apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.memory, self.columns)

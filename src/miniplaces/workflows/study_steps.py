@@ -184,6 +184,8 @@ def config_difference(planned: TrainConfig, found: dict[str, Any]) -> str | None
     """The first key where a saved config differs from the plan, in words; None when none does."""
     want, have = comparable(to_dict(planned)), comparable(found)
     for key in want:
+        if key == "amp" and want[key] == "auto":  # a run's config holds what auto chose on its machine
+            continue
         if want[key] != have.get(key):
             return f"{key}: {have.get(key)!r} there, {want[key]!r} planned"
     return None

@@ -29,10 +29,10 @@ from torch import nn
 
 from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, resolve, save_config
 from miniplaces.data import read_categories
-from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size, resize_batch
+from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size
 from miniplaces.engine.board import RunBoard
 from miniplaces.engine.checkpoint import build_model, save_checkpoint
-from miniplaces.engine.device import resolve_device
+from miniplaces.engine.device import resolve_amp, resolve_device
 from miniplaces.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -91,10 +91,14 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     finite (the last checkpoint is kept).
     """
     config = resolve(config)
+    # `amp: auto` is resolved before the resume check compares it with the checkpoint's; config.yaml says why.
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
+    amp, amp_note = resolve_amp(config.amp, device)
+    config = dataclasses.replace(config, amp=amp)
+    logger.info("precision: amp %s (%s)", amp, amp_note)
     checkpoint, run = None, None
     if resume is not None:
         config, checkpoint, run = open_resume(config, resume)
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
     info = init_distributed(device.type)
     claim = None
     try:
@@ -103,7 +107,7 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
             config, run = dataclasses.replace(config, name=name), RunDir(Path(config.out_dir) / name)
         claim = _claim_on_main(run, info, device, fresh=resume is None)
         parts = _build(run, config, info, device, checkpoint)
-        _open_run(parts)
+        _open_run(parts, f"amp: {amp} ({amp_note})")
         _train_epochs(parts, on_step, progress)
         return run.path
     finally:
@@ -175,15 +179,15 @@ def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.devic
     return _Parts(run, info, state, trainer, batches.steps_per_epoch, val_loader, mixcut)
 
 
-def _open_run(parts: _Parts) -> None:
-    """Write the config (rank 0) and drop the metrics rows past the checkpoint."""
+def _open_run(parts: _Parts, note: str | None = None) -> None:
+    """Write the config (rank 0, `note` as its leading comment) and drop the metrics rows past the checkpoint."""
     run, info, state, config = parts.run, parts.info, parts.state, parts.state.config
     if info.is_main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         # Temporary files of writes a killed process left (best.pt's would otherwise wait for a better epoch).
         for target in (run.last, run.best, run.metrics, run.config):
             remove_stale_tmp(target)
-        save_config(config, run.config)
+        save_config(config, run.config, note)
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
         kept = [row for row in read_metrics(run.metrics) if row.epoch <= state.epoch]
         write_metrics(run.metrics, kept)
@@ -244,7 +248,8 @@ def _train_epoch(parts: _Parts, on_step: Callable[[int], None] | None, progress:
     t0 = time.perf_counter()
     tr = trainer.epoch(epoch, start_step=state.step_in_epoch, sums=state.running_sums(),
                        transform=_batch_transform(config, parts.mixcut, epoch, info.rank), should_stop=should_stop,
-                       on_step=on_step, on_log=on_log, check_every=config.log_every, progress=progress)
+                       on_step=on_step, on_log=on_log, check_every=config.log_every, progress=progress,
+                       side=train_size(config, epoch))
     if not tr["completed"]:
         state.pause(tr["steps"], tr["sums"])
         payload = state.state_dict()
@@ -283,16 +288,13 @@ def train_size(config: TrainConfig, epoch: int) -> int:
 
 
 def _batch_transform(config: TrainConfig, mixcut: MixCut | None, epoch: int, rank: int) -> BatchTransform | None:
-    """The epoch's batch operations on the device, for both loaders: progressive resizing's downscale,
-    then MixUp/CutMix drawn from (seed, epoch, step, rank), so a resumed epoch replays exactly."""
-    size = train_size(config, epoch)
-    if size == config.image_size and mixcut is None:
+    """The epoch's batch operations on the device, for both loaders: MixUp/CutMix drawn from
+    (seed, epoch, step, rank), so a resumed epoch replays exactly. (The loaders make batches at the
+    epoch's progressive side themselves: `TrainBatches.position`.)"""
+    if mixcut is None:
         return None
 
     def transform(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = resize_batch(x, size)
-        if mixcut is None:
-            return x, y
         return mixcut(x, y, batch_rng(config.seed, epoch, step, rank, 3))
 
     return transform
