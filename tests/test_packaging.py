@@ -3,6 +3,7 @@ what the commands read (the presets), so an installed copy runs outside the chec
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -127,3 +128,7 @@ def test_the_wheel_runs_the_study_and_bench_recipes_outside_the_checkout(tmp_pat
     assert "simplenet_unfold" in (work / "study" / "report" / "results.md").read_text(encoding="utf-8")
     printed = miniplaces("bench", "recipes", "--quick", "--device", "cpu", "--threads", "1", "--out", "bench")
     assert (work / "bench" / "recipes.json").is_file() and "| fast" in printed, printed
+    # Each recipe ran at its own precision, whatever `amp: auto` picks on this machine.
+    recipes = json.loads((work / "bench" / "recipes.json").read_text(encoding="utf-8"))["rows"]
+    assert [row["recipe"] for row in recipes] == ["simplenet (study) float32", "fast float32 (EMA)",
+                                                  "fast bf16 (EMA)"]

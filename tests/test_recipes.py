@@ -73,7 +73,9 @@ def test_recipe_config_sets_the_benchmark_budget_and_scales_the_progressive_star
     study = recipe_config(STUDY, root=tmp_path, image_size=64, epochs=3, out_dir=tmp_path, name="s",
                           device=torch.device("cpu"))
     assert study.progressive_start_size is None and study.batch_size == 256 and not study.ema
-    assert [name for _, name in RECIPES] == ["simplenet.yaml", "fast.yaml"]  # the baseline first
+    # The baseline first, in float32; the fast recipe in both precisions.
+    assert [(name, precision) for _, name, precision in RECIPES] == [
+        ("simplenet.yaml", "float32"), ("fast.yaml", "float32"), ("fast.yaml", "bf16")]
     with pytest.raises(MiniPlacesError, match="recipe file .*nope.yaml does not exist"):
         recipe_config(tmp_path / "nope.yaml", root=tmp_path, image_size=64, epochs=1, out_dir=tmp_path, name="x",
                       device=torch.device("cpu"))

@@ -28,8 +28,11 @@ from miniplaces.presets import presets_dir
 from miniplaces.rundir import RunDir, read_metrics
 
 CONFIGS = presets_dir()
-# (label, config file); the first is the baseline.
-RECIPES = (("simplenet (study)", "simplenet.yaml"), ("fast", "fast.yaml"))
+# (label, config file, precision); the first is the baseline. Each is pinned to one precision, whatever the
+# presets' `amp: auto` would pick on this machine, so that the rows say what they measured.
+RECIPES = (("simplenet (study)", "simplenet.yaml", "float32"), ("fast", "fast.yaml", "float32"),
+           ("fast", "fast.yaml", "bf16"))
+AMP = {"float32": "none", "bf16": "bf16"}
 
 
 def recipe_config(path: Path | str, *, root: Path | str, image_size: int, epochs: int, out_dir: Path | str,
@@ -100,22 +103,26 @@ def _row(label: str, config: TrainConfig, run: RunDir, wall_s: float) -> dict[st
 
 def compare_recipes(*, root: Path | str, device: torch.device, image_size: int = 64, epochs: int = 10,
                     limit_train_batches: int | None = None, limit_val_batches: int | None = None,
-                    batch_size: int | None = None, configs: Path = CONFIGS) -> list[dict[str, Any]]:
-    """Train each of `RECIPES` in turn (the baseline first) and return one row per recipe, ratios included."""
+                    batch_size: int | None = None, configs: Path = CONFIGS, bf16: bool = True) -> list[dict[str, Any]]:
+    """Train each of `RECIPES` in turn (the baseline first; the bf16 rows only with `bf16`) and return one row per
+    recipe, ratios included."""
     from miniplaces.workflows.train import train
 
     rows = []
     limit_batch_size: int | None = None  # the baseline's batch: the unit of the limits for every recipe
     with tempfile.TemporaryDirectory(prefix="miniplaces-recipes-") as tmp:
-        for index, (label, filename) in enumerate(RECIPES):
+        for index, (label, filename, precision) in enumerate(RECIPES):
+            if precision == "bf16" and not bf16:
+                continue
             config = recipe_config(configs / filename, root=root, image_size=image_size, epochs=epochs,
                                    out_dir=tmp, name=f"recipe{index}", device=device,
                                    limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
                                    batch_size=batch_size, limit_batch_size=limit_batch_size)
+            config = dataclasses.replace(config, amp=AMP[precision])
             limit_batch_size = limit_batch_size or config.batch_size
             t0 = time.perf_counter()
             run = RunDir(train(config, progress=False))
-            rows.append(_row(label, config, run, time.perf_counter() - t0))
+            rows.append(_row(f"{label} {precision}", config, run, time.perf_counter() - t0))
     base = rows[0]
     for row in rows:
         row["time_ratio"] = row["seconds_per_image"] / base["seconds_per_image"]
@@ -126,7 +133,7 @@ def compare_recipes(*, root: Path | str, device: torch.device, image_size: int =
 
 def run(*, device: torch.device, root: Path | None = None, synthetic: bool = False, image_size: int = 64,
         epochs: int = 10, limit_train_batches: int | None = None, limit_val_batches: int | None = None,
-        batch_size: int | None = None) -> BenchResult:
+        batch_size: int | None = None, bf16: bool = True) -> BenchResult:
     """`compare_recipes` on `root` (default: the shared subset when found, else a synthetic set) as a `BenchResult`."""
     from miniplaces.data.synth import synthesize
 
@@ -140,12 +147,12 @@ def run(*, device: torch.device, root: Path | None = None, synthetic: bool = Fal
             data = str(root)
         rows = compare_recipes(root=root, device=device, image_size=image_size, epochs=epochs,
                                limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-                               batch_size=batch_size)
+                               batch_size=batch_size, bf16=bf16)
     settings: dict[str, Any] = {"device": device, "root": data, "image_size": image_size, "epochs": epochs,
                                 "limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches,
-                                "batch_size": batch_size, "synthetic": synthetic}
-    return BenchResult("recipes", settings, "the study's SimpleNet recipe (configs/simplenet.yaml), trained in the "
-                       "same run on the same data, size and epochs", rows)
+                                "batch_size": batch_size, "synthetic": synthetic, "bf16": bf16}
+    return BenchResult("recipes", settings, "the study's SimpleNet recipe (configs/simplenet.yaml) in float32, "
+                       "trained in the same run on the same data, size and epochs", rows)
 
 
 def _number(value: float | None, spec: str) -> str:

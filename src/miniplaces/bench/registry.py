@@ -189,6 +189,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("image_size", 64, "training and validation side in pixels", quick=32, minimum=16),
                 Option("epochs", 10, "epochs of each recipe (the same training images for both)", quick=1,
                        minimum=1),
+                Option("bf16", True, "also train the fast recipe in bf16 (autocast), beside its float32 row",
+                       type=bool),
                 Option("limit_train_batches", None, "at most this many training batches per epoch, of the "
                        "baseline's batch size: the same images for both (default: all)", quick=2, minimum=1),
                 Option("limit_val_batches", None, "at most this many validation batches, of the baseline's batch "
