@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -169,10 +170,25 @@ def test_packaged_data_files() -> None:
     assert (seed.experiments["resnet18"].top1, seed.experiments["resnet18"].top5) == (52.11, 80.01)
     assert seed.attack.mode == "least-likely" and seed.attack.steps == 10
     scales = load_scales()
-    assert set(scales) == {"full", "mini", "fast"}
+    assert set(scales) == {"full", "mini", "fast", "cpu"}
     assert scales["full"].config == {} and scales["mini"].config_for("msvit")["image_size"] == 64
     assert scales["full"].names(seed) == list(seed.experiments) and scales["fast"].names(seed) == ["fast"]
     assert scales["fast"].compare_with == {"fast": "simplenet"}
+
+
+def test_cpu_scale_plans_six_rows_at_64_px_with_simplenet_and_unfold_alike(synth_root: Path, tmp_path: Path) -> None:
+    plan = plan_study(synth_root, tmp_path / "s", scale=load_scales()["cpu"], device="cpu")
+    experiments = {e.name: e for e in plan.experiments}
+    assert list(experiments) == ["simplenet", "simplenet_unfold", "vit", "msvit", "resnet18", "fast"]
+    assert experiments["resnet18"].skipped  # no ImageNet weights file given
+    trained = [e for e in plan.experiments if not e.skipped]
+    assert {e.config.image_size for e in trained} == {64} and {e.config.epochs for e in trained} == {10}
+    assert {e.config.amp for e in trained} == {"auto"} and {e.config.warmup_epochs for e in trained} == {1}
+    fast = experiments["fast"].config
+    assert (fast.progressive_start_size, fast.progressive_end_epoch) == (48, 10)  # the recipe's fractions at 64 px
+    # The unfold convolution computes the same function: its run differs from SimpleNet's only in the model.
+    plain, unfold = (dataclasses.asdict(experiments[n].config) for n in ("simplenet", "simplenet_unfold"))
+    assert {k for k in plain if plain[k] != unfold[k]} == {"model", "name"}
 
 
 def test_fast_scale_trains_the_fast_recipe_and_compares_it_with_simplenet(synth_root: Path, tmp_path: Path) -> None:

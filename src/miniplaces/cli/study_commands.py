@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("study"), help="study folder (default: study/)")
     # No `choices`: the scales live in a data file, read (and the name checked) only when a study runs.
     parser.add_argument("--scale", default="full",
-                        help="full (default: the seed's settings, for a GPU), mini (the CPU-sized study) or fast "
-                        "(the fast recipe on the full data, for a GPU)")
+                        help="full (default: the seed's settings, for a GPU), cpu (real data at 64 px, 10 epochs "
+                        "each, and the fast recipe, on a CPU), mini (the quick CPU check) or fast (the fast recipe "
+                        "on the full data, for a GPU)")
     parser.add_argument("--resnet-weights", type=Path, metavar="PATH",
                         help="resnet18 ImageNet state dict (default: torch.hub's cache; without it resnet18 is "
                         "skipped, nothing is downloaded)")

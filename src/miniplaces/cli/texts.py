@@ -91,7 +91,8 @@ COMMANDS: dict[str, CommandText] = {
         "each on val, attack it with the study's least-likely PGD (ε=6/255, 10 steps), draw its saliency grid "
         "and write the report with the study-vs-this-project table into OUT/report. Rerun the same command "
         "to continue: finished steps are skipped, an interrupted run resumes exactly. --scale full is the "
-        "seed's settings (a GPU); --scale mini is the CPU-sized study (64 px, a few epochs); --scale fast "
+        "seed's settings (a GPU); --scale cpu the study on a CPU (64 px, 10 epochs each, plus the fast recipe); "
+        "--scale mini a quick CPU check (64 px, a few epochs); --scale fast "
         "trains the fast recipe (configs/fast.yaml) instead and compares it with the seed's SimpleNet.",
     ),
     "train": CommandText(
