@@ -4,13 +4,18 @@
 loss under autocast, backward (scaled under fp16), the gradients unscaled then clipped, the optimiser
 step, the EMA, the schedule. `Trainer.epoch` runs steps over the batches from a position in the run (a
 resumed epoch starts mid-way); it keeps the running sums on the device and synchronises with it only every
-`check_every` steps (progress bar, non-finite loss, stop requests), so the loop runs as fast as a
+`check_every` steps (progress, non-finite loss, stop requests), so the loop runs as fast as a
 hand-written one.
+
+Progress: on a terminal a bar with the epoch's ETA and the run's; otherwise (a log file, CI, a pipe) a plain
+line at check points at most every `MINIPLACES_PROGRESS_INTERVAL` seconds (30 by default; 0: every check point).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import signal
 import sys
 import threading
@@ -34,6 +39,7 @@ from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.errors import MiniPlacesError
+from miniplaces.tracking import clock
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,25 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor,
 
 class NonFiniteLossError(MiniPlacesError):
     """The training loss became NaN or infinite."""
+
+
+PROGRESS_INTERVAL_ENV = "MINIPLACES_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL_S = 30.0
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal: `MINIPLACES_PROGRESS_INTERVAL`, else 30."""
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PROGRESS_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise MiniPlacesError(f"environment variable {PROGRESS_INTERVAL_ENV}={raw!r} is not a number of seconds "
+                              f"≥ 0; set it to, say, 30 (0 prints a line at every check point), or unset it")
+    return value
 
 
 def progress_bar(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
@@ -148,6 +173,7 @@ class Trainer:
         on_log: Callable[[int, dict[str, float]], None] | None = None,
         check_every: int = 20,
         progress: bool = True,
+        steps_after: int = 0,
     ) -> dict[str, Any]:
         """Train epoch `epoch` (0-based) from step `start_step` until the batches end or `steps` steps are done.
 
@@ -163,6 +189,8 @@ class Trainer:
             on_log: at each check point (every `check_every` steps), called with the epoch's step index and
                 this process's `loss` (mean since the last check point), `lr` and `images_per_s` (since then).
                 It costs no extra synchronisation: the check point synchronises anyway.
+            progress: show progress (a bar on a terminal, else plain lines; see the module's docstring).
+            steps_after: the run's steps after this epoch, for the run's ETA (which leaves out validation).
 
         Returns:
             loss, top1, top5 (averages over the epoch so far, all processes), lr (the last step's rate),
@@ -179,10 +207,28 @@ class Trainer:
         sums = sums if sums is not None else RunningSums(device)
         bad = torch.zeros((), dtype=torch.bool, device=device)
         distributed = _distributed()
-        bar = progress_bar(total, start_step, f"epoch {epoch + 1} train", progress)
+        desc = f"epoch {epoch + 1} train"
+        bar = progress_bar(total, start_step, desc, progress)
+        lines = progress and not sys.stderr.isatty()
+        interval = progress_interval() if lines else 0.0
         step, images, lr, stopped = start_step, 0, self.optimizer.param_groups[0]["lr"], False
-        start = last_time = time.perf_counter()
+        start = last_time = last_line = time.perf_counter()
         last_sums, last_images = sums.state(), 0
+
+        def show(now: float) -> None:
+            nonlocal last_line
+            avg, per_step = sums.averages(), (now - start) / max(step - start_step, 1)
+            left = max((total or step) - step, 0)
+            eta, run_eta = clock(left * per_step), clock((left + steps_after) * per_step)
+            speed = images / max(now - start, 1e-9)
+            if not lines:
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{speed:.0f}",
+                                run_eta=run_eta)
+                bar.update(step - bar.n)
+            elif now - last_line >= interval:
+                last_line = now
+                logger.info("%s: step %d/%s  loss %.3f  top1 %.1f  %.0f img/s  ETA %s (epoch), %s (run)", desc, step,
+                            total if total is not None else "?", avg["loss"], avg["top1"], speed, eta, run_eta)
 
         def check(final: bool) -> bool:
             """Synchronise: raise on a non-finite loss; whether all processes should stop."""
@@ -201,11 +247,8 @@ class Trainer:
                 on_log(step, {"loss": (current[0] - last_sums[0]) / seen, "lr": lr,
                               "images_per_s": (images - last_images) / max(now - last_time, 1e-9)})
                 last_time, last_sums, last_images = now, current, images
-            if not final and bar.n < step:
-                avg = sums.averages()
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{images / elapsed:.0f}")
-                bar.update(step - bar.n)
+            if not final and progress and step > start_step:
+                show(time.perf_counter())
             return (flags >= 2) if distributed else stop
 
         for x, y in loader:
