@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import builtins
 import csv
-import glob
 import json
-import struct
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_readers import wandb_records
 
 from miniplaces.rundir import MetricsRow, RunDir
 from miniplaces.tracking import (
@@ -142,39 +140,6 @@ def test_mlflow_stores_params_metrics_and_the_best_checkpoint_and_a_resume_conti
     assert [a.path for a in client.list_artifacts(first_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-def _wandb_records(run: RunDir) -> list[Any]:
-    """The records of the offline W&B run log (its LevelDB-style format: 7-byte header, 32 KiB blocks of
-    chunks, each a masked CRC, a length, a type and part of one protobuf `Record`)."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = glob.glob(str(run.path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    data, pos, block, pending, out = Path(path).read_bytes(), 7, 32768, b"", []
-    # W&B's own process writes the log; `finish()` may return before it has written all of it.
-    deadline = time.monotonic() + 60
-    while len(data) <= 7 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        data = Path(path).read_bytes()
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            pos += left - 7 - length
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-    if out[-1:] and out[-1].WhichOneof("record_type") != "exit" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        return _wandb_records(run)
-    return out
-
-
 def test_wandb_offline_stores_params_metrics_and_the_best_checkpoint(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
@@ -182,7 +147,7 @@ def test_wandb_offline_stores_params_metrics_and_the_best_checkpoint(tmp_path: P
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = RunDir(tmp_path / "r")
     _drive(["wandb"], run)
-    records = _wandb_records(run)
+    records = wandb_records(run)
     kinds = [r.WhichOneof("record_type") for r in records]
     config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
               for u in r.config.update}
