@@ -14,8 +14,12 @@ from tracker_readers import wandb_records
 
 from miniplaces.rundir import MetricsRow, RunDir
 from miniplaces.tracking import (
+    Tracker,
     TrackerError,
+    TrackerGroup,
     check_trackers,
+    clock,
+    epoch_line,
     final_numbers,
     flat_params,
     open_trackers,
@@ -176,3 +180,30 @@ def test_log_to_is_a_checked_list_key(synth_root: Path) -> None:
         load_config(None, ["log_to=tensorboard"])
     with pytest.raises(TrackerError, match="twice"):
         resolve(load_config(None, [f"root={synth_root}", "model=simplenet", "log_to=[csv, csv]"]))
+
+
+def test_a_group_closes_every_tracker_when_one_fails_to_close() -> None:
+    closed: list[str] = []
+
+    class Closing(Tracker):
+        def __init__(self, name: str, fail: bool) -> None:
+            self.name, self.fail = name, fail
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fail:
+                raise OSError(f"{self.name} failed")
+
+    with pytest.raises(OSError, match="a failed"):
+        with TrackerGroup([Closing("a", True), Closing("b", False), Closing("c", True)]):
+            pass
+    assert closed == ["a", "b", "c"]
+
+
+def test_clock_and_the_epoch_line_with_the_run_eta() -> None:
+    assert [clock(s) for s in (0, 59.6, 61, 3600, 3725)] == ["0:00", "1:00", "1:01", "1:00:00", "1:02:05"]
+    rows = [_row(1, 10.0), _row(2, 20.0)]  # 3 s each
+    line = epoch_line(rows[-1], rows, 12, best=True)
+    assert line.startswith("epoch 2/12  train loss 1.0000 top1 19.00  val loss 1.2500 top1 20.00 top5 40.00")
+    assert line.endswith("(best)  run ETA 0:30")  # 10 epochs left × 3 s
+    assert "ETA" not in epoch_line(rows[-1], rows, 2, best=False)
