@@ -14,7 +14,7 @@ from tiny_runs import config, tiny_dataset
 
 from miniplaces.cli import main
 from miniplaces.data.synth import synthesize
-from miniplaces.engine.checkpoint import load_checkpoint
+from miniplaces.engine.checkpoint import CheckpointError, describe_model, load_checkpoint, save_checkpoint
 from miniplaces.engine.loop import Trainer
 from miniplaces.models import create_model
 from miniplaces.models.io import load_model_any
@@ -100,3 +100,15 @@ def test_another_model_is_refused_in_one_line_before_anything_is_written(data: P
     code = main(["train", "--root", str(data), "--init-from", str(tmp_path / "nothing"), "--set",
                  f"out_dir={tmp_path}"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_other_model_kwargs_are_refused_before_anything_is_written(data: Path, tmp_path: Path) -> None:
+    small = create_model("fastnet", num_classes=4, widths=[8, 16], stem_width=8)
+    path = save_checkpoint({"model": describe_model(small), "state_dict": small.state_dict(), "epoch": 1},
+                           tmp_path / "small.pt")
+    wider = config(data, tmp_path / "runs", model="fastnet", init_from=str(path),
+                   model_kwargs={"widths": [8, 32], "stem_width": 8})
+    with pytest.raises(CheckpointError, match=r"key 'init_from': the weights of .*small.pt do not fit this run's "
+                                              r"model .*size mismatch"):
+        train(wider, progress=False)
+    assert not (tmp_path / "runs").exists()

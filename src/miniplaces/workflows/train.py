@@ -41,7 +41,7 @@ from miniplaces.engine.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from miniplaces.engine.init_from import init_weights, load_init_source
+from miniplaces.engine.init_from import init_weights, load_init_source, run_model
 from miniplaces.engine.loaders import build_train_batches, build_val_batches, first_images
 from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, stop_on_signals
 from miniplaces.engine.metrics import peak_memory, reset_peak_memory
@@ -144,13 +144,7 @@ def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.devic
         # Without fetching pretrained weights: the file has the weights (the trained ones, not the EMA's).
         model = build_model(checkpoint, ema=False)
     else:
-        from miniplaces.models import create_model
-        from miniplaces.models.io import without_weight_arguments
-
-        kwargs = dict(config.model_kwargs) if source is None else without_weight_arguments(config.model,
-                                                                                            config.model_kwargs)
-        kwargs.setdefault("num_classes", len(categories))
-        model = create_model(config.model, image_size=config.image_size, **kwargs)
+        model = run_model(config)
         if source is not None:
             init_weights(model, *source)
     model.to(device)
