@@ -163,3 +163,4 @@ def test_off_a_terminal_training_prints_progress_lines_at_the_interval(data: Pat
     monkeypatch.setenv("MINIPLACES_PROGRESS_INTERVAL", "soon")
     with pytest.raises(MiniPlacesError, match="MINIPLACES_PROGRESS_INTERVAL='soon' is not a number"):
         train(tiny(data, tmp_path / "c", epochs=1), progress=True)
+    assert not (tmp_path / "c").exists()  # said before anything is written

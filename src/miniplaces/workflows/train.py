@@ -43,7 +43,7 @@ from miniplaces.engine.distributed import (
 )
 from miniplaces.engine.init_from import init_weights, load_init_source, run_model
 from miniplaces.engine.loaders import build_train_batches, build_val_batches, first_images
-from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, stop_on_signals
+from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, progress_interval, stop_on_signals
 from miniplaces.engine.metrics import peak_memory, reset_peak_memory
 from miniplaces.engine.resume import open_resume, resume_state
 from miniplaces.engine.state import TrainState, seed_everything
@@ -83,6 +83,8 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     finite (the last checkpoint is kept).
     """
     config = resolve(config)
+    if progress:
+        progress_interval()  # a bad MINIPLACES_PROGRESS_INTERVAL is said before anything is written
     checkpoint, run, source = None, None, None
     if resume is not None:
         config, checkpoint, run = open_resume(config, resume)
