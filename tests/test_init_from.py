@@ -4,6 +4,8 @@ the class counts differ, and another model is refused before anything is written
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from miniplaces.engine.checkpoint import CheckpointError, describe_model, load_c
 from miniplaces.engine.loop import Trainer
 from miniplaces.models import create_model
 from miniplaces.models.io import load_model_any
-from miniplaces.workflows.train import train
+from miniplaces.workflows.train import TrainingInterrupted, train
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +114,23 @@ def test_other_model_kwargs_are_refused_before_anything_is_written(data: Path, t
                                               r"model .*size mismatch"):
         train(wider, progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fine_tuning_run_resumes_exactly_and_the_flag_is_the_key(data: Path, source: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    tuned = {"init_from": str(source), "lr": 0.01, "limit_val_batches": 1}
+    reference = train(config(data, tmp_path / "a", **tuned), progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train(config(data, tmp_path / "b", **tuned), on_step=interrupt, progress=False)
+    # The resume reads init_from back from the checkpoint's config and continues from last.pt, not the source.
+    assert main(["train", "--resume", str(tmp_path / "b" / "run")]) == 0
+    done, expected = (load_checkpoint(run / "checkpoints" / "last.pt")["state_dict"]
+                      for run in (tmp_path / "b" / "run", reference))
+    assert all(torch.equal(done[key], expected[key]) for key in expected)
+    capsys.readouterr()
+    assert main(["train", "--root", str(data), "--init-from", "runs/base", "--print-config"]) == 0
+    assert "init_from: runs/base\n" in capsys.readouterr().out
