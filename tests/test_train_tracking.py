@@ -124,7 +124,7 @@ def test_resume_message_and_summary(default_run: tuple[Path, list]) -> None:
     assert summary[0] == (f"best epoch {best['epoch']}/2: val top-1 {best['val_top1_ema']:.2f}  top-5 "
                           f"{best['val_top5_ema']:.2f} (EMA weights, as best.pt holds them)")
     speed = sum(r["images_per_s"] for r in rows(run)) / 2
-    assert re.fullmatch(rf"total time \d+:\d\d over 2 epochs  {speed:.0f} img/s in training  peak memory "
+    assert re.fullmatch(rf"total time \d[\d hmins]* over 2 epochs  {speed:.0f} img/s in training  peak memory "
                         rf"{max(r['peak_memory_mb'] for r in rows(run)):.0f} MB \(cpu_max_rss\)", summary[1])
     folder = run / "checkpoints"
     assert summary[2] == f"checkpoints: {folder / 'best.pt'} (best), {folder / 'last.pt'} (last)"
@@ -154,7 +154,7 @@ def test_off_a_terminal_training_prints_progress_lines_at_the_interval(data: Pat
     # A line at every check point (log_every=1), since the interval is 0.
     assert [line.split("  ")[0] for line in lines] == [f"epoch {e} train: step {s}/3" for e in (1, 2)
                                                        for s in (1, 2, 3)]
-    assert all(re.search(r"ETA \d+:\d\d \(epoch\), \d+:\d\d \(run\)$", line) for line in lines)
+    assert all(re.search(r"ETA \d[\d hmins]* \(epoch\), \d[\d hmins]* \(run\)$", line) for line in lines)
     caplog.clear()
     monkeypatch.setenv("MINIPLACES_PROGRESS_INTERVAL", "3600")
     with caplog.at_level(logging.INFO, logger="miniplaces"):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.errors import MiniPlacesError
+from miniplaces.progress import duration_text
 from miniplaces.rundir import MetricsRow, RunDir, atomic_write_json, write_metrics_csv
 
 TRACKERS = ("tensorboard", "csv", "mlflow", "wandb")
@@ -387,18 +388,11 @@ def train_log(run: RunDir) -> Iterator[Path]:
         handler.close()
 
 
-def clock(seconds: float) -> str:
-    """A duration as `m:ss` or `h:mm:ss`."""
-    minutes, secs = divmod(max(int(round(seconds)), 0), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def epoch_line(row: MetricsRow, rows: Sequence[MetricsRow], epochs: int, *, best: bool) -> str:
     """The line an epoch ends with; while epochs remain, the run's ETA from the mean time of `rows`' epochs."""
     ema = "" if row.val_top1_ema is None else f"  EMA val top1 {row.val_top1_ema:.2f}"
     mean = sum(r.epoch_time_s for r in rows) / max(len(rows), 1)
-    eta = f"  run ETA {clock(mean * (epochs - row.epoch))}" if row.epoch < epochs else ""
+    eta = f"  run ETA {duration_text(mean * (epochs - row.epoch))}" if row.epoch < epochs else ""
     return (f"epoch {row.epoch}/{epochs}  train loss {row.train_loss:.4f} top1 {row.train_top1:.2f}  val loss "
             f"{row.val_loss:.4f} top1 {row.val_top1:.2f} top5 {row.val_top5:.2f}  lr {row.lr:.3g}  "
             f"{row.epoch_time_s:.1f} s  {row.images_per_s:.0f} img/s  {row.peak_memory_mb:.0f} MB{ema}"
@@ -418,7 +412,7 @@ def summary_lines(rows: Sequence[MetricsRow], run: RunDir) -> list[str]:
     return [
         f"best epoch {int(final['best/epoch'])}/{rows[-1].epoch}: val top-1 {final['best/top1']:.2f}  "
         f"top-5 {final['best/top5']:.2f} ({weights}, as best.pt holds them)",
-        f"total time {clock(total)} over {len(rows)} epochs  {speed:.0f} img/s in training  "
+        f"total time {duration_text(total)} over {len(rows)} epochs  {speed:.0f} img/s in training  "
         f"peak memory {peak.peak_memory_mb:.0f} MB ({peak.peak_memory_kind})",
         f"checkpoints: {run.best} (best), {run.last} (last)",
     ]

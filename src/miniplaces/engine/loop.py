@@ -8,14 +8,13 @@ resumed epoch starts mid-way); it keeps the running sums on the device and synch
 hand-written one.
 
 Progress: on a terminal a bar with the epoch's ETA and the run's; otherwise (a log file, CI, a pipe) a plain
-line at check points at most every `MINIPLACES_PROGRESS_INTERVAL` seconds (30 by default; 0: every check point).
+line, through `logging` so that `train.log` has it too, at check points at most every
+`miniplaces.progress.progress_interval()` seconds (`MINIPLACES_PROGRESS_INTERVAL`, 30 by default).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import signal
 import sys
 import threading
@@ -39,7 +38,7 @@ from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.errors import MiniPlacesError
-from miniplaces.tracking import clock
+from miniplaces.progress import duration_text, progress_interval
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +49,6 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor,
 
 class NonFiniteLossError(MiniPlacesError):
     """The training loss became NaN or infinite."""
-
-
-PROGRESS_INTERVAL_ENV = "MINIPLACES_PROGRESS_INTERVAL"
-DEFAULT_PROGRESS_INTERVAL_S = 30.0
-
-
-def progress_interval() -> float:
-    """Seconds between plain progress lines when stderr is not a terminal: `MINIPLACES_PROGRESS_INTERVAL`, else 30."""
-    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_PROGRESS_INTERVAL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise MiniPlacesError(f"environment variable {PROGRESS_INTERVAL_ENV}={raw!r} is not a number of seconds "
-                              f"≥ 0; set it to, say, 30 (0 prints a line at every check point), or unset it")
-    return value
 
 
 def progress_bar(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
@@ -219,7 +199,7 @@ class Trainer:
             nonlocal last_line
             avg, per_step = sums.averages(), (now - start) / max(step - start_step, 1)
             left = max((total or step) - step, 0)
-            eta, run_eta = clock(left * per_step), clock((left + steps_after) * per_step)
+            eta, run_eta = duration_text(left * per_step), duration_text((left + steps_after) * per_step)
             speed = images / max(now - start, 1e-9)
             if not lines:
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{speed:.0f}",

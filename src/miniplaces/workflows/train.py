@@ -43,12 +43,13 @@ from miniplaces.engine.distributed import (
 )
 from miniplaces.engine.init_from import init_weights, load_init_source, run_model
 from miniplaces.engine.loaders import build_train_batches, build_val_batches, first_images
-from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, progress_interval, stop_on_signals
+from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, stop_on_signals
 from miniplaces.engine.metrics import peak_memory, reset_peak_memory
 from miniplaces.engine.resume import open_resume, resume_state
 from miniplaces.engine.state import TrainState, seed_everything
 from miniplaces.engine.train import evaluate
 from miniplaces.errors import MiniPlacesError
+from miniplaces.progress import progress_interval
 from miniplaces.rundir import MetricsRow, RunClaim, RunDir, claim_run, read_metrics, remove_stale_tmp, write_metrics
 
 logger = logging.getLogger(__name__)
