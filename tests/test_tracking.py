@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import builtins
 import csv
-import glob
 import json
-import struct
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tracker_readers import wandb_records
 
 from miniplaces.rundir import MetricsRow, RunDir
 from miniplaces.tracking import (
+    Tracker,
     TrackerError,
+    TrackerGroup,
     check_trackers,
+    epoch_line,
     final_numbers,
     flat_params,
     open_trackers,
@@ -142,39 +143,6 @@ def test_mlflow_stores_params_metrics_and_the_best_checkpoint_and_a_resume_conti
     assert [a.path for a in client.list_artifacts(first_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-def _wandb_records(run: RunDir) -> list[Any]:
-    """The records of the offline W&B run log (its LevelDB-style format: 7-byte header, 32 KiB blocks of
-    chunks, each a masked CRC, a length, a type and part of one protobuf `Record`)."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = glob.glob(str(run.path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    data, pos, block, pending, out = Path(path).read_bytes(), 7, 32768, b"", []
-    # W&B's own process writes the log; `finish()` may return before it has written all of it.
-    deadline = time.monotonic() + 60
-    while len(data) <= 7 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        data = Path(path).read_bytes()
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            pos += left - 7 - length
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-    if out[-1:] and out[-1].WhichOneof("record_type") != "exit" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        return _wandb_records(run)
-    return out
-
-
 def test_wandb_offline_stores_params_metrics_and_the_best_checkpoint(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
@@ -182,7 +150,7 @@ def test_wandb_offline_stores_params_metrics_and_the_best_checkpoint(tmp_path: P
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = RunDir(tmp_path / "r")
     _drive(["wandb"], run)
-    records = _wandb_records(run)
+    records = wandb_records(run)
     kinds = [r.WhichOneof("record_type") for r in records]
     config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
               for u in r.config.update}
@@ -211,3 +179,29 @@ def test_log_to_is_a_checked_list_key(synth_root: Path) -> None:
         load_config(None, ["log_to=tensorboard"])
     with pytest.raises(TrackerError, match="twice"):
         resolve(load_config(None, [f"root={synth_root}", "model=simplenet", "log_to=[csv, csv]"]))
+
+
+def test_a_group_closes_every_tracker_when_one_fails_to_close() -> None:
+    closed: list[str] = []
+
+    class Closing(Tracker):
+        def __init__(self, name: str, fail: bool) -> None:
+            self.name, self.fail = name, fail
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fail:
+                raise OSError(f"{self.name} failed")
+
+    with pytest.raises(OSError, match="a failed"):
+        with TrackerGroup([Closing("a", True), Closing("b", False), Closing("c", True)]):
+            pass
+    assert closed == ["a", "b", "c"]
+
+
+def test_the_epoch_line_with_the_run_eta() -> None:
+    rows = [_row(1, 10.0), _row(2, 20.0)]  # 3 s each
+    line = epoch_line(rows[-1], rows, 12, best=True)
+    assert line.startswith("epoch 2/12  train loss 1.0000 top1 19.00  val loss 1.2500 top1 20.00 top5 40.00")
+    assert line.endswith("(best)  run ETA 30 s")  # 10 epochs left × 3 s
+    assert "ETA" not in epoch_line(rows[-1], rows, 2, best=False)

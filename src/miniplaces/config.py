@@ -54,6 +54,9 @@ class TrainConfig:
     model: str = _key("simplenet", "registered model name (`miniplaces models`)")
     model_kwargs: dict[str, Any] = _key(
         factory=dict, help="builder arguments of the model, e.g. `{depth: 6}`; `--set model_kwargs.depth=6` sets one")
+    init_from: str | None = _key(
+        None, "fine-tune: start from the weights of this checkpoint or run folder (its best.pt), same model; a new "
+        "classifier when the classes differ; the schedule and optimiser are this run's own")
     root: str = _key("", "dataset folder in the MiniPlaces layout (required)")
     name: str | None = _key(None, "run directory name under `out_dir`; null → `<model>-<date>-<time>`")
     out_dir: str = _key("runs", "folder that holds the run directories")

@@ -7,19 +7,25 @@ writes (rank 0) and calls, in this order: `start(params)` once, `log_step(step, 
 
 A resumed run continues its tracker runs: TensorBoard purges the events past the checkpoint, and the MLflow and
 W&B run ids are kept in `<run>/trackers.json`, so the curves of one run stay one run.
+
+Besides the trackers, the run's text: `train_log` copies every line the package logs into `<run>/train.log` with
+its time, and `summary_lines` are what a run says when it ends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from miniplaces.errors import MiniPlacesError
+from miniplaces.progress import duration_text
 from miniplaces.rundir import MetricsRow, RunDir, atomic_write_json, write_metrics_csv
 
 TRACKERS = ("tensorboard", "csv", "mlflow", "wandb")
@@ -29,6 +35,7 @@ REQUIREMENTS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 PROJECT = "miniplaces"  # the MLflow experiment and the W&B project a run is logged to
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 TRACKER_IDS_FILE = "trackers.json"
+TRAIN_LOG_FILE = "train.log"
 
 
 class TrackerError(MiniPlacesError):
@@ -307,3 +314,105 @@ def final_numbers(rows: Sequence[MetricsRow]) -> dict[str, float]:
     top5 = best.val_top5_ema if uses_ema else best.val_top5
     return {"best/epoch": float(best.epoch), "best/top1": float(score(best)), "best/top5": float(top5),
             "last/top1": float(rows[-1].val_top1), "last/top5": float(rows[-1].val_top5)}
+
+
+class TrackerGroup(Tracker):
+    """A run's trackers as one: each call goes to every tracker in turn; `close` closes them all, also when one
+    of them fails, and leaving a `with` block closes them."""
+
+    def __init__(self, trackers: Sequence[Tracker]) -> None:
+        self.trackers = list(trackers)
+
+    def start(self, params: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.start(params)
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        for tracker in self.trackers:
+            tracker.log_step(step, scalars)
+
+    def log_epoch(self, row: MetricsRow, rows: Sequence[MetricsRow], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log_epoch(row, rows, step)
+
+    def finish(self, final: dict[str, float], best_checkpoint: Path | None) -> None:
+        for tracker in self.trackers:
+            tracker.finish(final, best_checkpoint)
+
+    def close(self) -> None:
+        error: BaseException | None = None
+        for tracker in self.trackers:
+            try:
+                tracker.close()
+            except BaseException as err:  # the others still close; the first error is raised after
+                error = error or err
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> TrackerGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def train_log_path(run: RunDir) -> Path:
+    return run.path / TRAIN_LOG_FILE
+
+
+@contextmanager
+def train_log(run: RunDir) -> Iterator[Path]:
+    """While the block runs, every line the `miniplaces` loggers write at INFO and above is appended, with its
+    time, to `<run>/train.log` (a resumed run continues the file); an error that ends the block is its last line.
+
+    The package's loggers are set to INFO meanwhile (when they were quieter), so the file has the epoch lines
+    whatever the console shows."""
+    path = train_log_path(run)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")  # opened as any file: the umask's mode
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    package = logging.getLogger("miniplaces")
+    level = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    try:
+        yield path
+    except BaseException as err:
+        text = str(err) or type(err).__name__
+        handler.handle(logging.makeLogRecord({"name": package.name, "levelno": logging.ERROR,
+                                              "levelname": "ERROR", "msg": f"stopped: {text}"}))
+        raise
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+        handler.close()
+
+
+def epoch_line(row: MetricsRow, rows: Sequence[MetricsRow], epochs: int, *, best: bool) -> str:
+    """The line an epoch ends with; while epochs remain, the run's ETA from the mean time of `rows`' epochs."""
+    ema = "" if row.val_top1_ema is None else f"  EMA val top1 {row.val_top1_ema:.2f}"
+    mean = sum(r.epoch_time_s for r in rows) / max(len(rows), 1)
+    eta = f"  run ETA {duration_text(mean * (epochs - row.epoch))}" if row.epoch < epochs else ""
+    return (f"epoch {row.epoch}/{epochs}  train loss {row.train_loss:.4f} top1 {row.train_top1:.2f}  val loss "
+            f"{row.val_loss:.4f} top1 {row.val_top1:.2f} top5 {row.val_top5:.2f}  lr {row.lr:.3g}  "
+            f"{row.epoch_time_s:.1f} s  {row.images_per_s:.0f} img/s  {row.peak_memory_mb:.0f} MB{ema}"
+            f"{'  (best)' if best else ''}{eta}")
+
+
+def summary_lines(rows: Sequence[MetricsRow], run: RunDir) -> list[str]:
+    """What a finished run says: its best epoch and the weights it was scored with, total time, speed, peak
+    memory, and where its checkpoints are."""
+    if not rows:
+        return []
+    final = final_numbers(rows)
+    weights = "EMA weights" if rows[-1].val_top1_ema is not None else "raw weights"
+    total = sum(row.epoch_time_s for row in rows)
+    speed = sum(row.images_per_s for row in rows) / len(rows)
+    peak = max(rows, key=lambda row: row.peak_memory_mb)
+    return [
+        f"best epoch {int(final['best/epoch'])}/{rows[-1].epoch}: val top-1 {final['best/top1']:.2f}  "
+        f"top-5 {final['best/top5']:.2f} ({weights}, as best.pt holds them)",
+        f"total time {duration_text(total)} over {len(rows)} epochs  {speed:.0f} img/s in training  "
+        f"peak memory {peak.peak_memory_mb:.0f} MB ({peak.peak_memory_kind})",
+        f"checkpoints: {run.best} (best), {run.last} (last)",
+    ]

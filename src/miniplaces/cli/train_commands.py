@@ -33,6 +33,10 @@ def register(subparsers: Any) -> None:
                        "same as --set adv_eps=…")
     train.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                        help="continue a run exactly from its checkpoints/last.pt (flags given here apply on top)")
+    train.add_argument("--init-from", metavar="CKPT_OR_RUN_DIR",
+                       help="start a new run from the weights of this checkpoint or run folder (its best.pt), of "
+                       "the same model: fine-tuning with this run's own schedule and optimiser, and a new "
+                       "classifier when the number of classes differs; same as --set init_from=…")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config (presets, --config and --set applied) as YAML and exit "
                        "without writing anything")
@@ -74,7 +78,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     _setup_logging()
     flags = (("model", args.model), ("root", args.root), ("name", args.name), ("adv_train", args.adv_train),
-             ("adv_eps", args.adv_eps), ("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+             ("adv_eps", args.adv_eps), ("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size),
+             ("init_from", args.init_from))
     overrides = [f"{key}={value}" for key, value in flags if value is not None]
     overrides += args.overrides
     base = resume_config(args.resume) if args.resume else None

@@ -4,8 +4,12 @@
 loss under autocast, backward (scaled under fp16), the gradients unscaled then clipped, the optimiser
 step, the EMA, the schedule. `Trainer.epoch` runs steps over the batches from a position in the run (a
 resumed epoch starts mid-way); it keeps the running sums on the device and synchronises with it only every
-`check_every` steps (progress bar, non-finite loss, stop requests), so the loop runs as fast as a
+`check_every` steps (progress, non-finite loss, stop requests), so the loop runs as fast as a
 hand-written one.
+
+Progress: on a terminal a bar with the epoch's ETA and the run's; otherwise (a log file, CI, a pipe) a plain
+line, through `logging` so that `train.log` has it too, at check points at most every
+`miniplaces.progress.progress_interval()` seconds (`MINIPLACES_PROGRESS_INTERVAL`, 30 by default).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from miniplaces.engine.metrics import RunningSums, correct_topk
 from miniplaces.engine.optim import build_optimizer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.errors import MiniPlacesError
+from miniplaces.progress import duration_text, progress_interval
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +154,7 @@ class Trainer:
         check_every: int = 20,
         progress: bool = True,
         side: int | None = None,
+        steps_after: int = 0,
     ) -> dict[str, Any]:
         """Train epoch `epoch` (0-based) from step `start_step` until the batches end or `steps` steps are done.
 
@@ -165,6 +171,8 @@ class Trainer:
                 this process's `loss` (mean since the last check point), `lr` and `images_per_s` (since then).
                 It costs no extra synchronisation: the check point synchronises anyway.
             side: the side a `TrainBatches` makes its batches at (progressive resizing); None: `image_size`.
+            progress: show progress (a bar on a terminal, else plain lines; see the module's docstring).
+            steps_after: the run's steps after this epoch, for the run's ETA (which leaves out validation).
 
         Returns:
             loss, top1, top5 (averages over the epoch so far, all processes), lr (the last step's rate),
@@ -181,10 +189,28 @@ class Trainer:
         sums = sums if sums is not None else RunningSums(device)
         bad = torch.zeros((), dtype=torch.bool, device=device)
         distributed = _distributed()
-        bar = progress_bar(total, start_step, f"epoch {epoch + 1} train", progress)
+        desc = f"epoch {epoch + 1} train"
+        bar = progress_bar(total, start_step, desc, progress)
+        lines = progress and not sys.stderr.isatty()
+        interval = progress_interval() if lines else 0.0
         step, images, lr, stopped = start_step, 0, self.optimizer.param_groups[0]["lr"], False
-        start = last_time = time.perf_counter()
+        start = last_time = last_line = time.perf_counter()
         last_sums, last_images = sums.state(), 0
+
+        def show(now: float) -> None:
+            nonlocal last_line
+            avg, per_step = sums.averages(), (now - start) / max(step - start_step, 1)
+            left = max((total or step) - step, 0)
+            eta, run_eta = duration_text(left * per_step), duration_text((left + steps_after) * per_step)
+            speed = images / max(now - start, 1e-9)
+            if not lines:
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{speed:.0f}",
+                                run_eta=run_eta)
+                bar.update(step - bar.n)
+            elif now - last_line >= interval:
+                last_line = now
+                logger.info("%s: step %d/%s  loss %.3f  top1 %.1f  %.0f img/s  ETA %s (epoch), %s (run)", desc, step,
+                            total if total is not None else "?", avg["loss"], avg["top1"], speed, eta, run_eta)
 
         def check(final: bool) -> bool:
             """Synchronise: raise on a non-finite loss; whether all processes should stop."""
@@ -203,11 +229,8 @@ class Trainer:
                 on_log(step, {"loss": (current[0] - last_sums[0]) / seen, "lr": lr,
                               "images_per_s": (images - last_images) / max(now - last_time, 1e-9)})
                 last_time, last_sums, last_images = now, current, images
-            if not final and bar.n < step:
-                avg = sums.averages()
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['top1']:.1f}", img_s=f"{images / elapsed:.0f}")
-                bar.update(step - bar.n)
+            if not final and progress and step > start_step:
+                show(time.perf_counter())
             return (flags >= 2) if distributed else stop
 
         for x, y in loader:

@@ -3,13 +3,13 @@
 The run's files are those of `miniplaces.rundir.RunDir`: `config.yaml`, `metrics.jsonl` and `metrics.csv`
 (one `MetricsRow` per epoch), `checkpoints/last.pt` (every epoch, and on Ctrl-C mid-epoch),
 `checkpoints/best.pt` (best val top-1: the EMA's when the run keeps one; never an epoch whose val loss is
-not finite) and TensorBoard events (`miniplaces.engine.board`). Only rank 0 writes. A checkpoint is a
-`TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`. Before anything is built, the
-run folder is claimed (`miniplaces.rundir.claim_run`); a resume refuses settings that contradict its
-checkpoint (`miniplaces.engine.resume`).
+not finite), `train.log` and the trackers of `log_to` (`miniplaces.tracking`). Only rank 0 writes. A
+checkpoint is a `TrainState`, so a run continues exactly (mid-epoch too) from `last.pt`. Before anything is
+built, the run folder is claimed (`miniplaces.rundir.claim_run`); a resume refuses settings that contradict
+its checkpoint (`miniplaces.engine.resume`); `init_from` starts it from another run's weights.
 
 Read top to bottom: `train` → `open_resume` → `_claim_on_main` → `_build` → `_open_run`
-→ `_train_epochs` (one `_train_epoch` each) → the TensorBoard writers close, the claim is released.
+→ `_train_epochs` (one `_train_epoch` each, the trackers told) → the summary, the claim is released.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, resolve, save_config
+from miniplaces import tracking
+from miniplaces.config import ConfigError, TrainConfig, adversarial_spec, resolve, save_config, to_dict
 from miniplaces.data import read_categories
 from miniplaces.data.batch_augment import MixCut, batch_rng, progressive_size
-from miniplaces.engine.board import RunBoard
 from miniplaces.engine.checkpoint import build_model, save_checkpoint
 from miniplaces.engine.device import resolve_amp, resolve_device
 from miniplaces.engine.distributed import (
@@ -41,6 +41,7 @@ from miniplaces.engine.distributed import (
     cleanup_distributed,
     init_distributed,
 )
+from miniplaces.engine.init_from import init_weights, load_init_source, run_model
 from miniplaces.engine.loaders import build_train_batches, build_val_batches, first_images
 from miniplaces.engine.loop import BatchTransform, Trainer, build_trainer, stop_on_signals
 from miniplaces.engine.metrics import peak_memory, reset_peak_memory
@@ -48,16 +49,8 @@ from miniplaces.engine.resume import open_resume, resume_state
 from miniplaces.engine.state import TrainState, seed_everything
 from miniplaces.engine.train import evaluate
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import (
-    MetricsRow,
-    RunClaim,
-    RunDir,
-    claim_run,
-    read_metrics,
-    remove_stale_tmp,
-    write_metrics,
-    write_metrics_csv,
-)
+from miniplaces.progress import progress_interval
+from miniplaces.rundir import MetricsRow, RunClaim, RunDir, claim_run, read_metrics, remove_stale_tmp, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +88,13 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")), source="key 'device'")
     amp, amp_note = resolve_amp(config.amp, device)
     config = dataclasses.replace(config, amp=amp)
-    logger.info("precision: amp %s (%s)", amp, amp_note)
-    checkpoint, run = None, None
+    if progress:
+        progress_interval()  # a bad MINIPLACES_PROGRESS_INTERVAL is said before anything is written
+    checkpoint, run, source = None, None, None
     if resume is not None:
         config, checkpoint, run = open_resume(config, resume)
+    elif config.init_from:
+        source = load_init_source(config)  # before anything is written
     info = init_distributed(device.type)
     claim = None
     try:
@@ -106,9 +102,11 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
             name = config.name or all_gather_objects(f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)[0]
             config, run = dataclasses.replace(config, name=name), RunDir(Path(config.out_dir) / name)
         claim = _claim_on_main(run, info, device, fresh=resume is None)
-        parts = _build(run, config, info, device, checkpoint)
-        _open_run(parts, f"amp: {amp} ({amp_note})")
-        _train_epochs(parts, on_step, progress)
+        with tracking.train_log(run) if info.is_main else nullcontext():
+            logger.info("precision: amp %s (%s)", amp, amp_note)
+            parts = _build(run, config, info, device, checkpoint, source)
+            _open_run(parts, f"amp: {amp} ({amp_note})")
+            _train_epochs(parts, on_step, progress)
         return run.path
     finally:
         if claim is not None:
@@ -143,8 +141,9 @@ class _Parts:
 
 
 def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.device,
-           checkpoint: dict[str, Any] | None) -> _Parts:
-    """Model, data, optimiser, schedule and adversary; then the checkpoint's state, if resuming."""
+           checkpoint: dict[str, Any] | None, source: tuple[Path, dict[str, Any]] | None) -> _Parts:
+    """Model (with `init_from`'s weights: `source`), data, optimiser, schedule and adversary; then the
+    checkpoint's state, if resuming."""
     dtype = amp_dtype(config.amp, device)
     categories = read_categories(config.root)
     seed_everything(config.seed)
@@ -152,16 +151,14 @@ def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.devic
         # Without fetching pretrained weights: the file has the weights (the trained ones, not the EMA's).
         model = build_model(checkpoint, ema=False)
     else:
-        from miniplaces.models import create_model
-
-        kwargs = dict(config.model_kwargs)
-        kwargs.setdefault("num_classes", len(categories))
-        model = create_model(config.model, image_size=config.image_size, **kwargs)
+        model = run_model(config)
+        if source is not None:
+            init_weights(model, *source)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     batches = build_train_batches(config, info, device)
-    if config.data_init and checkpoint is None:
+    if config.data_init and checkpoint is None and source is None:
         # Before DDP wraps the model: DDP then gives every process rank 0's weights.
         model.init_from_data(first_images(batches, DATA_INIT_IMAGES))  # type: ignore[operator]
     val_loader = build_val_batches(config.root, config, info, device)
@@ -191,52 +188,52 @@ def _open_run(parts: _Parts, note: str | None = None) -> None:
         # A crash between writing a row and its checkpoint leaves a row the resumed run repeats.
         kept = [row for row in read_metrics(run.metrics) if row.epoch <= state.epoch]
         write_metrics(run.metrics, kept)
-        write_metrics_csv(run.metrics_csv, kept)
     barrier(info)
     spec = adversarial_spec(config)
     logger.info("run %s: %s on %s%s, %d epochs × %d steps of %d images%s", run.path, config.model, state.device,
                 f" × {info.world_size} processes" if info.enabled else "", config.epochs, parts.steps,
                 config.batch_size, "" if spec is None else f", adversarial training: {spec.describe()}")
+    if state.epoch or state.step_in_epoch:
+        logger.info("resuming at epoch %d, step %d/%d", state.epoch + 1, state.step_in_epoch, parts.steps)
 
 
 def _train_epochs(parts: _Parts, on_step: Callable[[int], None] | None, progress: bool) -> None:
-    """The epochs left; each ends with a metrics row, `last.pt` and maybe `best.pt`. Signals stop it cleanly."""
+    """The epochs left; each ends with a metrics row, `last.pt` and maybe `best.pt`, then the trackers (rank 0)
+    hear of it. Signals stop it cleanly; a completed run ends with its summary."""
     run, info, state, config = parts.run, parts.info, parts.state, parts.state.config
     rows = read_metrics(run.metrics) if info.is_main else []
-    board = (RunBoard(run, epoch=state.epoch, global_step=state.epoch * parts.steps + state.step_in_epoch)
-             if info.is_main else None)
+    trackers = tracking.TrackerGroup([] if not info.is_main else tracking.open_trackers(
+        config.log_to, run, out_dir=Path(config.out_dir), kept=rows, resumed_epoch=state.epoch,
+        resumed_step=state.epoch * parts.steps + state.step_in_epoch))
 
     def on_log(step: int, values: dict[str, float]) -> None:
         # Per-step scalars at the global step; this process's own window (rank 0's, the one that writes).
-        if board is not None:
-            board.log_step(state.epoch * parts.steps + step, values)
+        trackers.log_step(state.epoch * parts.steps + step, values)
 
-    with stop_on_signals() as should_stop, board or nullcontext():
+    with stop_on_signals() as should_stop, trackers:
+        trackers.start(tracking.flat_params(to_dict(config)))
         while state.epoch < config.epochs:
             row = _train_epoch(parts, on_step, progress and info.is_main, should_stop,
-                               on_log if board is not None else None)
+                               on_log if info.is_main else None)
             improved = state.finish_epoch(row)
             payload = state.state_dict(metrics=row.to_dict())
             if info.is_main:
                 rows.append(row)
                 write_metrics(run.metrics, rows)
-                write_metrics_csv(run.metrics_csv, rows)
-                if board is not None:
-                    board.log_epoch(row)
                 # best.pt first: a kill between the two leaves last.pt at the previous epoch, whose resume
                 # redoes this epoch exactly and writes both again; the other order could lose a best epoch.
                 if improved:
                     save_checkpoint(payload, run.best)
                 save_checkpoint(payload, run.last)
+                trackers.log_epoch(row, rows, state.epoch * parts.steps)
             barrier(info)
-            ema = "" if row.val_top1_ema is None else f"  EMA val top1 {row.val_top1_ema:.2f}"
-            logger.info("epoch %d/%d  train loss %.4f top1 %.2f  val loss %.4f top1 %.2f top5 %.2f  lr %.3g  %.1f s  "
-                        "%.0f img/s  %.0f MB%s%s", row.epoch, config.epochs, row.train_loss, row.train_top1,
-                        row.val_loss, row.val_top1, row.val_top5, row.lr, row.epoch_time_s, row.images_per_s,
-                        row.peak_memory_mb, ema, "  (best)" if improved else "")
+            logger.info("%s", tracking.epoch_line(row, rows or [row], config.epochs, best=improved))
             # A signal during validation or checkpointing stops here, at the epoch boundary.
             if state.epoch < config.epochs and all_reduce_max(float(should_stop()), state.device) > 0:
                 raise _interrupted(run, f"after epoch {state.epoch}")
+        trackers.finish(tracking.final_numbers(rows), run.best if run.best.is_file() else None)
+    for line in tracking.summary_lines(rows, run):
+        logger.info(line)
 
 
 def _train_epoch(parts: _Parts, on_step: Callable[[int], None] | None, progress: bool, should_stop: Callable[[], bool],
@@ -249,7 +246,7 @@ def _train_epoch(parts: _Parts, on_step: Callable[[int], None] | None, progress:
     tr = trainer.epoch(epoch, start_step=state.step_in_epoch, sums=state.running_sums(),
                        transform=_batch_transform(config, parts.mixcut, epoch, info.rank), should_stop=should_stop,
                        on_step=on_step, on_log=on_log, check_every=config.log_every, progress=progress,
-                       side=train_size(config, epoch))
+                       side=train_size(config, epoch), steps_after=(config.epochs - epoch - 1) * parts.steps)
     if not tr["completed"]:
         state.pause(tr["steps"], tr["sums"])
         payload = state.state_dict()
