@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from miniplaces.rundir import MetricsRow, RunDir
+from miniplaces.records import MetricsRow
+from miniplaces.rundir import RunDir
 from miniplaces.tracking import (
     TrackerError,
     check_trackers,

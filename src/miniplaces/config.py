@@ -21,8 +21,8 @@ import yaml
 
 from miniplaces.attacks.spec import ATTACK_KINDS, TARGET_MODES, AttackSpec
 from miniplaces.errors import MiniPlacesError
+from miniplaces.fileio import atomic_write_text
 from miniplaces.pixels import parse_eps
-from miniplaces.rundir import atomic_write_text
 
 # Test-time augmentations of `miniplaces eval`; the per-epoch validation (key `tta`) takes flip only.
 TTA_MODES = ("flip", "five-crop", "ten-crop")

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import MetricsRow, RunDir, atomic_write_json, write_metrics_csv
+from miniplaces.fileio import atomic_write_json
+from miniplaces.records import MetricsRow, write_metrics_csv
+from miniplaces.rundir import RunDir
 
 TRACKERS = ("tensorboard", "csv", "mlflow", "wandb")
 DEFAULT_TRACKERS = ("tensorboard", "csv")

@@ -99,7 +99,7 @@ class Benchmark:
         """Write the result's figure to `path` as a PNG; None (nothing written) for a benchmark without one."""
         import io
 
-        from miniplaces.rundir import atomic_write_bytes
+        from miniplaces.fileio import atomic_write_bytes
 
         draw = getattr(self.load(), "figure", None)
         if draw is None:

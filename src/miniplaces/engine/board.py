@@ -10,7 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from miniplaces.rundir import MetricsRow, RunDir
+from miniplaces.records import MetricsRow
+from miniplaces.rundir import RunDir
 
 
 def _writer(path: Path, purge_step: int) -> Any:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import atomic_write
+from miniplaces.fileio import atomic_write
 
 CHECKPOINT_FORMAT = 1
 

@@ -38,18 +38,9 @@ from miniplaces.engine.device import resolve_device
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models.resnet import read_state_dict
 from miniplaces.presets import presets_dir
+from miniplaces.records import AttackResult, EvalResult, RunFileError, StudyEntry, StudyRecord, read_metrics
 from miniplaces.report import Report, build_report
-from miniplaces.rundir import (
-    AttackResult,
-    EvalResult,
-    RunDir,
-    RunFileError,
-    StudyEntry,
-    StudyFiles,
-    StudyRecord,
-    read_metrics,
-    saliency_png,
-)
+from miniplaces.rundir import RunDir, StudyFiles, saliency_png
 from miniplaces.study import Scale, SeedResults, load_scales, load_seed
 
 logger = logging.getLogger(__name__)
