@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from miniplaces import schema
 from miniplaces.errors import MiniPlacesError
 from miniplaces.fileio import atomic_write_json, atomic_write_text
 
@@ -38,12 +39,13 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """`cls(**data)` for a record's own keys; a missing key is a `RunFileError` naming `where`."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as err:
-        raise RunFileError(f"{where}: {err}") from err
+    """`cls(**data)` for a record's own keys, each checked against its type; a `RunFileError` naming `where`."""
+    record, problem = schema.build(cls, data)
+    if problem is not None:
+        if problem.missing:
+            raise RunFileError(f"{where}: key {problem.key!r} is missing")
+        raise RunFileError(f"{where}: key {problem.key!r} must be {problem.expected}, got {problem.value!r}")
+    return record  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

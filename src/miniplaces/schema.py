@@ -15,7 +15,8 @@ values, problem = check(Spec, data)  # the values converted (an int where a floa
 ```
 
 The types understood: bool, int, float (an int is taken), str, None, `Literal[...]`, `X | Y`, `list[X]`,
-`dict[K, V]`, `Any`, a dataclass (a nested mapping; its unknown keys are left alone) and any other class (by
+`dict[K, V]`, `Any`, a dataclass (an instance, or a nested mapping, checked key by key and kept a mapping;
+its unknown keys are left alone) and any other class (by
 `isinstance`). A bool is never taken as a number.
 
 Field metadata (`key(...)` sets it): `help` (what the key sets), `expected` (the words an error uses for what
@@ -139,7 +140,7 @@ def conforms(tp: Any, value: Any) -> tuple[bool, Any]:
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and not isinstance(value, tp):  # type: ignore[arg-type]
         return isinstance(value, dict) and all(isinstance(k, str) for k in value), value
     return isinstance(value, tp), value
 
@@ -162,7 +163,7 @@ def check_value(tp: Any, value: Any, name: str, metadata: Mapping[str, Any] | No
     ok, converted = conforms(tp, value)
     if not ok:
         return value, Problem(name, value, words or type_name(tp), "type")
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         converted, inner, worded = _check_fields(tp, value, f"{name}.")  # type: ignore[arg-type]
         if inner is not None and not worded:  # the nested key has no words of its own: say the mapping's
             return value, Problem(name, value, words or type_name(tp), inner.kind)
