@@ -74,6 +74,8 @@ def key(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, hel
     metadata = {name: value for name, value in metadata.items() if value is not None and value != ""}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
+    if default is MISSING:
+        return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
