@@ -150,7 +150,7 @@ def conforms(tp: Any, value: Any) -> tuple[bool, Any]:
 def range_words(tp: Any, minimum: float | None, maximum: float | None) -> str:
     """`an integer from 1 to 100000`, `a number ≥ 0`: what a number out of its bounds must be."""
     noun = "an integer" if accepts(tp, int) and not accepts(tp, float) else "a number"
-    low, high = (f"{bound}" if isinstance(bound, int) else f"{bound:g}" for bound in (minimum, maximum))
+    low, high = (f"{bound:g}" if isinstance(bound, float) else f"{bound}" for bound in (minimum, maximum))
     if minimum is not None and maximum is not None:
         return f"{noun} from {low} to {high}"
     return f"{noun} ≥ {low}" if minimum is not None else f"{noun} ≤ {high}"
