@@ -50,24 +50,27 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
 
 @dataclass(frozen=True)
 class MetricsRow:
-    """One epoch of `metrics.jsonl`: accuracies in percent, memory in MB of `peak_memory_kind`."""
+    """One epoch of `metrics.jsonl`: accuracies in percent, memory in MB of `peak_memory_kind`.
 
-    epoch: int
-    train_loss: float
-    train_top1: float
-    train_top5: float
-    val_loss: float
-    val_top1: float
-    val_top5: float
-    lr: float
-    epoch_time_s: float
-    images_per_s: float
-    peak_memory_mb: float
+    A row read back is checked against these types and bounds (a loss may be NaN: an epoch that diverged).
+    """
+
+    epoch: int = schema.key(minimum=1)
+    train_loss: float = schema.key(minimum=0)
+    train_top1: float = schema.key(minimum=0, maximum=100)
+    train_top5: float = schema.key(minimum=0, maximum=100)
+    val_loss: float = schema.key(minimum=0)
+    val_top1: float = schema.key(minimum=0, maximum=100)
+    val_top5: float = schema.key(minimum=0, maximum=100)
+    lr: float = schema.key(minimum=0)
+    epoch_time_s: float = schema.key(minimum=0)
+    images_per_s: float = schema.key(minimum=0)
+    peak_memory_mb: float = schema.key(minimum=0)
     peak_memory_kind: str
     # The EMA's validation (config key `ema`); null when the run keeps no EMA.
-    val_loss_ema: float | None = None
-    val_top1_ema: float | None = None
-    val_top5_ema: float | None = None
+    val_loss_ema: float | None = schema.key(None, minimum=0)
+    val_top1_ema: float | None = schema.key(None, minimum=0, maximum=100)
+    val_top5_ema: float | None = schema.key(None, minimum=0, maximum=100)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
