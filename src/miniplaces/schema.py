@@ -15,9 +15,8 @@ values, problem = check(Spec, data)  # the values converted (an int where a floa
 ```
 
 The types understood: bool, int, float (an int is taken), str, None, `Literal[...]`, `X | Y`, `list[X]`,
-`dict[K, V]`, `Any`, a dataclass (an instance, or a nested mapping, checked key by key and kept a mapping;
-its unknown keys are left alone) and any other class (by
-`isinstance`). A bool is never taken as a number.
+`dict[K, V]`, `Any`, a dataclass (an instance, or a nested mapping checked key by key and kept a mapping, its
+unknown keys with it) and any other class (by `isinstance`). A bool is never taken as a number.
 
 Field metadata (`key(...)` sets it): `help` (what the key sets), `expected` (the words an error uses for what
 the key must hold; without it, the type's name: `int`, `'sgd' | 'adamw' | null`), `minimum` and `maximum`
@@ -120,7 +119,7 @@ def conforms(tp: Any, value: Any) -> tuple[bool, Any]:
     if origin is Literal:
         return value in typing.get_args(tp), value
     if origin is dict or tp is dict:
-        key_type, value_type = typing.get_args(tp) or (str, Any)
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
         if not isinstance(value, dict):
             return False, value
         pairs = [(conforms(key_type, k), conforms(value_type, v)) for k, v in value.items()]
@@ -170,7 +169,7 @@ def check_value(tp: Any, value: Any, name: str, metadata: Mapping[str, Any] | No
         converted, inner, worded = _check_fields(tp, value, f"{name}.")  # type: ignore[arg-type]
         if inner is not None and not worded:  # the nested key has no words of its own: say the mapping's
             return value, Problem(name, value, words or type_name(tp), inner.kind)
-        return (value, inner) if inner is not None else (converted, None)
+        return (value, inner) if inner is not None else ({**value, **converted}, None)
     minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
     if isinstance(converted, (int, float)) and not isinstance(converted, bool) and (
             (minimum is not None and converted < minimum) or (maximum is not None and converted > maximum)):
