@@ -100,3 +100,17 @@ def test_the_study_data_keys_are_checked_by_kind(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(seed))
     with pytest.raises(StudyDataError, match=rf"experiments\.{name}: key 'epochs' is missing"):
         load_seed(path)
+
+
+def test_a_benchmark_option_of_the_wrong_type_is_refused_before_it_runs() -> None:
+    from miniplaces.bench.registry import Benchmark, Option
+    from miniplaces.errors import MiniPlacesError
+
+    bench = Benchmark("toy", "nowhere", "a toy", (Option("size", 128, "side", minimum=8),
+                                                  Option("limit", None, "cap", minimum=1),
+                                                  Option("where", None, "folder", type=Path)))
+    assert bench.resolve({"where": Path("x")}) == {"size": 128, "limit": None, "where": Path("x")}
+    with pytest.raises(MiniPlacesError, match=r"benchmark 'toy': size is '64'; it must be int$"):
+        bench.resolve({"size": "64"})
+    with pytest.raises(MiniPlacesError, match=r"benchmark 'toy': limit is 0; it must be at least 1$"):
+        bench.resolve({"limit": 0})

@@ -188,25 +188,25 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 class _ModelArguments:
     """The builder arguments of a checkpoint's `model` entry that its readers rely on (others are the model's)."""
 
-    num_classes: int | None = schema.key(None, expected="an integer ≥ 1", minimum=1)
+    num_classes: int | None = schema.key(None, expected="be an integer ≥ 1", minimum=1)
 
 
 @dataclass(frozen=True)
 class _ModelEntry:
     name: str = schema.key(check=bool)  # a problem here is said as one of `model` (no words of its own)
-    kwargs: _ModelArguments = schema.key(factory=dict, expected="a mapping of argument names")
+    kwargs: _ModelArguments = schema.key(factory=dict, expected="be a mapping of argument names")
 
 
 @dataclass(frozen=True)
 class _Structure:
-    """The keys of a checkpoint every reader relies on, with their types and ranges."""
+    """The keys of a checkpoint every reader relies on, with their types and ranges; the words follow 'must'."""
 
-    model: _ModelEntry = schema.key(expected="a mapping with a model 'name'")
-    state_dict: dict[str, torch.Tensor] = schema.key(expected="a mapping of parameter names to tensors")
-    categories: list[str] | None = schema.key(None, expected="a list of class names")
-    epoch: int | None = schema.key(None, expected="an integer ≥ 0", minimum=0)
-    step_in_epoch: int | None = schema.key(None, expected="an integer ≥ 0", minimum=0)
-    config: dict[str, Any] | None = schema.key(None, expected="a mapping")
+    model: _ModelEntry = schema.key(expected="be a mapping with a model 'name'")
+    state_dict: dict[str, torch.Tensor] = schema.key(expected="map parameter names to tensors")
+    categories: list[str] | None = schema.key(None, expected="be a list of class names")
+    epoch: int | None = schema.key(None, expected="be an integer ≥ 0", minimum=0)
+    step_in_epoch: int | None = schema.key(None, expected="be an integer ≥ 0", minimum=0)
+    config: dict[str, Any] | None = schema.key(None, expected="be a mapping")
 
 
 def _structure_problem(payload: dict[str, Any]) -> str | None:
@@ -214,7 +214,8 @@ def _structure_problem(payload: dict[str, Any]) -> str | None:
     _, problem = schema.check(_Structure, payload)
     if problem is None:
         return None
-    return f"key {problem.key!r} must be {problem.expected}, got {_short(problem.value)}"
+    must = f"be {problem.expected}" if problem.kind == "range" else problem.expected  # range words have no verb
+    return f"key {problem.key!r} must {must}, got {_short(problem.value)}"
 
 
 def _short(value: Any) -> str:
