@@ -25,7 +25,7 @@ R = TypeVar("R", bound="JsonRecord")
 
 
 class RunFileError(MiniPlacesError):
-    """A file of a run folder cannot be read as what rundir writes there."""
+    """A file of a run folder cannot be read as the record this module writes there."""
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
