@@ -16,7 +16,7 @@ import sys
 import torch
 
 from miniplaces.bench.gpu import DEFAULT_BUDGET_S, format_report, run_gpu_check
-from miniplaces.rundir import atomic_write_json
+from miniplaces.fileio import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:

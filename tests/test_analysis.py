@@ -14,7 +14,8 @@ from miniplaces.data import read_categories
 from miniplaces.engine.checkpoint import describe_model, save_checkpoint
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model
-from miniplaces.rundir import AttackResult, RunDir, Sweep
+from miniplaces.records import AttackResult, Sweep
+from miniplaces.rundir import RunDir
 from miniplaces.workflows.analysis import attack_report, load_for_analysis, saliency_report, settings_line
 
 

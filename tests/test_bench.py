@@ -12,7 +12,7 @@ from miniplaces.bench import timing
 from miniplaces.bench.registry import BENCHMARKS, Benchmark, Option, get_benchmark, names
 from miniplaces.bench.result import BenchResult, this_machine
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import atomic_write_json
+from miniplaces.fileio import atomic_write_json
 
 
 def test_time_interleaved_alternates_the_order_and_times_every_round(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,12 +316,12 @@ def test_set_lr_in_exponent_notation_is_a_number(tmp_path: Path) -> None:
 
 def test_full_disk_is_one_line_naming_the_file(world: Ctx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import miniplaces.rundir as rundir
+    import miniplaces.fileio as fileio
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(rundir.os, "fsync", full)
+    monkeypatch.setattr(fileio.os, "fsync", full)
     out = tmp_path / "eval.json"
     code, err = _run(_eval(world, None, "--out", str(out)), capsys)
     assert code == 2 and "Traceback" not in err

@@ -20,7 +20,7 @@ from miniplaces.engine.loop import Trainer, build_trainer
 from miniplaces.engine.schedule import warmup_cosine
 from miniplaces.engine.state import seed_everything
 from miniplaces.models import create_model
-from miniplaces.rundir import read_metrics
+from miniplaces.records import read_metrics
 from miniplaces.workflows.train import train
 
 TORCH_THREADS = 1

@@ -15,7 +15,7 @@ from tiny_runs import config, rows, tiny_dataset, without_timing
 from miniplaces.cli import main
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from miniplaces.engine.loop import NonFiniteLossError
-from miniplaces.rundir import METRIC_KEYS, EvalResult
+from miniplaces.records import METRIC_KEYS, EvalResult
 from miniplaces.workflows.evaluate import evaluate_checkpoint
 from miniplaces.workflows.train import TrainingInterrupted, train
 

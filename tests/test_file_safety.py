@@ -22,9 +22,9 @@ from miniplaces.cli import main
 from miniplaces.config import ConfigError, TrainConfig, load_config, save_config
 from miniplaces.engine.checkpoint import describe_model, load_checkpoint, save_checkpoint
 from miniplaces.engine.metrics import RunningSums
+from miniplaces.fileio import RunWriteError, atomic_write_json, current_umask
 from miniplaces.models import create_model
 from miniplaces.report import figures
-from miniplaces.rundir import RunWriteError, atomic_write_json, current_umask
 
 TORCH_THREADS = 1
 
@@ -62,9 +62,9 @@ def test_a_full_disk_in_torch_save_is_the_writers_clean_message(raised: BaseExce
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_really_full_disk_gives_no_space_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    import miniplaces.rundir as rundir
+    import miniplaces.fileio as fileio
 
-    real_mkstemp = rundir.tempfile.mkstemp
+    real_mkstemp = fileio.tempfile.mkstemp
 
     def on_full_disk(**kwargs: Any) -> tuple[int, str]:
         fd, name = real_mkstemp(**kwargs)
@@ -73,7 +73,7 @@ def test_a_really_full_disk_gives_no_space_left(tmp_path: Path, monkeypatch: pyt
         os.close(full)
         return fd, name
 
-    monkeypatch.setattr(rundir.tempfile, "mkstemp", on_full_disk)
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", on_full_disk)
     with pytest.raises(RunWriteError, match=f"cannot write {tmp_path / 'c.pt'}: No space left on device"):
         save_checkpoint({**_payload(), "big": torch.zeros(2_000_000)}, tmp_path / "c.pt")
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,8 @@ from miniplaces.config import load_config, resolve
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model, model_card
 from miniplaces.models.summary import count_macs
-from miniplaces.rundir import MetricsRow, RunDir, write_metrics
+from miniplaces.records import MetricsRow, write_metrics
+from miniplaces.rundir import RunDir
 from miniplaces.workflows.train import train_size
 
 TORCH_THREADS = 1

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from miniplaces.cli import main
+from miniplaces.records import AttackResult, EvalResult, Sweep
 from miniplaces.report import RunError, build_report, find_run_dirs, load_run
-from miniplaces.rundir import AttackResult, EvalResult, RunDir, Sweep
+from miniplaces.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -163,7 +164,7 @@ def test_run_still_in_its_first_epoch_is_named(data_for_first_epoch: Path) -> No
 @pytest.fixture
 def data_for_first_epoch(produced_runs: Path, tmp_path: Path) -> Path:
     """A run as training leaves it before its first epoch ends: metrics.jsonl written, with no rows."""
-    from miniplaces.rundir import write_metrics
+    from miniplaces.records import write_metrics
 
     (run,) = copy_runs(produced_runs, tmp_path, "unfold")
     write_metrics(RunDir(run).metrics, [])
@@ -234,7 +235,7 @@ def test_confusion_matrix_only_for_evaluated_runs(produced_runs: Path, tmp_path:
 
 
 def _eval_result(classes: int, confusion: list[list[int]]) -> EvalResult:
-    from miniplaces.rundir import ClassAccuracy
+    from miniplaces.records import ClassAccuracy
 
     per_class = [ClassAccuracy(f"/x/class{i}", 0.0, sum(confusion[i])) for i in range(classes)]
     return EvalResult("best.pt", {"name": "simplenet", "kwargs": {}}, 1, "val", None, 128,

@@ -9,23 +9,21 @@ import json
 
 import pytest
 
-from miniplaces.rundir import (
+from miniplaces.fileio import atomic_write, atomic_write_json, atomic_write_text
+from miniplaces.records import (
     METRIC_KEYS,
     AttackResult,
     AttackSource,
     ClassAccuracy,
     EvalResult,
     MetricsRow,
-    RunDir,
     RunFileError,
     Sweep,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
     read_metrics,
     write_metrics,
     write_metrics_csv,
 )
+from miniplaces.rundir import RunDir
 
 
 def test_atomic_write_replaces_the_file(tmp_path):

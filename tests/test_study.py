@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from miniplaces.cli import main
-from miniplaces.rundir import EvalResult, StudyFiles, StudyRecord, read_metrics
+from miniplaces.records import EvalResult, StudyRecord, read_metrics
+from miniplaces.rundir import StudyFiles
 from miniplaces.study import SEED_FILE, Scale, load_scales, load_seed
 from miniplaces.workflows.study import StudyOutcome, plan_study, run_study, write_study_report
 from miniplaces.workflows.train import TrainingInterrupted

@@ -13,7 +13,8 @@ from PIL import Image
 
 from miniplaces.cli import main
 from miniplaces.engine.checkpoint import load_checkpoint
-from miniplaces.rundir import AttackResult, EvalResult, RunDir, StudyFiles, read_metrics
+from miniplaces.records import AttackResult, EvalResult, read_metrics
+from miniplaces.rundir import RunDir, StudyFiles
 from miniplaces.study import Scale
 from miniplaces.workflows.study import StudyError, plan_study, run_study
 from miniplaces.workflows.study_steps import SEAL_FILE

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from tracker_readers import wandb_records
 
-from miniplaces.rundir import MetricsRow, RunDir
+from miniplaces.records import MetricsRow
+from miniplaces.rundir import RunDir
 from miniplaces.tracking import (
     Tracker,
     TrackerError,

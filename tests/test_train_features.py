@@ -18,7 +18,7 @@ from torch import nn
 from miniplaces.cli import main
 from miniplaces.config import ConfigError, apply_overrides, resolve
 from miniplaces.engine.checkpoint import build_model, load_checkpoint
-from miniplaces.rundir import METRIC_KEYS
+from miniplaces.records import METRIC_KEYS
 from miniplaces.workflows.evaluate import evaluate_checkpoint
 from miniplaces.workflows.train import TrainingInterrupted, train
 

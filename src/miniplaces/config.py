@@ -11,18 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from miniplaces import schema
 from miniplaces.attacks.spec import ATTACK_KINDS, TARGET_MODES, AttackSpec
 from miniplaces.errors import MiniPlacesError
+from miniplaces.fileio import atomic_write_text
 from miniplaces.pixels import parse_eps
-from miniplaces.rundir import atomic_write_text
 
 # Test-time augmentations of `miniplaces eval`; the per-epoch validation (key `tta`) takes flip only.
 TTA_MODES = ("flip", "five-crop", "ten-crop")
@@ -42,9 +41,7 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _key(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
     """A config field with its documentation beside it (read by `config_reference_markdown`)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+    return schema.key(default, factory=factory, help=help)
 
 
 @dataclass
@@ -143,52 +140,7 @@ def config_keys() -> list[str]:
 
 
 def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is dict:
-        return "mapping"
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check(tp: Any, value: Any) -> tuple[bool, Any]:
-    """Whether `value` fits type `tp`, and the value converted (int → float where a float is wanted)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, converted = _check(arg, value)
-            if ok:
-                return True, converted
-        return False, value
-    if origin is Literal:
-        return value in typing.get_args(tp), value
-    if origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
-        return ok, dict(value) if ok else value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        ok = isinstance(value, list) and all(_check(item, v)[0] for v in value)
-        return ok, list(value) if ok else value
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if tp is str:
-        return isinstance(value, str), value
-    return isinstance(value, tp), value
+    return schema.hints(TrainConfig)
 
 
 def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
@@ -196,11 +148,12 @@ def _set(config: TrainConfig, key: str, value: Any, where: str) -> None:
     if key not in types_:
         raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(config_keys())}")
     tp = types_[key]
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and _accepts(tp, float) and not _accepts(tp, str):
+    if (isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and schema.accepts(tp, float)
+            and not schema.accepts(tp, str)):
         value = float(value)  # `1e-3`: a number PyYAML leaves as text
-    ok, converted = _check(tp, value)
-    if not ok:
-        raise ConfigError(f"{where}: key {key!r} must be {_type_name(types_[key])}, got {value!r}")
+    converted, problem = schema.check_key(TrainConfig, key, value)
+    if problem is not None:
+        raise ConfigError(f"{where}: key {key!r} must be {problem.expected}, got {value!r}")
     setattr(config, key, converted)
 
 
@@ -292,20 +245,12 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             continue
         tp = types_.get(key)
         # A string-typed key takes the text as it is (a run named `007` stays `007`), except `null`.
-        if tp is not None and _accepts(tp, str) and raw not in ("null", "~", ""):
+        if tp is not None and schema.accepts(tp, str) and raw not in ("null", "~", ""):
             value: Any = raw
         else:
             value = _parse_value(raw, where)
         _set(config, key, value, where)
     return config
-
-
-def _accepts(tp: Any, kind: type) -> bool:
-    if tp is kind:
-        return True
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return kind in typing.get_args(tp)
-    return False
 
 
 def _parse_value(raw: str, where: str) -> Any:
@@ -555,7 +500,7 @@ def config_reference_markdown() -> str:
     types_ = _field_types()
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(TrainConfig):
-        type_text = _type_name(types_[f.name]).replace("|", "\\|")
+        type_text = schema.type_name(types_[f.name]).replace("|", "\\|")
         help_text = f.metadata.get("help", "").replace("|", "\\|")
         lines.append(f"| `{f.name}` | {type_text} | {_default_text(f)} | {help_text} |")
     return "\n".join(lines) + "\n"

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from miniplaces.errors import MiniPlacesError
+from miniplaces.fileio import atomic_write_json
 from miniplaces.progress import duration_text
-from miniplaces.rundir import MetricsRow, RunDir, atomic_write_json, write_metrics_csv
+from miniplaces.records import MetricsRow, write_metrics_csv
+from miniplaces.rundir import RunDir
 
 TRACKERS = ("tensorboard", "csv", "mlflow", "wandb")
 DEFAULT_TRACKERS = ("tensorboard", "csv")

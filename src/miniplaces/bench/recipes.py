@@ -25,7 +25,8 @@ from miniplaces.config import TrainConfig, load_config, resolve_progressive
 from miniplaces.data.batch_augment import PROGRESSIVE_STEP
 from miniplaces.errors import MiniPlacesError
 from miniplaces.presets import presets_dir
-from miniplaces.rundir import RunDir, read_metrics
+from miniplaces.records import read_metrics
+from miniplaces.rundir import RunDir
 
 CONFIGS = presets_dir()
 # (label, config file, precision); the first is the baseline. Each is pinned to one precision, whatever the

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from miniplaces import schema
 from miniplaces.errors import MiniPlacesError
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ class Option:
     quick: Any = None
     minimum: int | None = None
 
+    def check(self, value: Any) -> schema.Problem | None:
+        """What is wrong with `value` for this option (its type, when `type` is one, and its minimum), or None."""
+        kind = self.type if self.type in (int, float, bool, str) else Any
+        hint = kind | None if self.default is None and kind is not Any else kind
+        return schema.check_value(hint, value, self.name, {"minimum": self.minimum})[1]
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -81,9 +88,10 @@ class Benchmark:
             value = option.quick if quick and option.quick is not None else option.default
             if given.get(option.name) is not None:
                 value = given[option.name]
-            if option.minimum is not None and value is not None and value < option.minimum:
-                raise MiniPlacesError(f"benchmark {self.name!r}: {option.name} is {value}; "
-                                      f"it must be at least {option.minimum}")
+            problem = option.check(value)
+            if problem is not None:
+                must = f"at least {option.minimum}" if problem.kind == "range" else problem.expected
+                raise MiniPlacesError(f"benchmark {self.name!r}: {option.name} is {value!r}; it must be {must}")
             values[option.name] = value
         return values
 
@@ -99,7 +107,7 @@ class Benchmark:
         """Write the result's figure to `path` as a PNG; None (nothing written) for a benchmark without one."""
         import io
 
-        from miniplaces.rundir import atomic_write_bytes
+        from miniplaces.fileio import atomic_write_bytes
 
         draw = getattr(self.load(), "figure", None)
         if draw is None:
@@ -112,6 +120,9 @@ class Benchmark:
 # Options that mean the same in every benchmark that takes them.
 MODEL = Option("model", "simplenet", "registered model name", type=str)
 IMAGE_SIZE = Option("image_size", 128, "input side in pixels", quick=32, minimum=8)
+ROOT = Option("root", None, "dataset folder (default: shared/miniplaces above the working folder when present, "
+              "else a synthetic set)", type=Path)
+SYNTHETIC = Option("synthetic", False, "use a synthetic set even when the real one is found", type=bool, quick=True)
 
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
@@ -132,10 +143,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "data", "miniplaces.bench.data",
             "images/s of the per-sample DataLoader (PIL + train transform) against the decoded-cache loader",
             (
-                Option("root", None, "dataset folder (default: shared/miniplaces above the working folder "
-                       "when present, else a synthetic set)", type=Path),
-                Option("synthetic", False, "use a synthetic set even when the real one is found", type=bool,
-                       quick=True),
+                ROOT,
+                SYNTHETIC,
                 Option("batches", 20, "timed batches per loader", quick=2, minimum=1),
                 Option("batch_size", 256, "images per batch", quick=8, minimum=1),
                 Option("warmup", 2, "untimed batches first (worker start-up, page-in)", quick=1, minimum=0),
@@ -182,10 +191,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "time per training image and val accuracy of configs/fast.yaml against configs/simplenet.yaml "
             "(same data, size and epochs)",
             (
-                Option("root", None, "dataset folder (default: shared/miniplaces above the working folder "
-                       "when present, else a synthetic set)", type=Path),
-                Option("synthetic", False, "use a synthetic set even when the real one is found", type=bool,
-                       quick=True),
+                ROOT,
+                SYNTHETIC,
                 Option("image_size", 64, "training and validation side in pixels", quick=32, minimum=16),
                 Option("epochs", 10, "epochs of each recipe (the same training images for both)", quick=1,
                        minimum=1),

@@ -65,7 +65,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from miniplaces.engine.device import resolve_device
-    from miniplaces.rundir import atomic_write_json
+    from miniplaces.fileio import atomic_write_json
 
     benchmark = get_benchmark(args.benchmark)
     if args.threads:

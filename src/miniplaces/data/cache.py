@@ -55,7 +55,7 @@ from PIL import Image
 from miniplaces.data.dataset import UNLABELLED, load_rgb
 from miniplaces.data.layout import SPLITS, Sample, images_dir, labels_path, read_categories, read_split
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import atomic_write, atomic_write_json
+from miniplaces.fileio import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 2
 DEFAULT_IMAGE_SIZE = 128

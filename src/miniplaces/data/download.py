@@ -49,7 +49,7 @@ from miniplaces import __version__
 from miniplaces.data.layout import DatasetFix, images_dir
 from miniplaces.data.verify import VerifyReport, verify_dataset
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import atomic_write_json
+from miniplaces.fileio import atomic_write_json
 
 ARCHIVE_URLS = (
     "https://places.csail.mit.edu/miniplaces/data/data.tar.gz",

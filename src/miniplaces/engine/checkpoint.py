@@ -19,14 +19,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
 
+from miniplaces import schema
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import atomic_write
+from miniplaces.fileio import atomic_write
 
 CHECKPOINT_FORMAT = 1
 
@@ -182,32 +184,38 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return payload
 
 
+@dataclass(frozen=True)
+class _ModelArguments:
+    """The builder arguments of a checkpoint's `model` entry that its readers rely on (others are the model's)."""
+
+    num_classes: int | None = schema.key(None, expected="be an integer ≥ 1", minimum=1)
+
+
+@dataclass(frozen=True)
+class _ModelEntry:
+    name: str = schema.key(check=bool)  # a problem here is said as one of `model` (no words of its own)
+    kwargs: _ModelArguments = schema.key(factory=dict, expected="be a mapping of argument names")
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """The keys of a checkpoint every reader relies on, with their types and ranges; the words follow 'must'."""
+
+    model: _ModelEntry = schema.key(expected="be a mapping with a model 'name'")
+    state_dict: dict[str, torch.Tensor] = schema.key(expected="map parameter names to tensors")
+    categories: list[str] | None = schema.key(None, expected="be a list of class names")
+    epoch: int | None = schema.key(None, expected="be an integer ≥ 0", minimum=0)
+    step_in_epoch: int | None = schema.key(None, expected="be an integer ≥ 0", minimum=0)
+    config: dict[str, Any] | None = schema.key(None, expected="be a mapping")
+
+
 def _structure_problem(payload: dict[str, Any]) -> str | None:
     """What is wrong with the keys every reader relies on (their types and ranges), or None."""
-    spec = payload["model"]
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-        return f"key 'model' must be a mapping with a model 'name', got {_short(spec)}"
-    kwargs = spec.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        return f"key 'model.kwargs' must be a mapping of argument names, got {_short(kwargs)}"
-    classes = kwargs.get("num_classes")
-    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
-        return f"key 'model.kwargs.num_classes' must be an integer ≥ 1, got {_short(classes)}"
-    weights = payload["state_dict"]
-    if not isinstance(weights, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
-        return f"key 'state_dict' must map parameter names to tensors, got {_short(weights)}"
-    categories = payload.get("categories")
-    if categories is not None and (not isinstance(categories, list)
-                                   or not all(isinstance(c, str) for c in categories)):
-        return f"key 'categories' must be a list of class names, got {_short(categories)}"
-    for key in ("epoch", "step_in_epoch"):
-        value = payload.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            return f"key {key!r} must be an integer ≥ 0, got {_short(value)}"
-    if payload.get("config") is not None and not isinstance(payload["config"], dict):
-        return f"key 'config' must be a mapping, got {_short(payload['config'])}"
-    return None
+    _, problem = schema.check(_Structure, payload)
+    if problem is None:
+        return None
+    must = f"be {problem.expected}" if problem.kind == "range" else problem.expected  # range words have no verb
+    return f"key {problem.key!r} must {must}, got {_short(problem.value)}"
 
 
 def _short(value: Any) -> str:

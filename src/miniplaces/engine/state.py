@@ -23,7 +23,7 @@ from miniplaces.engine.checkpoint import describe_model
 from miniplaces.engine.distributed import DistInfo, all_gather_objects
 from miniplaces.engine.ema import ModelEma
 from miniplaces.engine.metrics import RunningSums
-from miniplaces.rundir import MetricsRow
+from miniplaces.records import MetricsRow
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from miniplaces import schema
 from miniplaces.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from miniplaces.engine.checkpoint import CheckpointError, describe_model, load_model
 from miniplaces.errors import MiniPlacesError
@@ -107,25 +109,33 @@ def load_model_any(path: Path | str, device: str | torch.device = "cpu") -> tupl
 # --- an export folder's config.json ------------------------------------------------------------------------
 
 
-def _field(config: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, what: str) -> Any:
-    if key not in config:
-        raise ExportError(f"{path}: key '{key}' is missing ({what}); re-export the model")
-    value = config[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ExportError(f"{path}: key '{key}' is {_short(value)}, expected {what}; re-export the model")
-    return value
+@dataclass(frozen=True)
+class _ExportKeys:
+    """The keys of an export's `config.json` that are read back, with the words an error uses for each."""
+
+    format_version: int = schema.key(expected="an integer")
+    format: str = schema.key(expected=f"one of {', '.join(FORMATS)}")
+    architecture: str = schema.key(expected="a registered model name")
+    model_args: dict[str, Any] = schema.key(expected="an object of model arguments")
+    num_classes: int = schema.key(expected="the number of classes", minimum=1, maximum=MAX_CLASSES)
+    label_names: list[Any] = schema.key(expected="a list of class names")
+    input_size: list[Any] = schema.key(expected="[3, S, S]")
+
+
+def _field(config: dict[str, Any], key: str, path: Path, shown: str | None = None) -> Any:
+    """Key `key` of `config`, checked as `_ExportKeys` declares it; `shown` is the key the error names."""
+    value, problem = schema.check_key(_ExportKeys, key, config.get(key, schema.MISSING), shown=shown)
+    if problem is None:
+        return value
+    if problem.missing:
+        raise ExportError(f"{path}: key '{problem.key}' is missing ({problem.expected}); re-export the model")
+    raise ExportError(f"{path}: key '{problem.key}' is {_short(problem.value)}, expected {problem.expected}; "
+                      "re-export the model")
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"{type(value).__name__} {text[:50]}…"
-
-
-def _class_count(value: Any, key: str, path: Path) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLASSES:
-        raise ExportError(f"{path}: key '{key}' is {_short(value)}, expected an integer from 1 to {MAX_CLASSES}; "
-                          "re-export the model")
-    return value
 
 
 def _finite_numbers(value: Any, count: int) -> bool:
@@ -150,29 +160,29 @@ def read_export_config(folder: Path | str) -> dict[str, Any]:
     if config.get("library") != LIBRARY:
         raise ExportError(f"{path} was not written by miniplaces (key 'library' is {_short(config.get('library'))}, "
                           f"expected {LIBRARY!r}): it is not a miniplaces export folder")
-    version = _field(config, "format_version", int, path, "an integer")
+    version = _field(config, "format_version", path)
     if version != EXPORT_FORMAT_VERSION:
         raise ExportError(f"{path}: key 'format_version' is {version}, this miniplaces reads {EXPORT_FORMAT_VERSION}; "
                           "use the miniplaces version that wrote it, or re-export the model")
-    fmt = _field(config, "format", str, path, f"one of {', '.join(FORMATS)}")
+    fmt = _field(config, "format", path)
     if fmt not in FORMATS:
         raise ExportError(f"{path}: key 'format' is {_short(fmt)}, expected one of {', '.join(FORMATS)}")
     if config.get("model_file", MODEL_FILES[fmt]) != MODEL_FILES[fmt]:
         raise ExportError(f"{path}: key 'model_file' is {_short(config['model_file'])}, expected "
                           f"{MODEL_FILES[fmt]!r} for the {fmt} format; re-export the model")
-    _field(config, "architecture", str, path, "a registered model name")
-    args = _field(config, "model_args", dict, path, "an object of model arguments")
-    classes = _class_count(_field(config, "num_classes", int, path, "the number of classes"), "num_classes", path)
-    if "num_classes" in args and _class_count(args["num_classes"], "model_args.num_classes", path) != classes:
+    _field(config, "architecture", path)
+    args = _field(config, "model_args", path)
+    classes = _field(config, "num_classes", path)
+    if "num_classes" in args and _field(args, "num_classes", path, "model_args.num_classes") != classes:
         raise ExportError(f"{path}: key 'model_args.num_classes' is {args['num_classes']} but key 'num_classes' is "
                           f"{classes}; re-export the model")
-    labels = _field(config, "label_names", list, path, "a list of class names")
+    labels = _field(config, "label_names", path)
     if not all(isinstance(label, str) for label in labels):
         raise ExportError(f"{path}: key 'label_names' must hold strings only; re-export the model")
     if labels and len(labels) != classes:
         raise ExportError(f"{path}: key 'label_names' has {len(labels)} names for a model of {classes} classes; "
                           "re-export the model")
-    size = _field(config, "input_size", list, path, "[3, S, S]")
+    size = _field(config, "input_size", path)
     if (len(size) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size) or size[0] != 3
             or size[1] != size[2] or not MIN_IMAGE_SIZE <= size[1] <= MAX_IMAGE_SIZE):
         raise ExportError(f"{path}: key 'input_size' is {_short(size)}, expected [3, S, S] with S from "

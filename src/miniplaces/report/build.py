@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from miniplaces.fileio import atomic_write_bytes, atomic_write_text
 from miniplaces.report import figures
 from miniplaces.report.html import Confusion, Picture, render_html
 from miniplaces.report.runs import Run, load_runs
@@ -19,7 +20,6 @@ from miniplaces.report.tables import (
     to_markdown,
     write_csv,
 )
-from miniplaces.rundir import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from miniplaces.report.study import ComparisonRow

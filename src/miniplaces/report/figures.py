@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from miniplaces.fileio import atomic_write_bytes
+from miniplaces.records import EvalResult
 from miniplaces.report.runs import Run
-from miniplaces.rundir import EvalResult, atomic_write_bytes
 
 DPI = 110
 

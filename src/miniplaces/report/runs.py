@@ -1,4 +1,4 @@
-"""Reading run folders for the report: exactly the records `miniplaces.rundir` writes.
+"""Reading run folders for the report: exactly the records `miniplaces.records` writes.
 
 `config.yaml` and `metrics.jsonl` come from `miniplaces train`; `eval_<split>.json`,
 `attack/attack.json`, `attack/sweep.json` and the PNG grids come from `eval`, `attack` and
@@ -17,16 +17,8 @@ from typing import Any
 import yaml
 
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import (
-    METRICS_FILE,
-    AttackResult,
-    EvalResult,
-    MetricsRow,
-    RunDir,
-    RunFileError,
-    Sweep,
-    read_metrics,
-)
+from miniplaces.records import AttackResult, EvalResult, MetricsRow, RunFileError, Sweep, read_metrics
+from miniplaces.rundir import METRICS_FILE, RunDir
 
 
 class RunError(MiniPlacesError):

@@ -13,16 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniplaces.rundir import (
-    AttackResult,
-    EvalResult,
-    RunDir,
-    RunFileError,
-    StudyEntry,
-    StudyFiles,
-    StudyRecord,
-    read_metrics,
-)
+from miniplaces.records import AttackResult, EvalResult, RunFileError, StudyEntry, StudyRecord, read_metrics
+from miniplaces.rundir import RunDir, StudyFiles
 from miniplaces.study import SeedExperiment, SeedResults
 
 MISSING = "—"

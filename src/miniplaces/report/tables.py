@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from miniplaces.fileio import atomic_write_text
+from miniplaces.records import EvalResult
 from miniplaces.report.runs import Run, number
-from miniplaces.rundir import EvalResult, atomic_write_text
 
 MISSING = "—"
 MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "cpu_max_rss": "CPU peak RSS"}

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from miniplaces import schema
 from miniplaces.errors import MiniPlacesError
 from miniplaces.pixels import parse_eps
 
@@ -103,20 +104,20 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+def _get(data: dict[str, Any], key: str, kind: Any, where: str, default: Any = ...) -> Any:
+    """Key `key` of `data` as type `kind` (`float` takes an int; a bool is no number), `default` when absent or null."""
     if key not in data or data[key] is None:
         if default is ...:
             raise StudyDataError(f"{where}: key {key!r} is missing")
         return default
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise StudyDataError(f"{where}: key {key!r} has the wrong kind of value: {value!r}")
+    value, problem = schema.check_value(kind, data[key], key)
+    if problem is not None:
+        raise StudyDataError(f"{where}: key {key!r} has the wrong kind of value: {data[key]!r}")
     return value
 
 
 def _number(data: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
-    value = _get(data, key, (int, float), where, default)
-    return None if value is None else float(value)
+    return _get(data, key, float, where, default)
 
 
 def load_seed(path: Path | str | None = None) -> SeedResults:
@@ -126,7 +127,7 @@ def load_seed(path: Path | str | None = None) -> SeedResults:
     scale = _get(data, "scale", dict, str(path))
     attack = _get(data, "attack", dict, str(path))
     try:
-        eps = parse_eps(_get(attack, "eps", (str, int, float), f"{path}: attack"))
+        eps = parse_eps(_get(attack, "eps", str | float, f"{path}: attack"))
     except MiniPlacesError as err:
         raise StudyDataError(f"{path}: attack: {err}") from None
     experiments = {}

@@ -27,7 +27,8 @@ from miniplaces.explain import saliency
 from miniplaces.explain.overlay import attack_grid, class_label, saliency_grid, sweep_plot
 from miniplaces.models.io import load_model_any, resolve_model_path
 from miniplaces.progress import StartProgress, no_progress
-from miniplaces.rundir import AttackFiles, AttackResult, AttackSource, RunDir, Sweep, saliency_png
+from miniplaces.records import AttackResult, AttackSource, Sweep
+from miniplaces.rundir import AttackFiles, RunDir, saliency_png
 
 
 @dataclass(frozen=True)

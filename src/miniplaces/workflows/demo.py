@@ -19,7 +19,9 @@ from pathlib import Path
 
 from miniplaces.attacks.spec import AttackSpec
 from miniplaces.errors import MiniPlacesError
-from miniplaces.rundir import AttackResult, EvalResult, RunDir, atomic_write_json, read_metrics
+from miniplaces.fileio import atomic_write_json
+from miniplaces.records import AttackResult, EvalResult, read_metrics
+from miniplaces.rundir import RunDir
 
 SYNTH_MARKER = "demo_synth.json"
 # Synthetic scenes differ in colour and shape, so a model of them needs a larger ε than real scenes

@@ -18,7 +18,8 @@ from miniplaces.engine.train import MULTI_CROP, evaluate
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models.io import CONFIG_NAME, load_model_any, resolve_model_path
 from miniplaces.progress import StartProgress, no_progress
-from miniplaces.rundir import ClassAccuracy, EvalResult, eval_json_beside
+from miniplaces.records import ClassAccuracy, EvalResult
+from miniplaces.rundir import eval_json_beside
 
 
 def evaluate_checkpoint(path: Path | str, root: Path | str, *, split: str = "val", tta: str | None = None,

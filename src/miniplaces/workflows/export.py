@@ -37,6 +37,7 @@ from torch import nn
 
 from miniplaces.engine.checkpoint import build_model, describe_model
 from miniplaces.errors import MiniPlacesError
+from miniplaces.fileio import atomic_write_bytes, atomic_write_json
 from miniplaces.layers.normalize import Normalize
 from miniplaces.models.io import (
     CONFIG_NAME,
@@ -50,7 +51,7 @@ from miniplaces.models.io import (
     resolve_model_path,
     without_weight_arguments,
 )
-from miniplaces.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from miniplaces.rundir import RunDir
 
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
 # The exported logits must equal PyTorch's within |a - b| <= ATOL + RTOL·|b| (fp32, CPU). Kernels differ

@@ -12,9 +12,9 @@ from miniplaces.data import MiniPlaces
 from miniplaces.engine.checkpoint import checkpoint_image_size
 from miniplaces.engine.device import resolve_device
 from miniplaces.engine.predict import Prediction, challenge_lines, image_files, predict_images
+from miniplaces.fileio import atomic_write_text
 from miniplaces.models.io import load_model_any
 from miniplaces.progress import StartProgress, no_progress
-from miniplaces.rundir import atomic_write_text
 
 
 def write_challenge(lines: Sequence[str], out: Path | str) -> Path:

@@ -40,8 +40,9 @@ from miniplaces.errors import MiniPlacesError
 from miniplaces.models.resnet import read_state_dict
 from miniplaces.presets import presets_dir
 from miniplaces.progress import StartProgress, prefixed
+from miniplaces.records import StudyEntry, StudyRecord
 from miniplaces.report import Report, build_report
-from miniplaces.rundir import RunDir, StudyEntry, StudyFiles, StudyRecord
+from miniplaces.rundir import RunDir, StudyFiles
 from miniplaces.study import Scale, SeedResults, load_scales, load_seed
 from miniplaces.workflows.study_steps import (
     AnalysisModel,

@@ -33,20 +33,18 @@ from typing import Any, ClassVar, Literal
 from miniplaces.attacks.spec import AttackSpec
 from miniplaces.config import TrainConfig, config_from_dict, save_config, to_dict
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint
+from miniplaces.fileio import atomic_write_bytes, atomic_write_json
 from miniplaces.progress import StartProgress
-from miniplaces.rundir import (
+from miniplaces.records import (
     AttackResult,
     EvalResult,
     MetricsRow,
-    RunDir,
     RunFileError,
-    atomic_write_bytes,
-    atomic_write_json,
     read_metrics,
-    saliency_png,
     write_metrics,
     write_metrics_csv,
 )
+from miniplaces.rundir import RunDir, saliency_png
 
 logger = logging.getLogger(__name__)
 

@@ -49,8 +49,10 @@ from miniplaces.engine.resume import open_resume, resume_state
 from miniplaces.engine.state import TrainState, seed_everything
 from miniplaces.engine.train import evaluate
 from miniplaces.errors import MiniPlacesError
+from miniplaces.fileio import remove_stale_tmp
 from miniplaces.progress import progress_interval
-from miniplaces.rundir import MetricsRow, RunClaim, RunDir, claim_run, read_metrics, remove_stale_tmp, write_metrics
+from miniplaces.records import MetricsRow, read_metrics, write_metrics
+from miniplaces.rundir import RunClaim, RunDir, claim_run
 
 logger = logging.getLogger(__name__)
 
