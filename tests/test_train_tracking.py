@@ -164,3 +164,13 @@ def test_off_a_terminal_training_prints_progress_lines_at_the_interval(data: Pat
     with pytest.raises(MiniPlacesError, match="MINIPLACES_PROGRESS_INTERVAL='soon' is not a number"):
         train(tiny(data, tmp_path / "c", epochs=1), progress=True)
     assert not (tmp_path / "c").exists()  # said before anything is written
+
+
+def test_a_resume_may_add_a_tracker(data: Path, tmp_path: Path) -> None:
+    """log_to may change on resume: the CSV tracker added at epoch 1 holds the rows of both epochs."""
+    first = train(tiny(data, tmp_path / "runs", epochs=1, log_to=["tensorboard"]), progress=False)
+    assert not (first / "metrics.csv").exists()
+    run = train(tiny(data, tmp_path / "runs", epochs=2, log_to=["tensorboard", "csv"]), resume=first,
+                progress=False)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]

@@ -25,6 +25,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "log_every": "steps between progress updates",
     "limit_val_batches": "how much of the val split each epoch evaluates",
     "tta": "test-time augmentation of the per-epoch validation",
+    "log_to": "where the numbers go from here on; MLflow and W&B continue their run of the same folder",
     "root": "the dataset folder, if its categories are the checkpoint's",
     "name": "ignored: a resumed run stays in the folder of its checkpoint",
     "out_dir": "ignored: a resumed run stays in the folder of its checkpoint",
