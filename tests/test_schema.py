@@ -114,3 +114,12 @@ def test_a_benchmark_option_of_the_wrong_type_is_refused_before_it_runs() -> Non
         bench.resolve({"size": "64"})
     with pytest.raises(MiniPlacesError, match=r"benchmark 'toy': limit is 0; it must be at least 1$"):
         bench.resolve({"limit": 0})
+
+
+def test_a_study_data_file_that_names_a_key_twice_is_refused_with_its_lines(tmp_path: Path) -> None:
+    text = Path(load_seed().path).read_text(encoding="utf-8")
+    path = tmp_path / "seed.yaml"
+    first = next(i for i, line in enumerate(text.splitlines()) if line[:1].isalpha())  # a top-level key
+    path.write_text(text.rstrip("\n") + "\n" + text.splitlines()[first] + "\n", encoding="utf-8")
+    with pytest.raises(StudyDataError, match=rf"appears twice \(lines {first + 1} and \d+\)"):
+        load_seed(path)

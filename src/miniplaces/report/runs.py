@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from miniplaces.config import load_yaml
 from miniplaces.errors import MiniPlacesError
 from miniplaces.records import AttackResult, EvalResult, MetricsRow, RunFileError, Sweep, read_metrics
 from miniplaces.rundir import METRICS_FILE, RunDir
@@ -127,7 +128,7 @@ def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
         notes.append(f"{path}: missing; model and planned epochs unknown")
         return {}
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         notes.append(f"{path}: unreadable ({err}), ignored")
         return {}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from miniplaces import schema
+from miniplaces.config import load_yaml
 from miniplaces.errors import MiniPlacesError
 from miniplaces.pixels import parse_eps
 
@@ -96,7 +97,7 @@ class Scale:
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))  # a key given twice is refused, with its lines
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise StudyDataError(f"cannot read study data file {path}: {err}") from err
     if not isinstance(data, dict):

@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from miniplaces.attacks.spec import AttackSpec
-from miniplaces.config import TrainConfig, apply_mapping, load_config, resolve
+from miniplaces.config import TrainConfig, apply_mapping, load_config, load_yaml, resolve
 from miniplaces.data.layout import read_split
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint
 from miniplaces.engine.device import resolve_device
@@ -239,7 +239,7 @@ def _saved_settings(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     recorded = sealed.get("config.yaml")
     if run.config.is_file() and (recorded is None or sha256_of(run.config) == recorded):
         try:
-            saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+            saved = load_yaml(run.config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             saved = None  # unreadable: the checkpoint says what ran
         if isinstance(saved, dict):
