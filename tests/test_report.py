@@ -469,3 +469,14 @@ def test_saliency_and_attack_pictures_are_titled_by_run_name(produced_runs: Path
     assert main(["attack", *common, "--mode", "fgsm", "--eps", "4/255", "--limit", "8", "--grid", "2",
                  "--sweep", "2/255"]) == 0
     assert len(titles) == 2 and all("· native ·" in t and "best.pt" not in t for t in titles)
+
+
+def test_report_names_runs_inside_the_current_folder_by_their_relative_path(
+        produced_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (inside,) = copy_runs(produced_runs, tmp_path, "native")
+    monkeypatch.chdir(tmp_path)
+    page = build_report([inside, produced_runs / "unfold"], tmp_path / "report").html.read_text()
+    runs_line = next(line for line in page.splitlines() if line.startswith("<p>Runs: "))
+    # The run under the current folder is named as the user would type it; the other keeps its full path.
+    assert "<code>runs/native</code>" in runs_line and str(tmp_path) not in runs_line.split(",")[0]
+    assert f"<code>{(produced_runs / 'unfold').resolve()}</code>" in runs_line

@@ -78,6 +78,15 @@ def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list
     return sections
 
 
+def shown_path(path: Path) -> Path:
+    """`path` as the reader typed it, most likely: relative to the current folder when inside it (a report
+    shared from a checkout names `runs/simplenet`, not the machine's folders), else as it is."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "miniplaces report",
                  comparison: Sequence[ComparisonRow] | None = None, attack: str = "") -> Report:
     """Read the runs among `paths` (see `find_run_dirs`) and write the report into `out`.
@@ -120,7 +129,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     confusion = _confusion_figures(runs, out, notes)
 
     html = out / "report.html"
-    atomic_write_text(html, render_html(rows, written, grids, notes, [r.path for r in runs], title,
+    atomic_write_text(html, render_html(rows, written, grids, notes, [shown_path(r.path) for r in runs], title,
                                         settings=settings_rows(runs), confusion=confusion, comparison=comparison,
                                         attack=attack))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
