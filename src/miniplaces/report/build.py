@@ -78,7 +78,7 @@ def _confusion_figures(runs: Sequence[Run], out: Path, notes: list[str]) -> list
     return sections
 
 
-def shown_path(path: Path) -> Path:
+def _shown_path(path: Path) -> Path:
     """`path` as the reader typed it, most likely: relative to the current folder when inside it (a report
     shared from a checkout names `runs/simplenet`, not the machine's folders), else as it is."""
     try:
@@ -129,7 +129,7 @@ def build_report(paths: Sequence[Path | str], out: Path | str, title: str = "min
     confusion = _confusion_figures(runs, out, notes)
 
     html = out / "report.html"
-    atomic_write_text(html, render_html(rows, written, grids, notes, [shown_path(r.path) for r in runs], title,
+    atomic_write_text(html, render_html(rows, written, grids, notes, [_shown_path(r.path) for r in runs], title,
                                         settings=settings_rows(runs), confusion=confusion, comparison=comparison,
                                         attack=attack))
     return Report(out, runs, markdown, csv_path, html, [p.path for p in written], [p.path for p in grids], notes,
