@@ -124,28 +124,35 @@ def _augment_into(u8: torch.Tensor, theta: torch.Tensor, colour: torch.Tensor, b
     validation's resize is: the training crop then sees the pixels validation sees, not aliased ones.
     """
     c, size = out.shape[0], out.shape[-1]
-    # One pass converts dtype and layout; NCHW input samples several times faster than NHWC.
-    x = torch.empty(u8.shape[0], 3, u8.shape[1], u8.shape[2], device=u8.device).copy_(u8.permute(0, 3, 1, 2))
-    # Contrast blends towards the mean grey of the whole image (as ColorJitter, which runs before the crop);
-    # the colour map itself runs after the warp, so rotated-in corners are near black rather than black.
-    mean_gray = x.mean((2, 3)) @ x.new_tensor(GRAY_WEIGHTS)  # (C,)
     # One bmm instead of F.affine_grid, which is several times slower on the CPU.
     grid = torch.bmm(base.expand(c, -1, -1), theta.transpose(1, 2)).view(c, size, size, 2)
     # The grid is in [-1, 1] units, the same at any side: each group of equal prefilter sides is resized as
     # one batch and warped with its own rows of the grid.
-    sides = prefilter_sides(theta, x.shape[-1], size)
-    warped = torch.empty(c, 3, size, size, device=x.device)
+    sides = prefilter_sides(theta, u8.shape[1], size)
+    warped = torch.empty(c, 3, size, size, device=u8.device)
+    mean_gray = torch.empty(c, device=u8.device)
+    gray = torch.tensor(GRAY_WEIGHTS, device=u8.device)
     for side in sides.unique().tolist():
         rows = (sides == side).nonzero().flatten()
-        source = x if len(rows) == c else x.index_select(0, rows)
-        if side < x.shape[-1]:
+        whole = len(rows) == c
+        source = (u8 if whole else u8.index_select(0, rows)).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        if side < u8.shape[1]:
+            # Still uint8 and channels-last: torch's vectorised antialiased kernel for that layout runs several
+            # times faster than on floats (docs/benchmarks.md), and the float conversion below then touches
+            # the smaller image. Rounding to whole levels, as torchvision's Resize of a uint8 image does.
             source = F.interpolate(source, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-        sampled = F.grid_sample(source, grid if len(rows) == c else grid.index_select(0, rows), mode="bilinear",
+        # One pass converts dtype and layout; NCHW input samples several times faster than NHWC.
+        x = torch.empty(len(rows), 3, side, side, device=u8.device).copy_(source)
+        # Contrast blends towards the mean grey of the whole image (as ColorJitter, which runs before the crop);
+        # the colour map itself runs after the warp, so rotated-in corners are near black rather than black.
+        means = x.mean((2, 3)) @ gray
+        sampled = F.grid_sample(x, grid if whole else grid.index_select(0, rows), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # (rows, 3, O, O)
-        if len(rows) == c:
-            warped = sampled
+        if whole:
+            warped, mean_gray = sampled, means
         else:
             warped.index_copy_(0, rows, sampled)
+            mean_gray.index_copy_(0, rows, means)
     x = warped
     # Brightness b, contrast k, saturation s as one colour matrix per image (the /255 folded in):
     #   out = s·k·b·x + (1−s)·k·b·gray(x) + (1−k)·b·mean_gray,  gray(x) = w·x
