@@ -170,6 +170,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                        type=names, quick=("fp32",)),
                 Option("peak_size", 2048, "side of the square matmul timed for the peak FLOP/s of each dtype",
                        quick=128, minimum=16),
+                Option("peak_window_s", 0.25, "seconds of each timed window of the peak matmul (the best of 5 "
+                       "windows after one warm-up)", type=float, quick=0.01, minimum=0),
                 Option("seed", 0, "seed of the model and the batches"),
             ),
         ),
