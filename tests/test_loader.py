@@ -15,11 +15,13 @@ from miniplaces.bench.data import run_data_benchmark
 from miniplaces.data.loader import (
     CachedLoader,
     _augment_into,
+    _augment_sampled,
     _base_grid,
     affine_theta,
     augment_batch,
     cached_loader,
     prefilter_sides,
+    resized_crop_boxes,
     sample_augmentation,
     val_batch,
 )
@@ -338,3 +340,69 @@ def test_prefilter_sides_follow_the_crop() -> None:
     # the whole image onto 64 px: 64; half of it: 128 (the source, no resize); 0.3 of it: above the source
     assert prefilter_sides(theta, 128, 64).tolist() == [64, 128, 128]
     assert prefilter_sides(theta, 128, 48).tolist() == [48, 96, 128]
+
+
+def test_resized_crop_boxes_cover_shrinking_axis_aligned_crops_only() -> None:
+    # Whole image onto 64 px; 0.75 × 0.5 at the right edge, mirrored; 0.3 wide (38 source px < 64): upsampled;
+    # and a rotated crop: the last two are warped, not cropped.
+    w = torch.tensor([1.0, 0.75, 0.3, 0.8])
+    h = torch.tensor([1.0, 0.5, 0.3, 0.8])
+    theta = affine_theta(w, h, torch.tensor([0.0, 0.25, 0.0, 0.0]), torch.zeros(4), torch.tensor([0.0, 0, 0, 0.1]),
+                         torch.tensor([1.0, -1, 1, 1]))
+    boxes = resized_crop_boxes(theta, 128, 64).tolist()
+    assert boxes[0] == [64, 64, 0, 0, 0]
+    # 64 / 0.75 = 85.3 → 85 wide, 128 high; the centre at 5/8 of the width: left round(53.1 − 32) = 21
+    assert boxes[1] == [128, 85, 32, 21, 1]
+    assert boxes[2][0] == -1 and boxes[3][0] == -1
+
+
+def test_resized_crops_match_the_warp_on_a_smooth_image() -> None:
+    # On a linear ramp the warp's bilinear sampling is exact, so the crop path (resize, then copy a block) must
+    # land on the same values up to the rounding of its box to whole pixels (≤ 0.5 px of the resized image:
+    # ≤ 0.5 · 128/48 · 1 level) and of the resize to uint8 (0.5 level); away from the image's border, where the
+    # antialiased resize renormalises its weights.
+    ramp = torch.arange(128, dtype=torch.float32)
+    image = torch.stack([ramp.expand(128, 128), ramp.view(-1, 1).expand(128, 128), 127 - ramp.expand(128, 128)], -1)
+    images = image.round().to(torch.uint8).expand(32, -1, -1, -1).contiguous()
+    generator = torch.Generator().manual_seed(3)
+    theta, _ = sample_augmentation(32, generator, scale=(0.35, 0.9), degrees=0.0, jitter=0.0)
+    assert (resized_crop_boxes(theta, 128, 48)[:, 0] > 0).all()
+    out = torch.empty(32, 3, 48, 48)
+    _augment_into(images, theta, torch.ones(32, 3), _base_grid(48, torch.device("cpu")), out)
+    grid = F.affine_grid(theta, (32, 3, 48, 48), align_corners=False)
+    expected = F.grid_sample(images.permute(0, 3, 1, 2).float() / 255, grid, align_corners=False)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+    torch.testing.assert_close(out[inner], expected[inner], rtol=0, atol=(0.5 * 128 / 48 + 0.5 + 0.1) / 255)
+
+
+def test_resized_crops_mirror_and_rotated_crops_are_prefiltered() -> None:
+    images = _stripes(count=1)
+    b, out, ones, zeros = 1, 64, torch.ones(1), torch.zeros(1)
+    base = _base_grid(out, torch.device("cpu"))
+    crop = ones * out / resize_for(out)
+    plain_crop, mirrored = torch.empty(b, 3, out, out), torch.empty(b, 3, out, out)
+    _augment_into(torch.from_numpy(images), affine_theta(crop, crop, zeros, zeros, zeros, ones), torch.ones(b, 3),
+                  base, plain_crop)
+    _augment_into(torch.from_numpy(images), affine_theta(crop, crop, zeros, zeros, zeros, -ones), torch.ones(b, 3),
+                  base, mirrored)
+    assert torch.equal(mirrored, plain_crop.flip(-1))
+    # A quarter turn of validation's crop goes through the warp, prefiltered to 72 px: the pixels are the
+    # validation crop's turned, not aliased stripes (they land on whole pixels, so bilinear adds nothing).
+    theta = affine_theta(crop, crop, zeros, zeros, torch.full((1,), math.pi / 2), ones)
+    assert resized_crop_boxes(theta, 128, out)[0, 0] == -1
+    turned = torch.empty(b, 3, out, out)
+    _augment_into(torch.from_numpy(images), theta, torch.ones(b, 3), base, turned)
+    val = val_batch(torch.from_numpy(images), out)
+    torch.testing.assert_close(turned, torch.rot90(val, 1, dims=(-2, -1)), rtol=0, atol=0.5 / 255 + 1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_batches_match_the_cpu() -> None:
+    # Shrinking crops (a 128 px cache onto 48 px) take the resize paths, which on CUDA run in float (torch has
+    # no uint8 antialiased kernel there): the same pixels as the CPU's uint8 resize, within its rounding.
+    images = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (24, 128, 128, 3), dtype=np.uint8))
+    theta, colour = sample_augmentation(24, torch.Generator().manual_seed(5), scale=(0.35, 1.0), degrees=10.0)
+    theta[:12, 0, 1] = theta[:12, 1, 0] = 0  # half of them without rotation: the resized-crop path
+    on_cpu = _augment_sampled(images, theta, colour, 48, None)
+    on_cuda = _augment_sampled(images.cuda(), theta.cuda(), colour.cuda(), 48, None)
+    torch.testing.assert_close(on_cuda.cpu(), on_cpu, rtol=0, atol=1.5 / 255)
