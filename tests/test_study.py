@@ -60,6 +60,13 @@ def test_tiny_study_runs_every_step_and_writes_the_side_by_side_table(study: tup
     for name in ("simplenet", "simplenet_unfold"):
         assert [ran[(name, step)] for step in ("train", "eval", "attack", "saliency")] == ["ran"] * 4
     assert ran[("resnet18", "train")] == "skipped"
+    # Each step's wall-clock time: training takes longest; the totals follow the steps' order.
+    seconds = {(s.experiment, s.step): s.seconds for s in outcome.steps}
+    assert all(t > 0 for (name, _), t in seconds.items() if name != "resnet18")
+    assert seconds[("resnet18", "train")] == 0  # skipped at planning: nothing checked, nothing ran
+    assert seconds[("simplenet", "train")] > seconds[("simplenet", "saliency")]
+    assert list(outcome.seconds_by_step()) == ["train", "eval", "attack", "saliency"]
+    assert outcome.seconds == pytest.approx(sum(seconds.values()))
     files = StudyFiles(out)
     assert len(read_metrics(files.run("simplenet").metrics)) == 2
     assert EvalResult.read(files.run("simplenet").eval_json("val")).count == 16

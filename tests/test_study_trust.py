@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -243,8 +244,15 @@ def test_the_cli_says_why_it_redoes_a_step(reference: Path, synth_root: Path, tm
     assert main(["study", "--root", str(synth_root), "--out", str(out), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "simplenet train: done (2 epochs)" in lines
-    assert ("simplenet saliency: redo (saliency/saliency_vanilla.png is not the file it wrote (its sha256 differs "
-            f"from {SEAL_FILE})): redone (saliency_vanilla.png)") in lines
+    redone = [line for line in lines if line.startswith("simplenet saliency: redo (")]
+    assert len(redone) == 1 and redone[0].startswith(
+        "simplenet saliency: redo (saliency/saliency_vanilla.png is not the file it wrote (its sha256 differs "
+        f"from {SEAL_FILE})): redone (saliency_vanilla.png) in ")
+    assert re.fullmatch(r".* in \d+ s", redone[0])  # a step that ran says how long it took; a done one does not
+    # The study's wall-clock time, and each step's share of it, end the output.
+    timing = [line for line in lines if line.startswith("study time: ")]
+    assert len(timing) == 1 and re.fullmatch(r"study time: \d+ s \(train \d+ s, eval \d+ s, attack \d+ s, "
+                                             r"saliency \d+ s; a resumed study counts this call only\)", timing[0])
 
 
 def test_a_lost_last_pt_whose_epoch_was_the_best_is_copied_back_from_best_pt(synth_root: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from miniplaces.cli.command import add_command, positive_int
@@ -33,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from miniplaces.progress import start_progress
+    from miniplaces.progress import duration_text, start_progress
     from miniplaces.workflows.study import StepOutcome, plan_study, run_study
     from miniplaces.workflows.train import TrainingInterrupted
 
+    started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     experiments = None
     if args.experiments is not None:
@@ -56,7 +58,8 @@ def run_study_command(args: argparse.Namespace) -> int:
             return
         detail = f" ({step.detail})" if step.detail else ""
         why = f" redo ({step.why}):" if step.why else ""
-        print(f"{step.experiment} {step.step}:{why} {step.status}{detail}", flush=True)
+        took = "" if step.status == "done" else f" in {duration_text(step.seconds)}"
+        print(f"{step.experiment} {step.step}:{why} {step.status}{detail}{took}", flush=True)
 
     try:
         outcome = run_study(plan, on_step=show, step_progress=start_progress)
@@ -70,5 +73,9 @@ def run_study_command(args: argparse.Namespace) -> int:
     print(report.comparison, end="")
     if outcome.nothing_ran:
         print("\nevery step was already done; the report was rewritten")
+    else:
+        steps = ", ".join(f"{name} {duration_text(seconds)}" for name, seconds in outcome.seconds_by_step().items())
+        print(f"\nstudy time: {duration_text(time.perf_counter() - started)} ({steps}; a resumed study counts "
+              "this call only)")
     print(f"\nreport: {report.markdown} and {report.html}")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,6 +106,18 @@ class StudyOutcome:
     plan: StudyPlan
     steps: list[StepOutcome] = field(default_factory=list)
     report: Report | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock time of the steps this call checked or ran, skipped ones included (report not counted)."""
+        return sum(s.seconds for s in self.steps)
+
+    def seconds_by_step(self) -> dict[str, float]:
+        """step name (train, eval, attack, saliency) → wall-clock seconds over the experiments, in step order."""
+        totals: dict[str, float] = {}
+        for s in self.steps:
+            totals[s.step] = totals.get(s.step, 0.0) + s.seconds
+        return totals
 
     @property
     def nothing_ran(self) -> bool:
@@ -298,12 +311,14 @@ def run_study(
                 continue
             for step in study_steps(plan, experiment, on_train_step=on_train_step, progress=progress,
                                     shown=prefixed(step_progress, experiment.name)):
+                started = time.perf_counter()
                 why = step.problem()
                 if why is None:
-                    tell(StepOutcome(experiment.name, step.name, "done", step.summary()))
+                    found = StepOutcome(experiment.name, step.name, "done", step.summary())
                 else:
                     logger.debug("%s %s: %s", experiment.name, step.name, why)
-                    tell(step.run(why))
+                    found = step.run(why)
+                tell(dataclasses.replace(found, seconds=time.perf_counter() - started))
         outcome.report = write_study_report(plan.files.folder, plan.seed, title=f"miniplaces study ({plan.scale.name})",
                                             attack=plan.attack.describe())
     return outcome

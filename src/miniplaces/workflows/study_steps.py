@@ -67,6 +67,7 @@ class StepOutcome:
     status: StepStatus
     detail: str = ""
     why: str = ""
+    seconds: float = 0.0  # wall-clock time this call spent on the step (checking it, and running it if it ran)
 
 
 # ---------------------------------------------------------------- the seal
