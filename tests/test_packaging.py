@@ -79,6 +79,13 @@ def test_a_config_argument_is_a_file_or_a_preset_name(tmp_path: Path, monkeypatc
     assert config_file("mine.yaml") == Path("mine.yaml")  # a path is left for the reader to report
     with pytest.raises(MiniPlacesError, match=r"'fastt' is neither a file nor a packaged preset.*fast, msvit"):
         config_file("fastt")
+    # The README's `configs/simplenet.yaml` outside a checkout: the error names the preset to use instead.
+    with pytest.raises(MiniPlacesError, match=r"config file configs/simplenet.yaml does not exist here; "
+                                              r"'simplenet' is a packaged preset: use --config simplenet"):
+        config_file("configs/simplenet.yaml")
+    Path("configs").mkdir()
+    Path("configs/simplenet.yaml").write_text("model: vit\n", encoding="utf-8")
+    assert config_file("configs/simplenet.yaml") == Path("configs/simplenet.yaml")  # the user's own file
 
 
 def test_train_names_an_unknown_preset_in_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,10 @@ def config_file(text: str) -> Path:
     A name (`fast`) only means a preset when no file of that name exists here, so a user's own file wins.
     """
     path = Path(text)
+    if not path.exists() and path.suffix in (".yaml", ".yml") and (presets_dir() / f"{path.stem}.yaml").is_file():
+        # `configs/fast.yaml` typed outside a checkout (a wheel has no configs/ folder): name the preset.
+        raise MiniPlacesError(f"config file {text} does not exist here; {path.stem!r} is a packaged preset: "
+                              f"use --config {path.stem}")
     if path.is_file() or path.suffix or len(path.parts) > 1:
         return path  # a path: reading it reports what is wrong with it
     if (presets_dir() / f"{text}.yaml").is_file():
