@@ -3,10 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from miniplaces.cli import main
 from miniplaces.config import ConfigError, TrainConfig, load_config, resolve, save_config
+from miniplaces.engine.distributed import DistInfo
+from miniplaces.engine.loaders import TrainBatches
+from miniplaces.engine.loop import build_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The study's experiments: config file → (model, epochs, optimizer).
@@ -98,3 +103,14 @@ def test_cli_reports_config_error_by_key(tmp_path: Path, capsys: pytest.CaptureF
     code = main(["train", "--root", str(tmp_path), "--set", "warmup_epoch=3"])
     assert code == 2
     assert "unknown key 'warmup_epoch'" in capsys.readouterr().err
+
+
+def test_nesterov_needs_sgd_with_momentum() -> None:
+    config = resolve(load_config(None, ["root=x", "model=simplenet", "nesterov=true"]))
+    assert config.nesterov and config.optimizer == "sgd"
+    trainer = build_trainer(config, nn.Linear(2, 2), TrainBatches([], None, 1), DistInfo(), torch.device("cpu"), None)
+    assert all(group["nesterov"] for group in trainer.optimizer.param_groups)
+    with pytest.raises(ConfigError, match="'nesterov' needs SGD with momentum > 0, but optimizer is adamw"):
+        resolve(load_config(None, ["root=x", "model=vit", "nesterov=true"]))
+    with pytest.raises(ConfigError, match="but momentum is 0; set nesterov to false or momentum above 0"):
+        resolve(load_config(None, ["root=x", "model=simplenet", "nesterov=true", "momentum=0"]))

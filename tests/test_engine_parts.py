@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -53,6 +54,25 @@ def test_no_weight_decay_on_norms_and_biases() -> None:
     assert {p.ndim for p in plain["params"]} == {1} and plain["weight_decay"] == 0.0 and len(plain["params"]) == 4
     single = build_optimizer(model, "sgd", lr=0.1, weight_decay=1e-4)
     assert len(single.param_groups) == 1 and single.param_groups[0]["momentum"] == 0.9
+    assert not single.param_groups[0]["nesterov"]
+
+
+def test_nesterov_sgd_steps_as_torch_defines_it() -> None:
+    """Two steps of ours with nesterov=True move the weights as torch's Nesterov SGD does, and not as plain
+    momentum does (the oracle is torch.optim.SGD itself, built on a copy of the weights)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    ours = build_optimizer(model, "sgd", lr=0.1, weight_decay=1e-3, momentum=0.9, nesterov=True)
+    reference, plain = copy.deepcopy(model), copy.deepcopy(model)
+    oracle = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    no_nesterov = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x = torch.randn(8, 4)
+    for _ in range(2):
+        for net, opt in ((model, ours), (reference, oracle), (plain, no_nesterov)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    assert torch.allclose(model.weight, reference.weight) and not torch.allclose(model.weight, plain.weight)
 
 
 def test_topk_accuracy_and_running_sums() -> None:

@@ -62,6 +62,7 @@ class TrainConfig:
     optimizer: Literal["sgd", "adamw"] | None = _key(None, "null → the model card's (SGD for CNNs, AdamW for ViTs)")
     lr: float | None = _key(None, "peak learning rate; null → the optimiser's default (SGD 0.1, AdamW 0.01)")
     momentum: float = _key(0.9, "SGD momentum")
+    nesterov: bool = _key(False, "SGD with Nesterov momentum (timm's default for `sgd`; the study's runs are without)")
     weight_decay: float | None = _key(None, "null → the optimiser's default (SGD 1e-4, AdamW 0.05)")
     warmup_epochs: float = _key(5.0, "linear warm-up length, then cosine decay to `min_lr` (stepped per iteration)")
     min_lr: float = _key(0.0, "learning rate at the end of the cosine decay")
@@ -289,6 +290,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.weight_decay is None:
         config.weight_decay = weight_decay
     check_ranges(config)
+    if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
+        why = f"optimizer is {config.optimizer}" if config.optimizer != "sgd" else "momentum is 0"
+        raise ConfigError(f"key 'nesterov' needs SGD with momentum > 0, but {why}; set nesterov to false"
+                          + (" or optimizer to sgd" if config.optimizer != "sgd" else " or momentum above 0"))
     config = resolve_progressive(config)
     adversarial_spec(config)
     _check_features(config, card.size_argument)

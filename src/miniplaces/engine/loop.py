@@ -291,7 +291,8 @@ def build_trainer(config: TrainConfig, model: nn.Module, batches: TrainBatches, 
     wrapped = wrap_model(model, info, device, sync_bn=config.sync_bn)
     train_model = torch.compile(wrapped) if config.compile else wrapped
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                                momentum=config.momentum, no_wd_norm_bias=config.no_wd_norm_bias)
+                                momentum=config.momentum, nesterov=config.nesterov,
+                                no_wd_norm_bias=config.no_wd_norm_bias)
     steps = batches.steps_per_epoch
     scheduler = warmup_cosine(optimizer, total_steps=config.epochs * steps,
                               warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)

@@ -27,11 +27,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_wd_norm_bias: bool) -
 
 
 def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9,
-                    no_wd_norm_bias: bool = False) -> torch.optim.Optimizer:
-    """`sgd` (Nesterov off, as in the study) or `adamw`."""
+                    nesterov: bool = False, no_wd_norm_bias: bool = False) -> torch.optim.Optimizer:
+    """`sgd` (Nesterov off by default, as in the study) or `adamw`."""
     groups = param_groups(model, weight_decay, no_wd_norm_bias)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise MiniPlacesError(f"unknown optimizer {name!r}; use sgd or adamw")
