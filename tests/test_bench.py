@@ -100,3 +100,27 @@ def test_train_benchmark_reports_flops_and_peak_fraction_per_precision() -> None
     simplenet = bench_train.training_flops_per_image(create_model("simplenet", num_classes=100), 16,
                                                      torch.device("cpu"))
     assert simplenet == pytest.approx(result.rows[0]["flop_per_s"] / result.rows[0]["images_per_s"])
+
+
+def test_train_benchmark_compile_variant_is_compiled_and_compared_with_its_eager_twin() -> None:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    result = get_benchmark("train").run(
+        torch.device("cpu"), {"variants": ("bf16", "bf16+compile"), "image_size": 16, "compile_backend": "eager"},
+        quick=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the models went through dynamo (the two share a graph)
+    rows = {(r["variant"], r["loop"]): r for r in result.rows}
+    compiled, eager = rows[("bf16+compile", "hand")], rows[("bf16", "hand")]
+    assert compiled["against"] == "bf16 hand loop" and compiled["precision"] == "bf16"
+    assert compiled["ratio"] == pytest.approx(compiled["images_per_s"] / eager["images_per_s"])
+    assert rows[("bf16+compile", "engine")]["against"] == "hand loop, same variant"
+    torch._dynamo.reset()
+
+
+def test_train_benchmark_refuses_an_unknown_compile_backend_before_training() -> None:
+    with pytest.raises(MiniPlacesError, match=r"unknown compile backend 'inductr'; torch .* knows .*inductor"):
+        get_benchmark("train").run(torch.device("cpu"), {"variants": ("compile",), "compile_backend": "inductr"},
+                                   quick=True)

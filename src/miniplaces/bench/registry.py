@@ -166,13 +166,16 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Option("steps", 20, "training steps per timed round", quick=2, minimum=1),
                 Option("rounds", 5, "timed rounds per loop (median; one more warms up)", quick=1, minimum=1),
                 Option("variants", ("fp32", "channels_last", "bf16", "bf16+channels_last"),
-                       "comma-separated variants among fp32, channels_last, bf16, bf16+channels_last",
-                       type=names, quick=("fp32",)),
+                       "comma-separated variants among fp32, channels_last, bf16, bf16+channels_last; '+compile' "
+                       "after any (or compile alone) runs both loops through torch.compile, its ratio against the "
+                       "same variant uncompiled", type=names, quick=("fp32",)),
                 Option("peak_size", 2048, "side of the square matmul timed for the peak FLOP/s of each dtype",
                        quick=128, minimum=16),
                 Option("peak_window_s", 0.25, "seconds of each timed window of the peak matmul (the best of 5 "
                        "windows after one warm-up)", type=float, quick=0.01, minimum=0),
                 Option("seed", 0, "seed of the model and the batches"),
+                Option("compile_backend", "inductor", "torch.compile backend of the +compile variants (inductor, "
+                       "aot_eager, eager)", type=str),
             ),
         ),
         Benchmark(

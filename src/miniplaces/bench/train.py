@@ -8,7 +8,8 @@ sums, the scheduler, the non-finite check) must cost < 5 % of the images per sec
 Each row also reports the achieved training FLOP/s (the FLOPs of one forward + backward counted by
 torch's `FlopCounterMode`, times the images per second) and its fraction of a matmul peak measured in
 the same run on the same device and dtype (a `peak_size`² matmul, float32 or bf16 as the variant): the
-model FLOP utilisation that airbench and nanoGPT report.
+model FLOP utilisation that airbench and nanoGPT report. A variant ending in `+compile` (or `compile` alone)
+runs both loops through `torch.compile`: whether the `compile` config key pays on this device.
 """
 
 from __future__ import annotations
@@ -30,7 +31,31 @@ from miniplaces.engine.train import train_one_epoch
 from miniplaces.errors import MiniPlacesError
 from miniplaces.models import create_model, model_card
 
-VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
+VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")  # the default set
+# A variant is fp32 or these features joined by "+" in this order (`bf16+channels_last+compile`); `compile`
+# runs both loops through `torch.compile`, whose compilation falls in the untimed warm-up round.
+FEATURES = ("bf16", "channels_last", "compile")
+
+
+def variant_features(variant: str) -> tuple[str, ...]:
+    """The features a variant name turns on (none for `fp32`); an unknown name is an error that says the form."""
+    parts = () if variant == "fp32" else tuple(variant.split("+"))
+    if variant != "fp32" and (not all(parts) or any(p not in FEATURES for p in parts)
+                              or list(parts) != sorted(set(parts), key=FEATURES.index)):
+        raise MiniPlacesError(f"unknown training variant {variant!r}; choose among {', '.join(VARIANTS)}, each "
+                              "but fp32 optionally followed by +compile, or compile alone")
+    return parts
+
+
+def check_compile_backend(backend: str) -> str:
+    """`backend` when `torch.compile` knows it; else an error naming the ones it knows."""
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise MiniPlacesError(f"unknown compile backend {backend!r}; torch {torch.__version__} knows "
+                              f"{', '.join(sorted(known))}")
+    return backend
 
 
 def _setup(model_name: str, device: torch.device, channels_last: bool, seed: int) -> tuple[nn.Module, Any]:
@@ -112,14 +137,17 @@ def measure_train_throughput(
     peak_size: int = 2048,
     peak_window_s: float = 0.25,
     seed: int = 0,
+    compile_backend: str = "inductor",
 ) -> list[dict[str, Any]]:
-    """Rows of {model, variant, precision, loop, images_per_s (median over rounds), ratio, flop_per_s,
+    """Rows of {model, variant, precision, loop, images_per_s (median over rounds), ratio, against, flop_per_s,
     peak_flop_per_s, peak_fraction}: the engine's ratio is engine / hand loop of the same variant, the hand
-    loop's is against the fp32 hand loop; the peak is a `peak_size`² matmul in the variant's dtype."""
-    unknown = [variant for variant in variants if variant not in VARIANTS]
-    if unknown or not variants:
-        what = f"unknown training variant {unknown[0]!r}" if unknown else "no training variant"
-        raise MiniPlacesError(f"{what}; choose among {', '.join(VARIANTS)}")
+    loop's is against the fp32 hand loop (a `…+compile` variant's: against the same variant uncompiled, when
+    it ran); the peak is a `peak_size`² matmul in the variant's dtype. `compile_backend`: `torch.compile`'s."""
+    if not variants:
+        raise MiniPlacesError(f"no training variant; choose among {', '.join(VARIANTS)} or add +compile")
+    features = {variant: variant_features(variant) for variant in variants}
+    if any("compile" in parts for parts in features.values()):
+        check_compile_backend(compile_backend)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     batches = [(torch.rand(batch_size, 3, image_size, image_size, generator=gen).to(device),
@@ -128,10 +156,13 @@ def measure_train_throughput(
     flops_per_image = training_flops_per_image(_setup(model_name, device, False, seed)[0], image_size, device)
     peaks: dict[torch.dtype, float] = {}
     for variant in variants:
-        channels_last = "channels_last" in variant
-        amp = torch.bfloat16 if "bf16" in variant else None
+        channels_last = "channels_last" in features[variant]
+        amp = torch.bfloat16 if "bf16" in features[variant] else None
         hand_model, hand_opt = _setup(model_name, device, channels_last, seed)
         eng_model, eng_opt = _setup(model_name, device, channels_last, seed)
+        if "compile" in features[variant]:  # the optimisers hold the same parameters
+            hand_model = torch.compile(hand_model, backend=compile_backend)  # type: ignore[assignment]
+            eng_model = torch.compile(eng_model, backend=compile_backend)  # type: ignore[assignment]
         scheduler = warmup_cosine(eng_opt, total_steps=steps * (rounds + 1), warmup_steps=steps)
 
         runs: dict[str, Callable[[], Any]] = {
@@ -156,6 +187,12 @@ def measure_train_throughput(
             hand_rate = next(r["images_per_s"] for r in rows if r["variant"] == row["variant"] and r["loop"] == "hand")
             row["ratio"] = row["images_per_s"] / hand_rate
             row["against"] = "hand loop, same variant"
+        elif row["variant"].endswith("compile") and row["variant"] != "compile" and any(
+                r["variant"] == row["variant"].removesuffix("+compile") and r["loop"] == "hand" for r in rows):
+            eager = row["variant"].removesuffix("+compile")  # what compiling alone is worth
+            row["ratio"] = row["images_per_s"] / next(r["images_per_s"] for r in rows
+                                                      if r["variant"] == eager and r["loop"] == "hand")
+            row["against"] = f"{eager} hand loop"
         else:
             # Without an fp32 run there is nothing to compare the hand loops with.
             row["ratio"] = row["images_per_s"] / base if base else None
@@ -165,17 +202,18 @@ def measure_train_throughput(
 
 def run(*, device: torch.device, model: str = "simplenet", batch_size: int = 256, image_size: int = 128,
         steps: int = 20, rounds: int = 5, variants: tuple[str, ...] = VARIANTS, peak_size: int = 2048,
-        peak_window_s: float = 0.25, seed: int = 0) -> BenchResult:
+        peak_window_s: float = 0.25, seed: int = 0, compile_backend: str = "inductor") -> BenchResult:
     """`measure_train_throughput` as a `BenchResult`."""
     rows = measure_train_throughput(model_name=model, device=device, batch_size=batch_size, image_size=image_size,
                                     steps=steps, rounds=rounds, variants=tuple(variants), peak_size=peak_size,
-                                    peak_window_s=peak_window_s, seed=seed)
+                                    peak_window_s=peak_window_s, seed=seed, compile_backend=compile_backend)
     settings: dict[str, Any] = {"device": device, "model": model, "batch_size": batch_size,
                                 "image_size": image_size, "steps": steps, "rounds": rounds,
                                 "variants": list(variants), "peak_size": peak_size,
-                                "peak_window_s": peak_window_s, "seed": seed}
+                                "peak_window_s": peak_window_s, "seed": seed, "compile_backend": compile_backend}
     return BenchResult("train", settings, "engine: the hand loop of the same variant; hand loop: the fp32 hand "
-                       "loop (images/s, median of interleaved rounds)", rows)
+                       "loop, a +compile variant's the same variant uncompiled (images/s, median of interleaved "
+                       "rounds)", rows)
 
 
 def table(result: BenchResult) -> str:
