@@ -187,12 +187,12 @@ def measure_train_throughput(
             hand_rate = next(r["images_per_s"] for r in rows if r["variant"] == row["variant"] and r["loop"] == "hand")
             row["ratio"] = row["images_per_s"] / hand_rate
             row["against"] = "hand loop, same variant"
-        elif row["variant"].endswith("compile") and row["variant"] != "compile" and any(
-                r["variant"] == row["variant"].removesuffix("+compile") and r["loop"] == "hand" for r in rows):
-            eager = row["variant"].removesuffix("+compile")  # what compiling alone is worth
-            row["ratio"] = row["images_per_s"] / next(r["images_per_s"] for r in rows
-                                                      if r["variant"] == eager and r["loop"] == "hand")
-            row["against"] = f"{eager} hand loop"
+            continue
+        eager = row["variant"].removesuffix("+compile")  # against it, what compiling alone is worth
+        eager_rate = next((r["images_per_s"] for r in rows
+                           if eager != row["variant"] and r["variant"] == eager and r["loop"] == "hand"), None)
+        if eager_rate is not None:
+            row["ratio"], row["against"] = row["images_per_s"] / eager_rate, f"{eager} hand loop"
         else:
             # Without an fp32 run there is nothing to compare the hand loops with.
             row["ratio"] = row["images_per_s"] / base if base else None
