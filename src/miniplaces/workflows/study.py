@@ -107,11 +107,6 @@ class StudyOutcome:
     steps: list[StepOutcome] = field(default_factory=list)
     report: Report | None = None
 
-    @property
-    def seconds(self) -> float:
-        """Wall-clock time of the steps this call checked or ran, skipped ones included (report not counted)."""
-        return sum(s.seconds for s in self.steps)
-
     def seconds_by_step(self) -> dict[str, float]:
         """step name (train, eval, attack, saliency) → wall-clock seconds over the experiments, in step order."""
         totals: dict[str, float] = {}
