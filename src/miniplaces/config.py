@@ -291,10 +291,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.weight_decay is None:
         config.weight_decay = weight_decay
     check_ranges(config)
-    if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
-        why = f"optimizer is {config.optimizer}" if config.optimizer != "sgd" else "momentum is 0"
-        raise ConfigError(f"key 'nesterov' needs SGD with momentum > 0, but {why}; set nesterov to false"
-                          + (" or optimizer to sgd" if config.optimizer != "sgd" else " or momentum above 0"))
+    if config.nesterov and config.optimizer != "sgd":
+        raise ConfigError(f"key 'nesterov' needs SGD with momentum > 0, but optimizer is {config.optimizer}; "
+                          "set nesterov to false or optimizer to sgd")
+    if config.nesterov and config.momentum == 0:
+        raise ConfigError("key 'nesterov' needs SGD with momentum > 0, but momentum is 0; set nesterov to false "
+                          "or momentum above 0")
     config = resolve_progressive(config)
     adversarial_spec(config)
     _check_features(config, card.size_argument)
