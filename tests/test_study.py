@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from miniplaces.cli import main
-from miniplaces.records import EvalResult, StudyRecord, read_metrics
+from miniplaces.records import EvalResult, StudyRecord, read_metrics, write_metrics
 from miniplaces.rundir import StudyFiles
 from miniplaces.study import SEED_FILE, Scale, load_scales, load_seed
 from miniplaces.workflows.study import StudyOutcome, plan_study, run_study, write_study_report
@@ -170,6 +170,24 @@ def test_the_table_reads_the_seed_file(study: tuple[Path, StudyOutcome], tmp_pat
     report = write_study_report(folder, load_seed(changed))
     seed_row = _table_rows(report.comparison)[0]
     assert (seed_row[3], seed_row[7]) == ("12.34", "5.50")
+
+
+@pytest.mark.parametrize(("unfold_rates", "expected"), [
+    ([50.0], "2.00"),  # one epoch against the first of SimpleNet's two (100 images/s), not their mean (250)
+    ([50.0, 400.0], "1.80"),  # time per image: (1/50 + 1/400) / (1/100 + 1/400), not 250 / 225 = 1.11
+])
+def test_time_ratio_is_time_per_image_over_the_epochs_both_ran(study: tuple[Path, StudyOutcome], tmp_path: Path,
+                                                                unfold_rates: list[float], expected: str) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(study[0], folder)
+    files = StudyFiles(folder)
+    for name, rates in (("simplenet", [100.0, 400.0]), ("simplenet_unfold", unfold_rates)):
+        row = read_metrics(files.run(name).metrics)[0]
+        write_metrics(files.run(name).metrics, [dataclasses.replace(row, epoch=i, images_per_s=rate)
+                                                for i, rate in enumerate(rates, 1)])
+    report = write_study_report(folder, load_seed())
+    unfold_ours = _table_rows(report.comparison)[3]
+    assert unfold_ours[0] == "simplenet_unfold" and unfold_ours[8] == expected
 
 
 def test_packaged_data_files() -> None:

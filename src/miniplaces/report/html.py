@@ -211,9 +211,9 @@ def render_html(
         attacked = f"Attacked: top-1 under {attack}. " if attack else ""
         parts += ["<h2>Study vs this project</h2>", _comparison_table(comparison),
                   f"<p>{escape(attacked)}Δ: ours − seed, in points. Time × / Memory ×: training time per image "
-                  "and peak memory against the baseline named in the note, on the row's device. — : not measured. "
-                  "Each row's scale says its training images per epoch, epochs, image size, device and val "
-                  "images.</p>"]
+                  "(over the epochs both ran) and peak memory against the baseline named in the note, on the row's "
+                  "device. — : not measured. Each row's scale says its training images per epoch, epochs, image "
+                  "size, device and val images.</p>"]
     parts += [
         "<h2>Results</h2>",
         *_results(rows),

@@ -74,17 +74,21 @@ def _read(record_type: type[EvalResult] | type[AttackResult], path: Path) -> Eva
 
 
 def _ratios(folder: Path, record: StudyRecord, entry: StudyEntry, baseline: str) -> tuple[float | None, float | None]:
-    """Our time and memory against `baseline`'s: training images/s inverted; memory only where it is the
-    device's own allocation (a CPU process's peak RSS also holds what ran before it in the same process)."""
+    """Our time and memory against `baseline`'s: training time per image over the epochs both ran (the
+    first ones: a 2-epoch run against the first 2 of a 5-epoch one's, whose later epochs may run at other
+    sides or speeds); memory only where it is the device's own allocation (a CPU process's peak RSS also
+    holds what ran before it in the same process)."""
     other = next((e for e in record.experiments if e.experiment == baseline and e.run), None)
     if other is None or entry.run is None:
         return None, None
     ours, theirs = read_metrics(RunDir(folder / entry.run).metrics), read_metrics(RunDir(folder / other.run).metrics)
     if not ours or not theirs:
         return None, None
-    speed = sum(r.images_per_s for r in ours) / len(ours)
-    base_speed = sum(r.images_per_s for r in theirs) / len(theirs)
-    time = base_speed / speed if speed > 0 else None
+    both = min(len(ours), len(theirs))
+    time = None
+    if all(r.images_per_s > 0 for r in (*ours[:both], *theirs[:both])):
+        # Every epoch sees the same number of images, so the mean of 1/(images/s) is the time per image.
+        time = sum(1 / r.images_per_s for r in ours[:both]) / sum(1 / r.images_per_s for r in theirs[:both])
     memory = None
     if all(r.peak_memory_kind == "cuda_max_allocated" for r in (*ours, *theirs)):
         memory = max(r.peak_memory_mb for r in ours) / max(max(r.peak_memory_mb for r in theirs), 1e-9)
@@ -145,8 +149,8 @@ def comparison_markdown(rows: Sequence[ComparisonRow], attack: str = "") -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---:" if 3 <= i <= 9 else "---"
                                                                 for i in range(len(HEADERS))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |" for row in rows]
-    legend = ("Δ: ours − seed, in points. Time × / Memory ×: training time per image and peak memory against "
-              "the baseline named in the note, on the row's device. — : not measured.")
+    legend = ("Δ: ours − seed, in points. Time × / Memory ×: training time per image (over the epochs both "
+              "ran) and peak memory against the baseline named in the note, on the row's device. — : not measured.")
     if attack:
         legend = f"Attacked: top-1 under {attack}. " + legend
     return "\n".join(lines) + "\n\n" + legend + "\n"
