@@ -187,6 +187,8 @@ CASES: list[Case] = [
     ("train-config-folder (held)", lambda c: _train(c, "--config", str(c.bad["folder"])), "Is a directory"),
     ("train-min-lr-inf", lambda c: _train(c, "--set", "min_lr=.inf"), "key 'min_lr' must be a finite number"),
     ("train-epochs-float (held)", lambda c: _train(c, "--set", "epochs=1e3"), "key 'epochs' must be int"),
+    ("train-model-kwarg-unknown", lambda c: _train(c, "--set", "model_kwargs.bogus=1"),
+     "model 'simplenet': SimpleNet.__init__() got an unexpected keyword argument 'bogus'"),
     # checkpoints that are not what they claim
     ("eval-ckpt-text (held)", lambda c: _eval(c, c.bad["text"]), "text.pt"),
     ("eval-ckpt-model-str", lambda c: _eval(c, c.bad["model_str"]), "model_str.pt is damaged or not a miniplaces "
@@ -291,7 +293,8 @@ def test_bad_input_is_one_clean_line(argv: Callable[[Ctx], list[str]], names: st
 def test_nothing_is_created_by_a_refused_config(world: Ctx, tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                 ) -> None:
     ctx = Ctx(**{**world.__dict__, "tmp": tmp_path})
-    for extra in (["--set", "lr=.nan"], ["--set", "image_size=100000"], ["--name", "../escape"]):
+    for extra in (["--set", "lr=.nan"], ["--set", "image_size=100000"], ["--name", "../escape"],
+                  ["--set", "model_kwargs.bogus=1"], ["--set", "model_kwargs.conv_op=bogus"]):
         assert _run(_train(ctx, *extra), capsys)[0] == 2
     assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escape").exists()
 

@@ -100,13 +100,15 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
     info = init_distributed(device.type)
     claim = None
     try:
+        # Before the run folder is claimed: a model argument it refuses is an error with nothing written.
+        model = _initial_model(config, checkpoint, source)
         if run is None:  # a new run: `<out_dir>/<name>`, named after the model and the start time unless given
             name = config.name or all_gather_objects(f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)[0]
             config, run = dataclasses.replace(config, name=name), RunDir(Path(config.out_dir) / name)
         claim = _claim_on_main(run, info, device, fresh=resume is None)
         with tracking.train_log(run) if info.is_main else nullcontext():
             logger.info("precision: amp %s (%s)", amp, amp_note)
-            parts = _build(run, config, info, device, checkpoint, source)
+            parts = _build(run, config, info, device, model, checkpoint, weights_given=source is not None)
             _open_run(parts, f"amp: {amp} ({amp_note})")
             _train_epochs(parts, on_step, progress)
         return run.path
@@ -142,25 +144,30 @@ class _Parts:
     mixcut: MixCut | None = None
 
 
-def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.device,
-           checkpoint: dict[str, Any] | None, source: tuple[Path, dict[str, Any]] | None) -> _Parts:
-    """Model (with `init_from`'s weights: `source`), data, optimiser, schedule and adversary; then the
-    checkpoint's state, if resuming."""
-    dtype = amp_dtype(config.amp, device)
-    categories = read_categories(config.root)
+def _initial_model(config: TrainConfig, checkpoint: dict[str, Any] | None,
+                   source: tuple[Path, dict[str, Any]] | None) -> nn.Module:
+    """The run's model as its seed makes it, with `init_from`'s weights (`source`) or the checkpoint's."""
     seed_everything(config.seed)
     if checkpoint is not None:
         # Without fetching pretrained weights: the file has the weights (the trained ones, not the EMA's).
-        model = build_model(checkpoint, ema=False)
-    else:
-        model = run_model(config)
-        if source is not None:
-            init_weights(model, *source)
+        return build_model(checkpoint, ema=False)
+    model = run_model(config)
+    if source is not None:
+        init_weights(model, *source)
+    return model
+
+
+def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.device, model: nn.Module,
+           checkpoint: dict[str, Any] | None, *, weights_given: bool) -> _Parts:
+    """`model` (from `_initial_model`) on the device, data, optimiser, schedule and adversary; then the
+    checkpoint's state, if resuming. `weights_given`: `init_from` set the model's weights (no `data_init`)."""
+    dtype = amp_dtype(config.amp, device)
+    categories = read_categories(config.root)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     batches = build_train_batches(config, info, device)
-    if config.data_init and checkpoint is None and source is None:
+    if config.data_init and checkpoint is None and not weights_given:
         # Before DDP wraps the model: DDP then gives every process rank 0's weights.
         model.init_from_data(first_images(batches, DATA_INIT_IMAGES))  # type: ignore[operator]
     val_loader = build_val_batches(config.root, config, info, device)
