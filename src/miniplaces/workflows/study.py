@@ -192,8 +192,9 @@ def plan_study(
     for name in names:
         path = configs / f"{name}.yaml"
         if not path.is_file():
-            raise StudyError(f"no config for the study's experiment {name!r}: {path} does not exist "
-                             f"(the study reads <experiment>.yaml from {configs})")
+            known = ", ".join(sorted(p.stem for p in configs.glob("*.yaml"))) or "none"
+            raise StudyError(f"no config for the study's experiment {name!r}: {path} does not exist; the "
+                             f"experiments with a config in {configs}: {known}")
         config = load_config(path)
         apply_mapping(config, scale.config_for(name), f"scale {scale.name!r} ({name})")
         config = dataclasses.replace(config, root=str(root), out_dir=str(files.runs), name=name, device=device)
