@@ -108,7 +108,8 @@ def train(config: TrainConfig, *, resume: Path | str | None = None, on_step: Cal
         claim = _claim_on_main(run, info, device, fresh=resume is None)
         with tracking.train_log(run) if info.is_main else nullcontext():
             logger.info("precision: amp %s (%s)", amp, amp_note)
-            parts = _build(run, config, info, device, model, checkpoint, weights_given=source is not None)
+            parts = _build(run, config, info, device, model, checkpoint,
+                           seed_weights=checkpoint is None and source is None)
             _open_run(parts, f"amp: {amp} ({amp_note})")
             _train_epochs(parts, on_step, progress)
         return run.path
@@ -158,16 +159,16 @@ def _initial_model(config: TrainConfig, checkpoint: dict[str, Any] | None,
 
 
 def _build(run: RunDir, config: TrainConfig, info: DistInfo, device: torch.device, model: nn.Module,
-           checkpoint: dict[str, Any] | None, *, weights_given: bool) -> _Parts:
+           checkpoint: dict[str, Any] | None, *, seed_weights: bool) -> _Parts:
     """`model` (from `_initial_model`) on the device, data, optimiser, schedule and adversary; then the
-    checkpoint's state, if resuming. `weights_given`: `init_from` set the model's weights (no `data_init`)."""
+    checkpoint's state, if resuming. `seed_weights`: the model holds its seed's weights (`data_init` may set them)."""
     dtype = amp_dtype(config.amp, device)
     categories = read_categories(config.root)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     batches = build_train_batches(config, info, device)
-    if config.data_init and checkpoint is None and not weights_given:
+    if config.data_init and seed_weights:
         # Before DDP wraps the model: DDP then gives every process rank 0's weights.
         model.init_from_data(first_images(batches, DATA_INIT_IMAGES))  # type: ignore[operator]
     val_loader = build_val_batches(config.root, config, info, device)
