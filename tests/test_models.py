@@ -186,9 +186,13 @@ def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() 
     assert count_macs(residual, 64) > count_macs(plain, 64)
     with pytest.raises(MiniPlacesError, match="widths"):
         create_model("fastnet", widths=(8, 0))
+    from miniplaces.config import load_config
     from miniplaces.models import model_card
+    from miniplaces.presets import presets_dir
 
-    assert model_card("fastnet").optimizer_defaults() == ("sgd", 0.4, 5e-4)  # the fast recipe's
+    # `--model fastnet` alone trains with the fast recipe's optimiser settings.
+    recipe = load_config(presets_dir() / "fast.yaml")
+    assert model_card("fastnet").optimizer_defaults() == (recipe.optimizer, recipe.lr, recipe.weight_decay)
 
 
 def test_fastnet_whitening_stem_matches_numpy_pca_and_whitens() -> None:
