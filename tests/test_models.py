@@ -190,7 +190,7 @@ def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() 
     from miniplaces.models import model_card
     from miniplaces.presets import presets_dir
 
-    # `--model fastnet` alone trains with the fast recipe's optimiser settings.
+    # `--model fastnet` alone takes the fast recipe's optimiser, lr and weight decay (Nesterov is the preset's).
     recipe = load_config(presets_dir() / "fast.yaml")
     assert model_card("fastnet").optimizer_defaults() == (recipe.optimizer, recipe.lr, recipe.weight_decay)
 
