@@ -58,7 +58,7 @@ def produced_runs(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) ->
     `runs/native`: simplenet, 2 epochs, then `eval`, `saliency` and `attack --sweep`.
     `runs/unfold`: simplenet_unfold planned for 3 epochs and interrupted (SIGINT) after epoch 2.
     """
-    import signal
+    from tiny_runs import interrupt_at_step
 
     from miniplaces.cli import main
     from miniplaces.config import TrainConfig
@@ -71,16 +71,9 @@ def produced_runs(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) ->
         base = TrainConfig(root=str(synth_root), out_dir=str(runs), epochs=2, batch_size=16, lr=0.05,
                            warmup_epochs=1, workers=0, image_size=32, device="cpu", log_every=1)
         native = train(dataclasses.replace(base, model="simplenet", name="native"), progress=False)
-        steps = {"n": 0}
-
-        def stop_after_epoch_two(step: int) -> None:
-            steps["n"] += 1
-            if steps["n"] == 6:  # the last of epoch 2's 3 steps
-                os.kill(os.getpid(), signal.SIGINT)
-
-        with pytest.raises(TrainingInterrupted):
+        with pytest.raises(TrainingInterrupted):  # at the last of epoch 2's 3 steps
             train(dataclasses.replace(base, model="simplenet_unfold", name="unfold", epochs=3),
-                  on_step=stop_after_epoch_two, progress=False)
+                  on_step=interrupt_at_step(6), progress=False)
         best = str(native / "checkpoints" / "best.pt")
         common = ["--checkpoint", best, "--root", str(synth_root), "--device", "cpu"]
         assert main(["eval", *common[:4], "--workers", "0", "--device", "cpu"]) == 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import interrupt_at_step
 
 from miniplaces.cli import main
 from miniplaces.records import EvalResult, StudyRecord, read_metrics, write_metrics
@@ -112,15 +111,8 @@ def test_interrupted_study_resumes_the_run_exactly(study: tuple[Path, StudyOutco
     reference = StudyFiles(study[0]).run("simplenet")
     out = tmp_path / "study"
     plan = plan_study(synth_root, out, scale=TINY, experiments=["simplenet"], device="cpu")
-    steps = {"n": 0}
-
-    def interrupt_after_epoch_one(step: int) -> None:
-        steps["n"] += 1
-        if steps["n"] == 6:  # the last step of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(TrainingInterrupted):
-        run_study(plan, on_train_step=interrupt_after_epoch_one, progress=False)
+    with pytest.raises(TrainingInterrupted):  # at the last step of epoch 1
+        run_study(plan, on_train_step=interrupt_at_step(6), progress=False)
     run = StudyFiles(out).run("simplenet")
     assert [r.epoch for r in read_metrics(run.metrics)] == [1]
     resumed = run_study(plan, progress=False)

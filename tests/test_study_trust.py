@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
+from tiny_runs import interrupt_at_step
 
 from miniplaces.cli import main
 from miniplaces.engine.checkpoint import load_checkpoint
@@ -173,15 +172,8 @@ def test_an_interrupted_run_that_lost_a_file_starts_again(reference: Path, synth
                                                           lost: str) -> None:
     out = tmp_path / "study"
     plan = _plan(synth_root, out)
-    steps = {"n": 0}
-
-    def interrupt_after_epoch_one(step: int) -> None:
-        steps["n"] += 1
-        if steps["n"] == 6:  # the last step of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(TrainingInterrupted):
-        run_study(plan, on_train_step=interrupt_after_epoch_one, progress=False)
+    with pytest.raises(TrainingInterrupted):  # at the last step of epoch 1
+        run_study(plan, on_train_step=interrupt_at_step(6), progress=False)
     run = StudyFiles(out).run("simplenet")
     (run.path / lost).unlink()
     outcome = run_study(plan, progress=False)
