@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import config, rows, tiny_dataset, without_timing
+from tiny_runs import assert_same_state, config, interrupt_at_step, rows, tiny_dataset, without_timing
 
 from miniplaces.cli import main
 from miniplaces.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -25,13 +24,6 @@ TORCH_THREADS = 1  # the test machine may be shared; one thread is several times
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("engine_synth"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -86,36 +78,28 @@ def test_crash_after_epoch_one_then_resume_is_exact(data: Path, reference: Path,
     run = tmp_path / "run"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     assert train(config(data, tmp_path), resume=run, progress=False) == run
-    assert_same_weights(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+    assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
     assert without_timing(rows(run)) == without_timing(rows(reference))
 
 
 def test_sigint_mid_epoch_leaves_resumable_checkpoint(data: Path, reference: Path, tmp_path: Path) -> None:
-    def interrupt(step: int) -> None:
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(TrainingInterrupted, match=r"after step 2/3.*miniplaces train --resume .*run"):
-        train(config(data, tmp_path), on_step=interrupt, progress=False)
+        train(config(data, tmp_path), on_step=interrupt_at_step(2), progress=False)
     run = tmp_path / "run"
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (last["epoch"], last["step_in_epoch"], last["step"]) == (0, 2, 2)
     assert not (run / "metrics.jsonl").read_text()  # no epoch finished
     # The CLI resumes it (config from the checkpoint) and ends where the uninterrupted run ended.
     assert main(["train", "--resume", str(run), "--set", "log_every=1"]) == 0
-    assert_same_weights(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
+    assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
     assert without_timing(rows(run)) == without_timing(rows(reference))
 
 
 def test_sigint_on_last_step_stops_at_epoch_boundary(data: Path, tmp_path: Path) -> None:
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under `nohup … &`
 
-    def interrupt(step: int) -> None:
-        if step == 3:  # the last step of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(TrainingInterrupted, match="after epoch 1;"):
-        train(config(data, tmp_path), on_step=interrupt, progress=False)
+    with pytest.raises(TrainingInterrupted, match="after epoch 1;"):  # at step 3, the last of epoch 1
+        train(config(data, tmp_path), on_step=interrupt_at_step(3), progress=False)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
     assert len(rows(tmp_path / "run")) == 1

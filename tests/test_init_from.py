@@ -4,15 +4,13 @@ the class counts differ, and another model is refused before anything is written
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny_runs import config, tiny_dataset
+from tiny_runs import config, interrupt_at_step, tiny_dataset
 
 from miniplaces.cli import main
 from miniplaces.data.synth import synthesize
@@ -118,14 +116,10 @@ def test_other_model_kwargs_are_refused_before_anything_is_written(data: Path, t
 
 def test_a_fine_tuning_run_resumes_exactly_and_the_flag_is_the_key(data: Path, source: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    def interrupt(step: int) -> None:
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     tuned = {"init_from": str(source), "lr": 0.01, "limit_val_batches": 1}
     reference = train(config(data, tmp_path / "a", **tuned), progress=False)
     with pytest.raises(TrainingInterrupted):
-        train(config(data, tmp_path / "b", **tuned), on_step=interrupt, progress=False)
+        train(config(data, tmp_path / "b", **tuned), on_step=interrupt_at_step(2), progress=False)
     # The resume reads init_from back from the checkpoint's config and continues from last.pt, not the source.
     assert main(["train", "--resume", str(tmp_path / "b" / "run")]) == 0
     done, expected = (load_checkpoint(run / "checkpoints" / "last.pt")["state_dict"]

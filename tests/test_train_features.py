@@ -4,15 +4,13 @@ automatic augmentation, progressive resizing, per-step TensorBoard scalars and m
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import config, rows, tiny_dataset, without_timing
+from tiny_runs import assert_same_state, config, interrupt_at_step, rows, tiny_dataset, without_timing
 from torch import nn
 
 from miniplaces.cli import main
@@ -28,25 +26,6 @@ TORCH_THREADS = 1
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("features_synth"))
-
-
-def assert_same_state(a: Path, b: Path) -> None:
-    """Same trained weights and, when kept, the same EMA (weights and update count)."""
-    ca, cb = load_checkpoint(a), load_checkpoint(b)
-    for key in ca["state_dict"]:
-        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
-    assert (ca["ema"] is None) == (cb["ema"] is None)
-    if ca["ema"] is not None:
-        assert ca["ema"]["updates"] == cb["ema"]["updates"]
-        for key, value in ca["ema"]["state_dict"].items():
-            assert torch.equal(value, cb["ema"]["state_dict"][key]), key
-
-
-def interrupt_at(step_number: int):
-    def hook(step: int) -> None:
-        if step == step_number:
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook
 
 
 # ---------------------------------------------------------------- EMA
@@ -101,7 +80,7 @@ FEATURES = {"ema": True, "ema_decay": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1
 def test_resumed_run_with_every_feature_is_bit_identical(data: Path, reference_features: Path, tmp_path: Path) -> None:
     # Stopped mid-epoch (step 2 of 3 in epoch 1), then resumed by the CLI from the checkpoint's config.
     with pytest.raises(TrainingInterrupted, match="after step 2/3"):
-        train(config(data, tmp_path, **FEATURES), on_step=interrupt_at(2), progress=False)
+        train(config(data, tmp_path, **FEATURES), on_step=interrupt_at_step(2), progress=False)
     run = tmp_path / "run"
     assert main(["train", "--resume", str(run)]) == 0
     assert_same_state(run / "checkpoints" / "last.pt", reference_features / "checkpoints" / "last.pt")
@@ -111,15 +90,8 @@ def test_resumed_run_with_every_feature_is_bit_identical(data: Path, reference_f
 def test_resume_in_epoch_two_is_bit_identical_on_the_cache_loader(data: Path, tmp_path: Path) -> None:
     changes = {**FEATURES, "loader": "cache"}
     reference = train(config(data, tmp_path / "a", **changes), progress=False)
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_two(step: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 5:  # step 2 of epoch 2 (3 steps per epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 2/3"):
-        train(config(data, tmp_path / "b", **changes), on_step=interrupt_in_epoch_two, progress=False)
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 2/3"):  # step 5 of 3 per epoch
+        train(config(data, tmp_path / "b", **changes), on_step=interrupt_at_step(5), progress=False)
     run = train(config(data, tmp_path / "b", **changes), resume=tmp_path / "b" / "run", progress=False)
     assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
     assert without_timing(rows(run)) == without_timing(rows(reference))
@@ -199,7 +171,7 @@ def test_resumed_fast_recipe_run_is_bit_identical(data: Path, tmp_path: Path) ->
                "ema_decay": 0.5, "label_smoothing": 0.1}
     reference = train(config(data, tmp_path / "a", **changes), progress=False)
     with pytest.raises(TrainingInterrupted, match="after step 2/3"):
-        train(config(data, tmp_path / "b", **changes), on_step=interrupt_at(2), progress=False)
+        train(config(data, tmp_path / "b", **changes), on_step=interrupt_at_step(2), progress=False)
     assert main(["train", "--resume", str(tmp_path / "b" / "run")]) == 0
     assert_same_state(tmp_path / "b" / "run" / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
     assert without_timing(rows(tmp_path / "b" / "run")) == without_timing(rows(reference))

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
-from tiny_runs import config, rows, tiny_dataset
+from tiny_runs import config, interrupt_at_step, rows, tiny_dataset
 from tracker_readers import wandb_records
 
 from miniplaces.errors import MiniPlacesError
@@ -90,13 +88,9 @@ def default_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     handler.emit = records.append  # type: ignore[method-assign]
     logging.getLogger("miniplaces").addHandler(handler)
 
-    def interrupt(step: int) -> None:
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     try:
         with pytest.raises(TrainingInterrupted):
-            train(tiny(data, out, ema=True, ema_decay=0.5), on_step=interrupt, progress=False)
+            train(tiny(data, out, ema=True, ema_decay=0.5), on_step=interrupt_at_step(2), progress=False)
         run = train(tiny(data, out, ema=True, ema_decay=0.5), resume=out / "run", progress=False)
     finally:
         logging.getLogger("miniplaces").removeHandler(handler)

@@ -1,4 +1,5 @@
-"""The tiny training runs the engine and feature tests share: their dataset, config and metrics readers."""
+"""The tiny training runs the engine and feature tests share: their dataset, config, metrics and checkpoint
+readers, and a Ctrl-C at a chosen step."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from miniplaces.config import TrainConfig
 from miniplaces.data.synth import synthesize
+from miniplaces.engine.checkpoint import load_checkpoint
 
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "peak_memory_mb"}
 
@@ -27,16 +31,31 @@ def config(root: Path, out: Path, **changes: object) -> TrainConfig:
 
 
 def interrupt_at_step(n: int) -> Callable[[int], None]:
-    """A step callback that sends this process SIGINT (Ctrl-C) on its `n`-th call: a run stopped mid-training,
-    as a user stops one, which the engine turns into `TrainingInterrupted` after saving its last checkpoint."""
-    calls = {"n": 0}
+    """An `on_step` callback that sends this process SIGINT (Ctrl-C) at the end of the `n`-th step it hears of,
+    counted across epochs (the engine passes the step within the epoch): a run stopped as a user stops one,
+    which the engine turns into `TrainingInterrupted` after saving its checkpoint."""
+    calls = 0
 
     def on_step(step: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == n:
+        nonlocal calls
+        calls += 1
+        if calls == n:
             os.kill(os.getpid(), signal.SIGINT)
 
     return on_step
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Same trained weights and, when kept, the same EMA (weights and update count)."""
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for key in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    assert (ca["ema"] is None) == (cb["ema"] is None)
+    if ca["ema"] is not None:
+        assert ca["ema"]["updates"] == cb["ema"]["updates"]
+        for key, value in ca["ema"]["state_dict"].items():
+            assert torch.equal(value, cb["ema"]["state_dict"][key]), key
 
 
 def rows(run: Path) -> list[dict]:
