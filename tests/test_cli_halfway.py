@@ -64,10 +64,10 @@ def test_fast_recipe_keeps_its_progressive_shape_under_one_override(synth_root: 
         config = resolve(load_config(CONFIGS / "fast.yaml", [f"root={synth_root}", *overrides]))
         return config.progressive_start_size, config.progressive_start_epoch, config.progressive_end_epoch
 
-    assert resolved() == (96, 0, 10)  # the file's own run: 3/4 of 128 px, one epoch past the last of 10
-    assert resolved("epochs=20") == (96, 0, 20)
-    assert resolved("image_size=64") == (48, 0, 10)
-    assert resolved("image_size=64", "epochs=3") == (48, 0, 3)
+    assert resolved() == (80, 0, 10)  # the file's own run: 5/8 of 128 px, one epoch past the last of 10
+    assert resolved("epochs=20") == (80, 0, 20)
+    assert resolved("image_size=64") == (40, 0, 10)
+    assert resolved("image_size=64", "epochs=3") == (40, 0, 3)
 
 
 def test_progressive_counts_stay_counts_and_bad_fractions_are_refused(synth_root: Path) -> None:

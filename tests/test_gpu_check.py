@@ -14,6 +14,7 @@ import miniplaces.bench.train as train_bench
 from miniplaces.bench import gpu, projection
 from miniplaces.bench.projection import load_study
 from miniplaces.bench.result import BenchResult
+from miniplaces.engine.muon import MuonSGD
 from miniplaces.models import model_card
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
@@ -90,8 +91,8 @@ def test_the_train_steps_report_what_the_registered_train_benchmark_measures(mon
 @pytest.mark.parametrize("name", ["vit", "msvit", "simplenet", "fastnet"])
 def test_the_optimiser_is_the_model_cards(name: str) -> None:
     optimizer, lr, weight_decay = model_card(name).optimizer_defaults()
-    built = gpu._optimizer(name, torch.nn.Linear(2, 2))
-    assert type(built).__name__.lower() == optimizer
+    built = gpu._optimizer(name, torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3), torch.nn.Linear(1, 2)))
+    assert type(built) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "muon": MuonSGD}[optimizer]
     assert built.param_groups[0]["lr"] == lr and max(g["weight_decay"] for g in built.param_groups) == weight_decay
 
 

@@ -186,13 +186,15 @@ def test_fastnet_stages_halve_the_side_and_the_residual_branch_starts_at_zero() 
     assert count_macs(residual, 64) > count_macs(plain, 64)
     with pytest.raises(MiniPlacesError, match="widths"):
         create_model("fastnet", widths=(8, 0))
-    from miniplaces.config import load_config
+    from miniplaces.config import TrainConfig, load_config
     from miniplaces.models import model_card
     from miniplaces.presets import presets_dir
 
-    # `--model fastnet` alone takes the fast recipe's optimiser, lr and weight decay (Nesterov is the preset's).
+    # `--model fastnet` alone takes the fast recipe's optimiser, lr and weight decay (Nesterov is the preset's),
+    # and Muon's settings are the config's defaults.
     recipe = load_config(presets_dir() / "fast.yaml")
     assert model_card("fastnet").optimizer_defaults() == (recipe.optimizer, recipe.lr, recipe.weight_decay)
+    assert (recipe.muon_lr, recipe.muon_momentum) == (TrainConfig().muon_lr, TrainConfig().muon_momentum)
 
 
 def test_fastnet_whitening_stem_matches_numpy_pca_and_whitens() -> None:

@@ -59,11 +59,19 @@ class TrainConfig:
     out_dir: str = _key("runs", "folder that holds the run directories")
     epochs: int = _key(60, "training epochs")
     batch_size: int = _key(256, "global batch: split evenly across DDP processes")
-    optimizer: Literal["sgd", "adamw"] | None = _key(None, "null → the model card's (SGD for CNNs, AdamW for ViTs)")
-    lr: float | None = _key(None, "peak learning rate; null → the optimiser's default (SGD 0.1, AdamW 0.01)")
+    optimizer: Literal["sgd", "adamw", "muon"] | None = _key(
+        None, "null → the model card's (SGD for CNNs, AdamW for ViTs, Muon for fastnet); `muon`: Muon at `muon_lr` "
+        "for convolution filters (each kept at a fixed norm: for CNNs with BatchNorm), SGD at `lr` for the rest")
+    lr: float | None = _key(None, "peak learning rate (Muon's: of all but the filters); null → the optimiser's default "
+                            "(SGD and Muon 0.1, AdamW 0.01)")
     momentum: float = _key(0.9, "SGD momentum")
-    nesterov: bool = _key(False, "SGD with Nesterov momentum (timm's default for `sgd`; the study's runs are without)")
-    weight_decay: float | None = _key(None, "null → the optimiser's default (SGD 1e-4, AdamW 0.05)")
+    nesterov: bool = _key(False, "SGD with Nesterov momentum (timm's default for `sgd`; the study's runs are without; "
+                          "Muon's SGD part too)")
+    muon_lr: float = _key(0.08, "optimizer muon: learning rate of the convolution filters, about the size of each "
+                          "step relative to their norm; warmed up and decayed with `lr`")
+    muon_momentum: float = _key(0.6, "optimizer muon: Nesterov momentum of the convolution filters")
+    weight_decay: float | None = _key(None, "null → the optimiser's default (SGD and Muon 1e-4, AdamW 0.05; "
+                                           "Muon's filters take none)")
     warmup_epochs: float = _key(5.0, "linear warm-up length, then cosine decay to `min_lr` (stepped per iteration)")
     min_lr: float = _key(0.0, "learning rate at the end of the cosine decay")
     clip_grad: float | None = _key(None, "max gradient norm; null disables clipping")
@@ -291,8 +299,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.weight_decay is None:
         config.weight_decay = weight_decay
     check_ranges(config)
-    if config.nesterov and config.optimizer != "sgd":
-        raise ConfigError(f"key 'nesterov' needs SGD with momentum > 0, but optimizer is {config.optimizer}; "
+    if config.nesterov and config.optimizer == "adamw":
+        raise ConfigError("key 'nesterov' needs SGD with momentum > 0, but optimizer is adamw; "
                           "set nesterov to false or optimizer to sgd")
     if config.nesterov and config.momentum == 0:
         raise ConfigError("key 'nesterov' needs SGD with momentum > 0, but momentum is 0; set nesterov to false "
@@ -414,7 +422,9 @@ def check_ranges(config: TrainConfig) -> None:
         value = getattr(config, key)
         if value is not None and value < 0:
             raise ConfigError(f"key {key!r} must be ≥ 0, got {value!r}")
-    for key in ("momentum", "label_smoothing"):
+    if config.muon_lr <= 0:
+        raise ConfigError(f"key 'muon_lr' must be > 0, got {config.muon_lr!r}")
+    for key in ("momentum", "muon_momentum", "label_smoothing"):
         if not 0 <= getattr(config, key) < 1:
             raise ConfigError(f"key {key!r} must be in [0, 1), got {getattr(config, key)!r}")
     if config.clip_grad is not None and config.clip_grad <= 0:

@@ -292,7 +292,8 @@ def build_trainer(config: TrainConfig, model: nn.Module, batches: TrainBatches, 
     train_model = torch.compile(wrapped) if config.compile else wrapped
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                 momentum=config.momentum, nesterov=config.nesterov,
-                                no_wd_norm_bias=config.no_wd_norm_bias)
+                                no_wd_norm_bias=config.no_wd_norm_bias, muon_lr=config.muon_lr,
+                                muon_momentum=config.muon_momentum)
     steps = batches.steps_per_epoch
     scheduler = warmup_cosine(optimizer, total_steps=config.epochs * steps,
                               warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)

@@ -19,12 +19,13 @@ from torch import nn
 from miniplaces.errors import MiniPlacesError
 
 Family = Literal["cnn", "vit"]
-OptimizerName = Literal["sgd", "adamw"]
+OptimizerName = Literal["sgd", "adamw", "muon"]
 
 # The study's optimiser of each family: SGD for CNNs, AdamW for vision transformers.
 FAMILY_OPTIMIZERS: dict[str, OptimizerName] = {"cnn": "sgd", "vit": "adamw"}
 # lr and weight decay of each optimiser when a card or the config does not say otherwise.
-OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {"sgd": (0.1, 1e-4), "adamw": (0.01, 0.05)}
+# Muon's lr and weight decay are those of its SGD part (norms, biases, head); its filters take `muon_lr`.
+OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {"sgd": (0.1, 1e-4), "adamw": (0.01, 0.05), "muon": (0.1, 1e-4)}
 DEFAULT_INPUT_SIZE = 128
 
 
