@@ -12,12 +12,13 @@ from PIL import Image
 from tiny_runs import interrupt_at_step
 
 from miniplaces.cli import main
+from miniplaces.config import TrainConfig, to_dict
 from miniplaces.engine.checkpoint import load_checkpoint
 from miniplaces.records import AttackResult, EvalResult, read_metrics
 from miniplaces.rundir import RunDir, StudyFiles
 from miniplaces.study import Scale
 from miniplaces.workflows.study import StudyError, plan_study, run_study
-from miniplaces.workflows.study_steps import SEAL_FILE
+from miniplaces.workflows.study_steps import SEAL_FILE, config_difference
 from miniplaces.workflows.train import TrainingInterrupted
 
 # simplenet trains 2 epochs of 6 batches at 16 px; simplenet_unfold (1 epoch) is the other experiment whose
@@ -260,3 +261,14 @@ def test_a_lost_last_pt_whose_epoch_was_the_best_is_copied_back_from_best_pt(syn
     assert (train.status, train.detail) == ("repaired", "last.pt restored from best.pt, the same epoch")
     assert run.last.read_bytes() == kept
     assert [s.status for s in outcome.steps if s.step != "train"] == ["done"] * 3  # they read that very file
+
+
+def test_a_key_added_after_a_run_counts_as_its_default() -> None:
+    """A study folder written before a release added a key (here `muon_lr`) stays valid: the missing key is
+    read as its default, which is how that run trained; a value that differs is still a difference."""
+    planned = TrainConfig(root="x", model="simplenet", epochs=3)
+    older = {k: v for k, v in to_dict(planned).items() if k not in ("muon_lr", "muon_momentum")}
+    assert config_difference(planned, older) is None
+    assert config_difference(planned, {**older, "muon_lr": 0.5}) == "muon_lr: 0.5 there, 0.08 planned"
+    tuned = TrainConfig(root="x", model="simplenet", epochs=3, muon_lr=0.2)
+    assert config_difference(tuned, older) == "muon_lr: 0.08 there, 0.2 planned"

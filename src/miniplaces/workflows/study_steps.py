@@ -180,13 +180,18 @@ def comparable(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_difference(planned: TrainConfig, found: dict[str, Any]) -> str | None:
-    """The first key where a saved config differs from the plan, in words; None when none does."""
+    """The first key where a saved config differs from the plan, in words; None when none does.
+
+    A key the saved config lacks counts as its default: the run was written before the key existed and
+    trained as the default does (a study folder stays valid when a release adds a key)."""
     want, have = comparable(to_dict(planned)), comparable(found)
+    defaults = to_dict(TrainConfig())
     for key in want:
         if key == "amp" and want[key] == "auto":  # a run's config holds what auto chose on its machine
             continue
-        if want[key] != have.get(key):
-            return f"{key}: {have.get(key)!r} there, {want[key]!r} planned"
+        there = have.get(key, defaults.get(key))
+        if want[key] != there:
+            return f"{key}: {there!r} there, {want[key]!r} planned"
     return None
 
 
