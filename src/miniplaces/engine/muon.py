@@ -32,11 +32,12 @@ def orthogonalize(matrix: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7
     a, b, c = NS_COEFFICIENTS
     x = matrix.to(dtype)
     x = x / x.norm().clamp_min(eps)  # spectral norm ≤ Frobenius norm = 1
-    wide = x.T if x.shape[0] > x.shape[1] else x  # iterate on the smaller Gram matrix
+    tall = x.shape[0] > x.shape[1]
+    wide = x.T if tall else x  # iterate on the smaller Gram matrix
     for _ in range(steps):  # X ← aX + (bG + cG²)X with G = XXᵀ
         gram = wide @ wide.T
         wide = torch.addmm(wide, torch.addmm(gram, gram, gram, beta=b, alpha=c), wide, beta=a)
-    return (wide.T if x.shape[0] > x.shape[1] else wide).to(matrix.dtype)
+    return (wide.T if tall else wide).to(matrix.dtype)
 
 
 class MuonSGD(torch.optim.Optimizer):
