@@ -200,7 +200,10 @@ def test_cpu_scale_plans_six_rows_at_64_px_with_simplenet_and_unfold_alike(synth
     assert list(experiments) == ["simplenet", "simplenet_unfold", "vit", "msvit", "resnet18", "fast"]
     assert experiments["resnet18"].skipped  # no ImageNet weights file given
     trained = [e for e in plan.experiments if not e.skipped]
-    assert {e.config.image_size for e in trained} == {64} and {e.config.epochs for e in trained} == {10}
+    assert {e.config.image_size for e in trained} == {64}
+    # SimpleNet and its unfold twin take 12 epochs: at 10 they stop short of the 18 % on the subset.
+    assert {e.name: e.config.epochs for e in trained} == {"simplenet": 12, "simplenet_unfold": 12, "vit": 10,
+                                                          "msvit": 10, "fast": 10}
     assert {e.config.amp for e in trained} == {"auto"} and {e.config.warmup_epochs for e in trained} == {1}
     fast = experiments["fast"].config
     assert (fast.progressive_start_size, fast.progressive_end_epoch) == (40, 10)  # the recipe's fractions at 64 px
