@@ -124,3 +124,32 @@ def test_train_benchmark_refuses_an_unknown_compile_backend_before_training() ->
     with pytest.raises(MiniPlacesError, match=r"unknown compile backend 'inductr'; torch .* knows .*inductor"):
         get_benchmark("train").run(torch.device("cpu"), {"variants": ("compile",), "compile_backend": "inductr"},
                                    quick=True)
+
+
+def test_optim_benchmark_steps_each_optimiser_and_muon_in_the_dtype_its_row_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import miniplaces.engine.muon as muon
+
+    dtypes = []
+    orthogonalize = muon.orthogonalize
+
+    def recording(matrix: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        dtypes.append(kwargs["dtype"])
+        return orthogonalize(matrix, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(muon, "orthogonalize", recording)
+    result = get_benchmark("optim").run(torch.device("cpu"), {"repeats": 2}, quick=True)
+    assert result.rows[0]["name"] == "forward+backward (4 images at 16 px, bf16)"
+    rows = {"forward+backward": result.rows[0]} | {r["name"]: r for r in result.rows[1:]}
+    assert list(rows)[1:] == ["sgd", "adamw", "muon (Newton–Schulz in bf16)", "muon (Newton–Schulz in float32)"]
+    assert rows["sgd"]["ratio"] == 1.0 and rows["forward+backward"]["share"] is None
+    for name in list(rows)[1:]:
+        step, pass_ms = rows[name]["ms_per_step"], rows["forward+backward"]["ms_per_step"]
+        assert rows[name]["share"] == pytest.approx(step / (pass_ms + step))
+    # AdamW keeps two moments per parameter, SGD and Muon one momentum buffer.
+    assert rows["adamw"]["state_mb"] == pytest.approx(2 * rows["sgd"]["state_mb"])
+    assert rows["muon (Newton–Schulz in bf16)"]["state_mb"] == pytest.approx(rows["sgd"]["state_mb"])
+    # Warm-up and 2 timed rounds, fastnet's filter banks each step: both dtypes, as many of each.
+    assert set(dtypes) == {torch.bfloat16, torch.float32}
+    assert dtypes.count(torch.bfloat16) == dtypes.count(torch.float32)
+    assert "| muon (Newton–Schulz in float32) |" in get_benchmark("optim").table(result)

@@ -192,6 +192,20 @@ BENCHMARKS: dict[str, Benchmark] = {
             ),
         ),
         Benchmark(
+            "optim", "miniplaces.bench.optim",
+            "time of one optimiser step (SGD, AdamW, Muon with Newton-Schulz in bf16 and in float32) against "
+            "SGD's, and its share of a training step",
+            (
+                Option("model", "fastnet", "registered model name", type=str),
+                Option("batch_size", 256, "images of the forward+backward that makes the gradients", quick=4,
+                       minimum=1),
+                Option("image_size", 56, "side of those images in pixels", quick=16, minimum=8),
+                Option("bf16", True, "run the forward+backward under bf16 autocast", type=bool),
+                Option("repeats", 7, "timed rounds (median)", quick=1, minimum=1),
+                Option("seed", 0, "seed of the model and the batch"),
+            ),
+        ),
+        Benchmark(
             "recipes", "miniplaces.bench.recipes",
             "time per training image and val accuracy of configs/fast.yaml against configs/simplenet.yaml "
             "(same data, size and epochs)",
